@@ -1,0 +1,347 @@
+// CPU kernels of fixed_branch (forward) and _fixed_branch_backward.
+//
+// One template serves both memory formats. A task owns (image n, a block of channels, a block of rows). It stages
+// its rows of the input, padded and widened to opmath_t, into a small buffer that stays in cache, then every output
+// is a correlation over contiguous memory: the padding never reaches the inner loop, and arbitrary input strides
+// (transposed, expanded, channels_last) only cost the staging copy. In NCHW a channel block is one channel and a
+// staged row is W values; in channels_last a staged row interleaves Cv channels per pixel, so the same flat
+// correlation vectorises across channels. Main memory sees y read once and the K+1 maps written once.
+//
+// The backward is a gather, so each task writes only its own rows of dL/dy: no atomics, deterministic, and the
+// result does not depend on the blocking or the thread count.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "fixed_branch.h"
+
+namespace fixedbranch {
+namespace {
+
+// Size of a task's staged tile; 64 KiB keeps it and the output rows in L2 on every x86 core we target.
+constexpr int64_t kTileBytes = 64 * 1024;
+// Channels per task in channels_last; bounds the tile width when C is large.
+constexpr int64_t kChannelBlock = 64;
+
+template <typename src_t, typename dst_t>
+inline void convert_run(const src_t* src, int64_t stride, int64_t n, dst_t* dst) {
+  if (stride == 1) {
+    if constexpr (std::is_same_v<src_t, dst_t>) {
+      std::memcpy(dst, src, n * sizeof(dst_t));
+    } else {
+      at::vec::convert(src, dst, n);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<dst_t>(src[i * stride]);
+  }
+}
+
+// Geometry of one task's view of a 4-D tensor: `Cv` channels (stride sC) of every pixel are stored together.
+struct View {
+  int64_t H, W, sH, sW, sC, Cv;
+};
+
+// Stages rows row0 .. row0+nrows-1 (padded coordinates, mapped through `mode`) with `lpad` and `rpad` border
+// columns into dst, row-major, Cv values per pixel.
+template <typename scalar_t, typename opmath_t>
+void stage_rows(const scalar_t* base, const View& v, int64_t row0, int64_t nrows, int64_t lpad, int64_t rpad,
+                PadMode mode, opmath_t* dst) {
+  const int64_t pw = lpad + v.W + rpad;
+  const int64_t row_len = pw * v.Cv;
+  for (int64_t t = 0; t < nrows; ++t, dst += row_len) {
+    const int64_t r = pad_source_index(row0 + t, v.H, mode);
+    if (r < 0) {
+      std::fill(dst, dst + row_len, opmath_t(0));
+      continue;
+    }
+    const scalar_t* src = base + r * v.sH;
+    if (v.Cv == 1) {
+      convert_run(src, v.sW, v.W, dst + lpad);
+    } else {
+      for (int64_t j = 0; j < v.W; ++j) convert_run(src + j * v.sW, v.sC, v.Cv, dst + (lpad + j) * v.Cv);
+    }
+    for (int64_t q = 0; q < pw; ++q) {
+      if (q == lpad) q += v.W;
+      if (q >= pw) break;
+      const int64_t j = pad_source_index(q - lpad, v.W, mode);
+      opmath_t* d = dst + q * v.Cv;
+      if (j < 0) {
+        std::fill(d, d + v.Cv, opmath_t(0));
+      } else {
+        convert_run(src + j * v.sW, v.sC, v.Cv, d);
+      }
+    }
+  }
+}
+
+// dst[x] (+)= sum_t w[t] * src[x + off[t]] for x in [0, len). Four vectors per step reuse each broadcast weight.
+template <bool kAccumulate, typename opmath_t>
+void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t taps, opmath_t* dst, int64_t len) {
+  using Vec = at::vec::Vectorized<opmath_t>;
+  constexpr int64_t V = Vec::size();
+  int64_t x = 0;
+  for (; x + 4 * V <= len; x += 4 * V) {
+    Vec a0(0), a1(0), a2(0), a3(0);
+    if constexpr (kAccumulate) {
+      a0 = Vec::loadu(dst + x), a1 = Vec::loadu(dst + x + V);
+      a2 = Vec::loadu(dst + x + 2 * V), a3 = Vec::loadu(dst + x + 3 * V);
+    }
+    for (int64_t t = 0; t < taps; ++t) {
+      const Vec wt(w[t]);
+      const opmath_t* s = src + x + off[t];
+      a0 = at::vec::fmadd(wt, Vec::loadu(s), a0);
+      a1 = at::vec::fmadd(wt, Vec::loadu(s + V), a1);
+      a2 = at::vec::fmadd(wt, Vec::loadu(s + 2 * V), a2);
+      a3 = at::vec::fmadd(wt, Vec::loadu(s + 3 * V), a3);
+    }
+    a0.store(dst + x), a1.store(dst + x + V), a2.store(dst + x + 2 * V), a3.store(dst + x + 3 * V);
+  }
+  for (; x < len; x += V) {
+    const int64_t n = std::min<int64_t>(V, len - x);
+    Vec a(0);
+    if constexpr (kAccumulate) a = Vec::loadu(dst + x, n);
+    for (int64_t t = 0; t < taps; ++t) a = at::vec::fmadd(Vec(w[t]), Vec::loadu(src + x + off[t], n), a);
+    a.store(dst + x, n);
+  }
+}
+
+// Writes W*Cv staged values of one row to a tensor whose pixels are `sW` apart and channels `sC` apart.
+template <typename scalar_t, typename opmath_t>
+void store_row(const opmath_t* src, int64_t W, int64_t Cv, scalar_t* dst, int64_t sW, int64_t sC) {
+  auto put = [](const opmath_t* s, int64_t n, scalar_t* d, int64_t stride) {
+    if (stride == 1) {
+      if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+        std::memcpy(d, s, n * sizeof(scalar_t));
+      } else {
+        at::vec::convert(s, d, n);
+      }
+    } else {
+      for (int64_t i = 0; i < n; ++i) d[i * stride] = static_cast<scalar_t>(s[i]);
+    }
+  };
+  if (Cv == 1) {
+    put(src, W, dst, sW);
+  } else {
+    for (int64_t j = 0; j < W; ++j) put(src + j * Cv, Cv, dst + j * sW, sC);
+  }
+}
+
+// Task decomposition shared by forward and backward: images x channel blocks x row blocks.
+struct Tiling {
+  int64_t cv, channel_blocks, rows, row_blocks;
+  int64_t tasks(int64_t n) const { return n * channel_blocks * row_blocks; }
+};
+
+Tiling make_tiling(int64_t C, int64_t H, int64_t tile_row_values, int64_t halo_rows, bool channels_last,
+                   int64_t opmath_size) {
+  Tiling t{};
+  t.cv = channels_last ? std::min(C, kChannelBlock) : 1;
+  t.channel_blocks = channels_last ? (C + t.cv - 1) / t.cv : C;
+  const int64_t row_bytes = std::max<int64_t>(tile_row_values * t.cv * opmath_size, 1);
+  t.rows = std::clamp<int64_t>(kTileBytes / row_bytes - halo_rows, 1, H);
+  t.row_blocks = (H + t.rows - 1) / t.rows;
+  return t;
+}
+
+template <typename opmath_t>
+std::vector<opmath_t> bank_values(const at::Tensor& bank, bool flip) {
+  const at::Tensor b = (flip ? bank.flip({1, 2}) : bank).to(at::CppTypeToScalarType<opmath_t>::value).contiguous();
+  return std::vector<opmath_t>(b.data_ptr<opmath_t>(), b.data_ptr<opmath_t>() + b.numel());
+}
+
+// Offsets of the S1*S2 taps in a staged tile whose rows hold `row_values` pixels of Cv values.
+std::vector<int64_t> tap_offsets(int64_t s1, int64_t s2, int64_t row_values, int64_t cv) {
+  std::vector<int64_t> off(s1 * s2);
+  for (int64_t a = 0; a < s1; ++a)
+    for (int64_t b = 0; b < s2; ++b) off[a * s2 + b] = (a * row_values + b) * cv;
+  return off;
+}
+
+// Where to find task `task`'s image, channel block and row block.
+struct Task {
+  int64_t n, c0, cv, i0, i1;
+};
+
+inline Task locate(const Tiling& tl, int64_t task, int64_t C, int64_t H) {
+  const int64_t rb = task % tl.row_blocks;
+  const int64_t cb = (task / tl.row_blocks) % tl.channel_blocks;
+  const int64_t c0 = cb * tl.cv, i0 = rb * tl.rows;
+  return {task / (tl.row_blocks * tl.channel_blocks), c0, std::min(tl.cv, C - c0), i0, std::min(H, i0 + tl.rows)};
+}
+
+template <typename scalar_t>
+void forward_kernel(const at::Tensor& y, const at::Tensor& bank, PadMode mode, at::Tensor& out) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t N = y.size(0), C = y.size(1), H = y.size(2), W = y.size(3);
+  const int64_t K = bank.size(0), S1 = bank.size(1), S2 = bank.size(2), taps = S1 * S2;
+  const SamePad pad = same_pad(S1, S2);
+  const int64_t pw = W + S2 - 1;
+  const bool cl = out.is_contiguous(at::MemoryFormat::ChannelsLast) && !out.is_contiguous();
+  const Tiling tl = make_tiling(C, H, pw, S1 - 1, cl, sizeof(opmath_t));
+  const std::vector<opmath_t> w = bank_values<opmath_t>(bank, /*flip=*/false);
+  // The last channel block may be narrower; its taps sit at other offsets.
+  const std::vector<int64_t> off_full = tap_offsets(S1, S2, pw, tl.cv);
+  const std::vector<int64_t> off_tail = tap_offsets(S1, S2, pw, C % tl.cv == 0 ? tl.cv : C % tl.cv);
+
+  const scalar_t* y_ptr = y.const_data_ptr<scalar_t>();
+  scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+  const int64_t osN = out.stride(0), osC = out.stride(1), osH = out.stride(2), osW = out.stride(3);
+
+  at::parallel_for(0, tl.tasks(N), 1, [&](int64_t begin, int64_t end) {
+    std::vector<opmath_t> tile((tl.rows + S1 - 1) * pw * tl.cv);
+    std::vector<opmath_t> row(W * tl.cv);
+    for (int64_t id = begin; id < end; ++id) {
+      const Task t = locate(tl, id, C, H);
+      const int64_t* off = (t.cv == tl.cv ? off_full : off_tail).data();
+      const View v{H, W, y.stride(2), y.stride(3), y.stride(1), t.cv};
+      stage_rows(y_ptr + t.n * y.stride(0) + t.c0 * y.stride(1), v, t.i0 - pad.top, t.i1 - t.i0 + S1 - 1, pad.left,
+                 pad.right, mode, tile.data());
+      scalar_t* out_base = out_ptr + t.n * osN + t.c0 * osC;
+      for (int64_t i = t.i0; i < t.i1; ++i) {
+        const opmath_t* src = tile.data() + (i - t.i0) * pw * t.cv;
+        // Branch 0 is y itself, copied from the staged centre: exact for every dtype.
+        store_row(src + (pad.top * pw + pad.left) * t.cv, W, t.cv, out_base + i * osH, osW, osC);
+        for (int64_t k = 0; k < K; ++k) {
+          scalar_t* dst = out_base + (k + 1) * C * osC + i * osH;
+          if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+            if (t.cv == 1 && osW == 1) {  // NCHW float/double: straight into the output row
+              correlate<false>(src, off, w.data() + k * taps, taps, dst, W);
+              continue;
+            }
+          }
+          correlate<false>(src, off, w.data() + k * taps, taps, row.data(), W * t.cv);
+          store_row(row.data(), W, t.cv, dst, osW, osC);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_kernel(const at::Tensor& g, const at::Tensor& bank, PadMode mode, const std::vector<bool>& stopped,
+                     at::Tensor& grad_y) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t N = grad_y.size(0), C = grad_y.size(1), H = grad_y.size(2), W = grad_y.size(3);
+  const int64_t K = bank.size(0), S1 = bank.size(1), S2 = bank.size(2), taps = S1 * S2;
+  const SamePad pad = same_pad(S1, S2);
+  const int64_t pw = W + S2 - 1;        // width of the padded image: the adjoint's columns
+  const int64_t gw = W + 2 * (S2 - 1);  // width of a staged gradient row, zero-extended on both sides
+  const bool cl = grad_y.is_contiguous(at::MemoryFormat::ChannelsLast) && !grad_y.is_contiguous();
+  const Tiling tl = make_tiling(C, H, gw + pw, S1 - 1, cl, sizeof(opmath_t));
+  // The adjoint of correlating with w is correlating the zero-extended gradient with w flipped.
+  const std::vector<opmath_t> wf = bank_values<opmath_t>(bank, /*flip=*/true);
+  const std::vector<int64_t> off_full = tap_offsets(S1, S2, gw, tl.cv);
+  const std::vector<int64_t> off_tail = tap_offsets(S1, S2, gw, C % tl.cv == 0 ? tl.cv : C % tl.cv);
+
+  const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
+  scalar_t* gy_ptr = grad_y.mutable_data_ptr<scalar_t>();
+
+  at::parallel_for(0, tl.tasks(N), 1, [&](int64_t begin, int64_t end) {
+    std::vector<opmath_t> stage((tl.rows + S1 - 1) * gw * tl.cv);
+    std::vector<opmath_t> adj(tl.rows * pw * tl.cv);  // sum over live branches of F_k^T g_k, padded coordinates
+    std::vector<opmath_t> acc(tl.rows * W * tl.cv);   // this task's rows of dL/dy
+    for (int64_t id = begin; id < end; ++id) {
+      const Task t = locate(tl, id, C, H);
+      const int64_t cv = t.cv;
+      const int64_t* off = (cv == tl.cv ? off_full : off_tail).data();
+      const View v{H, W, g.stride(2), g.stride(3), g.stride(1), cv};
+      auto g_slice = [&](int64_t k) { return g_ptr + t.n * g.stride(0) + (k * C + t.c0) * g.stride(1); };
+
+      // Rows [p0, p1) of the padded-image adjoint, folded into acc: each padded pixel sends its value to the
+      // source pixel the padding copied it from (the adjoint of F.pad).
+      auto add_adjoint_rows = [&](int64_t p0, int64_t p1) {
+        const int64_t rows = p1 - p0;
+        std::fill(adj.begin(), adj.begin() + rows * pw * cv, opmath_t(0));
+        for (int64_t k = 1; k <= K; ++k) {
+          if (stopped[k]) continue;
+          stage_rows(g_slice(k), v, p0 - (S1 - 1), rows + S1 - 1, S2 - 1, S2 - 1, PadMode::Zeros, stage.data());
+          for (int64_t r = 0; r < rows; ++r)
+            correlate<true>(stage.data() + r * gw * cv, off, wf.data() + (k - 1) * taps, taps,
+                            adj.data() + r * pw * cv, pw * cv);
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t i = pad_source_index(p0 + r - pad.top, H, mode);
+          if (i < t.i0 || i >= t.i1) continue;
+          const opmath_t* a = adj.data() + r * pw * cv;
+          opmath_t* dst = acc.data() + (i - t.i0) * W * cv;
+          at::vec::map2([](auto x, auto y) { return x + y; }, dst, dst, a + pad.left * cv, W * cv);
+          for (int64_t q = 0; q < pw; ++q) {
+            if (q == pad.left) q += W;
+            if (q >= pw) break;
+            const int64_t j = pad_source_index(q - pad.left, W, mode);
+            if (j < 0) continue;
+            for (int64_t c = 0; c < cv; ++c) dst[j * cv + c] += a[q * cv + c];
+          }
+        }
+      };
+
+      if (stopped[0]) {
+        std::fill(acc.begin(), acc.end(), opmath_t(0));
+      } else {
+        stage_rows(g_slice(0), v, t.i0, t.i1 - t.i0, 0, 0, PadMode::Zeros, acc.data());
+      }
+      add_adjoint_rows(t.i0 + pad.top, t.i1 + pad.top);
+      if (mode != PadMode::Zeros) {
+        // Border rows of the padded image whose source row lies in this block.
+        for (int64_t p = 0; p < H + S1 - 1; ++p) {
+          if (p == pad.top) p += H;
+          if (p >= H + S1 - 1) break;
+          const int64_t i = pad_source_index(p - pad.top, H, mode);
+          if (i >= t.i0 && i < t.i1) add_adjoint_rows(p, p + 1);
+        }
+      }
+      scalar_t* gy_base = gy_ptr + t.n * grad_y.stride(0) + t.c0 * grad_y.stride(1);
+      for (int64_t i = t.i0; i < t.i1; ++i)
+        store_row(acc.data() + (i - t.i0) * W * cv, W, cv, gy_base + i * grad_y.stride(2), grad_y.stride(3),
+                  grad_y.stride(1));
+    }
+  });
+}
+
+at::Tensor fixed_branch_cpu(const at::Tensor& y, const at::Tensor& bank, c10::string_view padding_mode,
+                            c10::IntArrayRef stop_gradient) {
+  const PadMode mode = check_branch_args("fixedbranch.fixed_branch", "y", y, bank, padding_mode);
+  TORCH_INTERNAL_ASSERT(y.device().is_cpu());
+  const int64_t K = bank.size(0);
+  at::Tensor out = at::empty({y.size(0), (K + 1) * y.size(1), y.size(2), y.size(3)},
+                             y.options().memory_format(y.suggest_memory_format()));
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "fixed_branch_cpu",
+                                  [&] { forward_kernel<scalar_t>(y, bank, mode, out); });
+  return out;
+}
+
+at::Tensor fixed_branch_backward_cpu(const at::Tensor& grad_output, const at::Tensor& bank,
+                                     c10::string_view padding_mode, c10::IntArrayRef stop_gradient) {
+  const PadMode mode =
+      check_branch_args("fixedbranch._fixed_branch_backward", "grad_output", grad_output, bank, padding_mode);
+  check_backward_args(grad_output, bank, stop_gradient);
+  TORCH_INTERNAL_ASSERT(grad_output.device().is_cpu());
+  const int64_t K = bank.size(0);
+  std::vector<bool> stopped(K + 1, false);
+  for (const int64_t k : stop_gradient) stopped[k] = true;
+  const auto g = grad_output;
+  at::Tensor grad_y = at::empty({g.size(0), g.size(1) / (K + 1), g.size(2), g.size(3)},
+                                g.options().memory_format(g.suggest_memory_format()));
+  if (grad_y.numel() == 0) return grad_y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fixed_branch_backward_cpu",
+                                  [&] { backward_kernel<scalar_t>(g, bank, mode, stopped, grad_y); });
+  return grad_y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fixedbranch, CPU, m) {
+  m.impl("fixed_branch", &fixed_branch_cpu);
+  m.impl("_fixed_branch_backward", &fixed_branch_backward_cpu);
+}
+
+}  // namespace fixedbranch

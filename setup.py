@@ -1,0 +1,78 @@
+"""Builds ``fixedbranch._C``: a C++ extension always, CUDA kernels when a toolkit and a CUDA torch are present.
+
+Environment:
+    FORCE_CUDA=1    build the CUDA kernels even when no GPU is visible (needs CUDA_HOME and a CUDA torch).
+    FORCE_CPU=1     never build the CUDA kernels.
+    DEBUG=1         -O0 -g instead of -O3.
+    TORCH_CUDA_ARCH_LIST   respected; defaults to "8.0;9.0".
+"""
+
+import glob
+import os
+import sys
+import sysconfig
+
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda():
+    if os.environ.get("FORCE_CPU", "0") == "1":
+        return False
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True
+    import torch
+
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None and torch.cuda.is_available()
+
+
+def _cuda_wheel_includes():
+    # The CUDA wheels ship headers (cusparse.h, ...) that ATen's CUDA headers include but the toolkit may lack.
+    found = []
+    for base in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+        found += sorted(glob.glob(os.path.join(base, "nvidia", "cu*", "include")))
+        found += sorted(glob.glob(os.path.join(base, "nvidia", "*", "include")))
+    return list(dict.fromkeys(found))
+
+
+def extensions():
+    debug = os.environ.get("DEBUG", "0") == "1"
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    extra_compile_args = {"cxx": opt + openmp + ["-std=c++17"]}
+    define_macros = []
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if _want_cuda():
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        include_dirs += _cuda_wheel_includes()
+        extra_compile_args["nvcc"] = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        define_macros.append(("WITH_CUDA", None))
+        ext = cpp_extension.CUDAExtension
+    else:
+        ext = cpp_extension.CppExtension
+    return [
+        ext(
+            "fixedbranch._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args=extra_compile_args,
+            extra_link_args=openmp,
+            define_macros=define_macros,
+        )
+    ]
+
+
+setup(
+    name="fixedbranch",
+    version="0.1.0",
+    description="Fused fixed-filter branches for CNNs: conv + fixed filter bank + concat in one PyTorch op (C++/CUDA)",
+    packages=find_packages(include=["fixedbranch", "fixedbranch.*"]),
+    ext_modules=extensions(),
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    python_requires=">=3.9",
+    install_requires=["torch"],
+)
