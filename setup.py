@@ -37,19 +37,53 @@ def _cuda_wheel_includes():
     return list(dict.fromkeys(found))
 
 
+def _cpu_isa_flags():
+    """Vector ISA flags for the CPU kernels.
+
+    at::vec::Vectorized picks its width at compile time, so an extension built with plain flags runs its vector
+    loops in scalar-emulated form. Like any source build tuned to its machine, we build for the widest ISA this
+    machine has; FIXEDBRANCH_CPU_ISA=avx512|avx2|default overrides (use "default" for a portable binary).
+    The module refuses to load on a CPU without the ISA it was built for (csrc/fixed_branch.cpp).
+    """
+    choice = os.environ.get("FIXEDBRANCH_CPU_ISA", "native")
+    if choice == "native":
+        flags = set()
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("flags"):
+                        flags = set(line.split(":", 1)[1].split())
+                        break
+        except OSError:
+            pass
+        if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags:
+            choice = "avx512"
+        elif {"avx2", "fma", "f16c"} <= flags:
+            choice = "avx2"
+        else:
+            choice = "default"
+    return {
+        "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
+                   "-DCPU_CAPABILITY_AVX512", "-DFIXEDBRANCH_ISA=\"avx512\""],
+        "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DFIXEDBRANCH_ISA=\"avx2\""],
+        "default": ['-DFIXEDBRANCH_ISA=\"default\"'],
+    }[choice]
+
+
 def extensions():
     debug = os.environ.get("DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
-    extra_compile_args = {"cxx": opt + openmp + ["-std=c++17"]}
+    # No -std flag: torch's cpp_extension adds the standard its own headers need (C++20 from torch 2.14 on).
+    extra_compile_args = {"cxx": opt + openmp + _cpu_isa_flags()}
     define_macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
     if _want_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         include_dirs += _cuda_wheel_includes()
-        extra_compile_args["nvcc"] = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        extra_compile_args["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
         define_macros.append(("WITH_CUDA", None))
         ext = cpp_extension.CUDAExtension
     else:

@@ -258,7 +258,8 @@ def _fixed_branch_fake(y, bank, padding_mode, stop_gradient):
     torch._check(y.dim() == 4, lambda: f"fixed_branch: expected y to have 4 dimensions, got {y.dim()}")
     torch._check(bank.dim() == 3, lambda: f"fixed_branch: expected bank to have 3 dimensions, got {bank.dim()}")
     n, c, h, w = y.shape
-    return y.new_empty((n, (bank.shape[0] + 1) * c, h, w), memory_format=suggest_memory_format(y))
+    return torch.empty((n, (bank.shape[0] + 1) * c, h, w), dtype=y.dtype, device=y.device,
+                       memory_format=suggest_memory_format(y))
 
 
 @torch.library.register_fake("fixedbranch::_fixed_branch_backward")
@@ -267,7 +268,8 @@ def _fixed_branch_backward_fake(grad_output, bank, padding_mode, stop_gradient):
     n, kc, h, w = grad_output.shape
     branches = bank.shape[0] + 1
     torch._check(kc % branches == 0, lambda: "_fixed_branch_backward: channels must be a multiple of K+1")
-    return grad_output.new_empty((n, kc // branches, h, w), memory_format=suggest_memory_format(grad_output))
+    return torch.empty((n, kc // branches, h, w), dtype=grad_output.dtype, device=grad_output.device,
+                       memory_format=suggest_memory_format(grad_output))
 
 
 @torch.library.register_fake("fixedbranch::fixed_branch_conv2d")
