@@ -1,0 +1,49 @@
+"""The example scripts, a shortened demo and ``python -m fixedbranch`` run as a user runs them: in a subprocess."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("seed*.py"))
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_there_is_one_example_per_question():
+    assert [p.name[:7] for p in EXAMPLES] == ["seed000", "seed001", "seed002", "seed003"]
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.stem)
+def test_example_checks_pass(script):
+    result = run(str(script))
+    assert result.returncode == 0, result.stdout + result.stderr
+    checks = [line for line in result.stdout.splitlines() if line.startswith("CHECK ")]
+    assert checks, result.stdout
+    assert all(line.endswith(" OK") for line in checks), result.stdout
+    assert result.stdout.rstrip().endswith("all checks passed")
+
+
+def test_quick_demo_agrees_and_writes_figures(tmp_path):
+    result = run("examples/demo.py", "--quick", "--epochs", "1", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ": AGREE" in result.stdout
+    assert "share of dL/dy sent back by each branch" in result.stdout
+    for name in ("loss_curves.png", "branch_shares.png", "filter_bank_photo.png"):
+        png = tmp_path / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{name} is not a PNG"
+        assert png.stat().st_size > 10_000, f"{name} looks empty"
+
+
+def test_module_main_reports_the_build():
+    result = run("-m", "fixedbranch")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("fixedbranch ")
+    labels = {line.split(":")[0].strip(): line.split(":", 1)[1].strip() for line in result.stdout.splitlines()[1:]
+              if line.startswith("  ") and not line.startswith("   ")}
+    assert labels["CPU kernels"].startswith("yes"), result.stdout
+    assert {"package", "extension", "CUDA kernels", "torch", "CUDA device", "threads"} <= labels.keys()
