@@ -81,6 +81,10 @@ def extensions():
     include_dirs = [os.path.join(ROOT, "csrc")]
     if _want_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # `python -m fixedbranch` reports the architectures the kernels were built for (';' would split the
+        # command line ninja runs).
+        arch_list = os.environ["TORCH_CUDA_ARCH_LIST"].replace(";", " ")
+        extra_compile_args["cxx"].append(f'-DFIXEDBRANCH_CUDA_ARCHS="{arch_list}"')
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         include_dirs += _cuda_wheel_includes()
         extra_compile_args["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"]

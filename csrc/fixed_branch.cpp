@@ -41,6 +41,9 @@ PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr) PyModule_AddStringConstant(module, "cpu_isa", FIXEDBRANCH_ISA);
+#ifdef FIXEDBRANCH_CUDA_ARCHS
+  if (module != nullptr) PyModule_AddStringConstant(module, "cuda_arch_list", FIXEDBRANCH_CUDA_ARCHS);
+#endif
   return module;
 }
 }

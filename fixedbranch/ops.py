@@ -128,9 +128,9 @@ def fixed_branch(
         >>> import fixedbranch as fb
         >>> y = torch.arange(9.0).reshape(1, 1, 3, 3)
         >>> fb.fixed_branch(y, fb.filters.bank("laplacian4"))[0, 1]
-        tensor([[  2.,   1.,  -2.],
-                [ -3.,   0.,  -5.],
-                [-14., -11., -20.]])
+        tensor([[  4.,   2.,  -2.],
+                [ -2.,   0.,  -6.],
+                [-14., -10., -20.]])
     """
     stop = _check_branch("fixed_branch", y, bank, padding_mode, stop_gradient)
     return _ops.fixed_branch(y, bank.to(y.dtype), padding_mode, stop)
@@ -232,7 +232,14 @@ def branch_contributions(
     Example:
         >>> import fixedbranch as fb
         >>> g = torch.ones(1, 3, 4, 4)
-        >>> fb.branch_contributions(g, fb.filters.bank("sobel_x", "gaussian")).sum(dim=(1, 2, 3, 4))
+        >>> shares = fb.branch_contributions(g, fb.filters.bank("laplacian4", "sobel_x"))
+        >>> shares.shape
+        torch.Size([3, 1, 1, 4, 4])
+        >>> shares.sum(0)[0, 0]
+        tensor([[-4.,  0.,  0.,  2.],
+                [-4.,  1.,  1.,  4.],
+                [-4.,  1.,  1.,  4.],
+                [-4.,  0.,  0.,  2.]])
     """
     fn = "branch_contributions"
     _check_tensor(fn, "grad_output", grad_output, 4, "(N, (K+1)*C, H, W)")
