@@ -37,3 +37,4 @@ except ImportError as _exc:
 else:
     from .modules import FixedBranch, FixedBranchConv2d
     from .ops import branch_contributions, fixed_branch, fixed_branch_conv2d
+    from . import autocast, export  # noqa: F401  (autocast kernels; ONNX lowering)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch._prims_common import suggest_memory_format
 
+from . import export as _export
 from .reference import same_padding
 
 __all__ = ["PADDING_MODES", "fixed_branch", "fixed_branch_conv2d", "branch_contributions"]
@@ -133,6 +134,8 @@ def fixed_branch(
                 [-14., -10., -20.]])
     """
     stop = _check_branch("fixed_branch", y, bank, padding_mode, stop_gradient)
+    if _export.exporting_to_onnx():
+        return _export.fixed_branch(y, bank.to(y.dtype), padding_mode, stop)
     return _ops.fixed_branch(y, bank.to(y.dtype), padding_mode, stop)
 
 
@@ -175,7 +178,7 @@ def fixed_branch_conv2d(
     fn = "fixed_branch_conv2d"
     _check_tensor(fn, "x", x, 4, "(N, C_in, H, W)")
     _check_tensor(fn, "weight", weight, 4, "(C_out, C_in/groups, kH, kW)")
-    if weight.dtype != x.dtype:
+    if weight.dtype != x.dtype and not _autocast_enabled(x):
         raise ValueError(f"{fn}: expected weight to have x's dtype ({x.dtype}), got {weight.dtype}")
     if weight.device != x.device:
         raise ValueError(f"{fn}: expected weight on x's device ({x.device}), got {weight.device}")
@@ -196,6 +199,9 @@ def fixed_branch_conv2d(
     _check_bank(fn, bank, x, "x")
     _check_padding(fn, padding_mode, bank, h, w, "the convolution's output")
     stop = _normalize_stop(fn, stop_gradient, bank.shape[0])
+    if _export.exporting_to_onnx():
+        return _export.fixed_branch_conv2d(x, weight, bias, bank.to(x.dtype), stride, padding, dilation, groups,
+                                           padding_mode, stop)
     return _ops.fixed_branch_conv2d(x, weight, bias, bank.to(x.dtype), stride, padding, dilation, groups,
                                     padding_mode, stop)
 
@@ -205,9 +211,16 @@ def _check_tensor_bias(fn: str, bias, weight: torch.Tensor, x: torch.Tensor) -> 
         raise TypeError(f"{fn}: expected bias to be a torch.Tensor or None, got {type(bias).__name__}")
     if bias.shape != (weight.shape[0],):
         raise ValueError(f"{fn}: expected bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    if bias.dtype != x.dtype or bias.device != x.device:
+    if (bias.dtype != x.dtype and not _autocast_enabled(x)) or bias.device != x.device:
         raise ValueError(f"{fn}: expected bias with x's dtype and device ({x.dtype}, {x.device}), got "
                          f"({bias.dtype}, {bias.device})")
+
+
+def _autocast_enabled(x: torch.Tensor) -> bool:
+    # Under autocast the operator's autocast kernel (autocast.py) casts x, weight and bias to the autocast dtype, as
+    # nn.Conv2d's does, so their dtypes may differ here. The device list is autocast.py's; checking it first also
+    # keeps torch.is_autocast_enabled away from device types it rejects (meta).
+    return x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
 
 
 def _conv_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -264,6 +277,7 @@ def branch_contributions(
 def _fixed_branch_fake(y, bank, padding_mode, stop_gradient):
     torch._check(y.dim() == 4, lambda: f"fixed_branch: expected y to have 4 dimensions, got {y.dim()}")
     torch._check(bank.dim() == 3, lambda: f"fixed_branch: expected bank to have 3 dimensions, got {bank.dim()}")
+    torch._check(bank.device == y.device, lambda: f"fixed_branch: expected bank on y's device ({y.device})")
     n, c, h, w = y.shape
     return torch.empty((n, (bank.shape[0] + 1) * c, h, w), dtype=y.dtype, device=y.device,
                        memory_format=suggest_memory_format(y))
@@ -272,6 +286,7 @@ def _fixed_branch_fake(y, bank, padding_mode, stop_gradient):
 @torch.library.register_fake("fixedbranch::_fixed_branch_backward")
 def _fixed_branch_backward_fake(grad_output, bank, padding_mode, stop_gradient):
     torch._check(grad_output.dim() == 4, lambda: "_fixed_branch_backward: expected 4-D grad_output")
+    torch._check(bank.device == grad_output.device, lambda: "_fixed_branch_backward: bank on another device")
     n, kc, h, w = grad_output.shape
     branches = bank.shape[0] + 1
     torch._check(kc % branches == 0, lambda: "_fixed_branch_backward: channels must be a multiple of K+1")

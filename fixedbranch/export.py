@@ -1,0 +1,151 @@
+"""Exporting models that use fixedbranch: ``torch.export`` keeps the fused operators, ONNX gets standard ops.
+
+``torch.export.export(model, (x,))`` records ``torch.ops.fixedbranch.*`` as they are (their fake kernels give the
+shapes), so the exported program runs the fused kernels, in Python or through AOTInductor.
+
+ONNX has no such operators. While ``torch.onnx.export`` traces a model (``torch.onnx.is_in_onnx_export()``),
+:func:`fixedbranch.fixed_branch` and :func:`fixedbranch.fixed_branch_conv2d` emit :func:`fixed_branch` and
+:func:`fixed_branch_conv2d` of this module instead: the same computation in standard operators, which the exporter
+lowers to ONNX ``Pad`` (mode constant / reflect / edge / wrap), ``Conv``, ``Reshape``, ``Transpose`` and ``Concat``,
+with batch, height and width free to be dynamic. So a plain ``torch.onnx.export(model, (x,))`` works, with the
+default (dynamo) exporter at its default opset (``wrap`` padding, for "circular", needs opset >= 19)::
+
+    onnx_program = torch.onnx.export(model, (x,), dynamic_shapes=({0: "batch", 2: "height", 3: "width"},))
+    onnx_program.save("model.onnx")
+
+An :class:`torch.export.ExportedProgram` made earlier still holds the fused operators; lower them first with
+:func:`decompositions` (which writes circular padding as slices and a ``Concat``, valid at any opset)::
+
+    ep = torch.export.export(model, (x,)).run_decompositions(fixedbranch.export.decompositions())
+    torch.onnx.export(ep).save("model.onnx")
+
+The same table lowers the operators for any other consumer of core ATen graphs.
+
+Why not a global registration: an entry in ``torch._decomp.decomposition_table`` would reach the ONNX exporter
+without any call here, but FakeTensor consults that table before the operators' registered fake kernels whenever
+shapes are symbolic, so ``torch.compile`` with dynamic shapes would trace the decomposition's strides instead of
+the kernels' (channels_last outputs among them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from .reference import same_padding
+
+__all__ = ["decompositions", "exporting_to_onnx", "fixed_branch", "fixed_branch_conv2d"]
+
+_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+
+
+def exporting_to_onnx() -> bool:
+    """True while ``torch.onnx.export`` traces a model (the dynamo exporter or the TorchScript one)."""
+    # The two cheap checks come first (0.1 us together): is_in_onnx_export costs microseconds per eager call.
+    return (torch.compiler.is_exporting() or torch.jit.is_tracing()) and torch.onnx.is_in_onnx_export()
+
+
+def fixed_branch(
+    y: torch.Tensor, bank: torch.Tensor, padding_mode: str = "zeros", stop_gradient: Iterable[int] = ()
+) -> torch.Tensor:
+    """``cat([y, F_1*y, ..., F_K*y], 1)`` in standard operators: one pad, one convolution, one concatenation.
+
+    The channels are folded into the batch, so a single (K, 1, S1, S2) convolution applies every filter to every
+    channel with no channel count baked into the graph; a transpose then puts the result in branch-major order.
+
+    Args:
+        y: (N, C, H, W).
+        bank: (K, S1, S2), converted to y's dtype.
+        padding_mode: "zeros", "reflect", "replicate" or "circular".
+        stop_gradient: branch indices (0 = identity) whose gradient does not reach y.
+
+    Returns:
+        (N, (K+1)*C, H, W), equal to :func:`fixedbranch.reference.fixed_branch` up to rounding.
+    """
+    return _fixed_branch(y, bank, padding_mode, stop_gradient, _pad)
+
+
+def fixed_branch_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    bank: torch.Tensor,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    stop_gradient: Iterable[int] = (),
+) -> torch.Tensor:
+    """:func:`fixed_branch` of ``F.conv2d(x, weight, bias, stride, padding, dilation, groups)``."""
+    y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    return fixed_branch(y, bank, padding_mode, stop_gradient)
+
+
+def _pad(y: torch.Tensor, pads: tuple[int, int, int, int], padding_mode: str) -> torch.Tensor:
+    return F.pad(y, pads, mode=_PAD_MODE[padding_mode])
+
+
+def _pad_functional(y: torch.Tensor, pads: tuple[int, int, int, int], padding_mode: str) -> torch.Tensor:
+    # A decomposition runs below functionalization, and circular F.pad is built from in-place copies there; the
+    # same wrap-around as slices and a concatenation is functional. The other modes are functional ATen ops.
+    if padding_mode != "circular":
+        return _pad(y, pads, padding_mode)
+    left, right, top, bottom = pads
+    y = torch.cat([y[:, :, y.shape[2] - top :], y, y[:, :, :bottom]], dim=2)
+    return torch.cat([y[:, :, :, y.shape[3] - left :], y, y[:, :, :, :right]], dim=3)
+
+
+def _fixed_branch(y, bank, padding_mode, stop_gradient, pad) -> torch.Tensor:
+    stop = set(stop_gradient)
+    n, c, h, w = y.shape
+    k, s1, s2 = bank.shape
+    bank = bank.detach().to(y.dtype)
+    if stop and stop != set(range(k + 1)):
+        # A partial stop set needs a detach per branch: one convolution per filter, as the reference does it.
+        pads = same_padding((s1, s2))
+        parts = [y.detach() if 0 in stop else y]
+        for i in range(k):
+            padded = pad(y.detach() if i + 1 in stop else y, pads, padding_mode)
+            parts.append(F.conv2d(padded, bank[i].expand(c, 1, s1, s2), groups=c))
+        return torch.cat(parts, dim=1)
+    src = y.detach() if stop else y
+    padded = pad(src, same_padding((s1, s2)), padding_mode)
+    planes = padded.reshape(n * c, 1, padded.shape[2], padded.shape[3])
+    filtered = F.conv2d(planes, bank.unsqueeze(1))
+    branches = filtered.reshape(n, c, k, h, w).transpose(1, 2).reshape(n, k * c, h, w)
+    return torch.cat([src, branches], dim=1)
+
+
+def _fixed_branch_op(y, bank, padding_mode, stop_gradient):
+    return _fixed_branch(y, bank, padding_mode, stop_gradient, _pad_functional)
+
+
+def _fixed_branch_conv2d_op(x, weight, bias, bank, stride, padding, dilation, groups, padding_mode, stop_gradient):
+    y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    return _fixed_branch(y, bank, padding_mode, stop_gradient, _pad_functional)
+
+
+def decompositions() -> dict:
+    """Decompositions of the fixedbranch operators, for :meth:`torch.export.ExportedProgram.run_decompositions`.
+
+    Only the two operators are in the table, so everything else in the program stays as it is (the ONNX exporter
+    then lowers it as usual). For a core-ATen program, add them to the defaults:
+    ``table = torch.export.default_decompositions(); table.update(fixedbranch.export.decompositions())``.
+
+    Example:
+        >>> import fixedbranch as fb
+        >>> layer = fb.FixedBranchConv2d(3, 4, 3, fb.filters.bank("sobel_x"), padding=1)
+        >>> ep = torch.export.export(layer, (torch.randn(1, 3, 8, 8),))
+        >>> lowered = ep.run_decompositions(fb.export.decompositions())
+        >>> [str(n.target) for n in lowered.graph.nodes if "fixedbranch" in str(n.target)]
+        []
+        >>> "aten.pad.default" in {str(n.target) for n in lowered.graph.nodes}
+        True
+    """
+    return {
+        torch.ops.fixedbranch.fixed_branch.default: _fixed_branch_op,
+        torch.ops.fixedbranch.fixed_branch_conv2d.default: _fixed_branch_conv2d_op,
+    }
