@@ -28,10 +28,20 @@ constexpr int64_t kBankSharedLimit = 8 * 1024;
 
 struct TileShape {
   int cb = 0, tw = 0, rs = 0;  // planes, columns and row strips (kRows rows each) per tile; cb == 0: no tile fits
+  int slices = 1;              // branches staged together (the backward reads K gradient slices per tile)
   bool cl = false;             // channels_last: neighbouring threads take neighbouring planes
   int threads() const { return cb * tw * rs; }
   int rows() const { return rs * kRows; }
-  int64_t tile_values(int64_t s1, int64_t s2) const { return int64_t(cb) * (rows() + s1 - 1) * (tw + s2 - 1); }
+  int staged_planes() const { return cb * slices; }
+  // Shared memory of a block: the staged planes' global offsets (8 bytes each at most), the tile with its halo,
+  // and the bank when it is copied there. The kernels lay it out in this order (SharedLayout).
+  int64_t offsets_bytes() const { return (8 * int64_t(staged_planes()) + 15) / 16 * 16; }
+  int64_t tile_values(int64_t s1, int64_t s2) const {
+    return int64_t(staged_planes()) * (rows() + s1 - 1) * (tw + s2 - 1);
+  }
+  int64_t shared_bytes(int64_t s1, int64_t s2, int64_t elem_size, int64_t bank_bytes) const {
+    return offsets_bytes() + tile_values(s1, s2) * elem_size + bank_bytes;
+  }
 };
 
 // Smallest power of two >= v, at most cap (a power of two).
@@ -42,9 +52,9 @@ inline int pow2_cover(int64_t v, int cap) {
 }
 
 // Tiles sized to the image so that small feature maps (7x7, 14x14) do not leave most threads idle: the spare
-// threads take more planes instead.
+// threads take more planes instead. `max_slices` branches are staged together when shared memory allows.
 inline TileShape choose_tile(bool channels_last, int64_t C, int64_t H, int64_t W, int64_t S1, int64_t S2,
-                             int64_t elem_size, int64_t bank_shared_bytes) {
+                             int64_t elem_size, int64_t bank_shared_bytes, int64_t max_slices) {
   TileShape t;
   t.cl = channels_last;
   const int cb0 = channels_last ? pow2_cover(C, 32) : 1;
@@ -52,7 +62,7 @@ inline TileShape choose_tile(bool channels_last, int64_t C, int64_t H, int64_t W
   t.tw = pow2_cover(W, std::min(spatial, 32));
   t.rs = pow2_cover((H + kRows - 1) / kRows, std::min(spatial / t.tw, 8));
   t.cb = kMaxThreads / (t.tw * t.rs);
-  while (t.tile_values(S1, S2) * elem_size + bank_shared_bytes > kSharedLimit) {
+  while (t.shared_bytes(S1, S2, elem_size, bank_shared_bytes) > kSharedLimit) {
     if (t.cb > 1) {
       t.cb /= 2;
     } else if (t.rs > 1) {
@@ -61,6 +71,13 @@ inline TileShape choose_tile(bool channels_last, int64_t C, int64_t H, int64_t W
       t.tw /= 2;
     } else {
       return TileShape{};
+    }
+  }
+  while (t.slices < max_slices) {
+    ++t.slices;
+    if (t.shared_bytes(S1, S2, elem_size, bank_shared_bytes) > kSharedLimit) {
+      --t.slices;
+      break;
     }
   }
   return t;
@@ -85,7 +102,7 @@ struct Geometry {
   int64_t tiles, tiles_h, tiles_w;         // tiles = plane blocks * tiles_h * tiles_w
   int K, S1, S2, top, left;                // bank size and the "same" padding before the image
   int band_rows, band_cols;                // pixels this close to an edge may be copied into the padding
-  int cb, tw, rs, cl;                      // the TileShape
+  int cb, tw, rs, cl, slices;              // the TileShape
   PadMode mode;
   StopSet stop;
 };
