@@ -43,11 +43,13 @@ def test_fixed_branch_gradcheck_non_square_filter(mode, device):
 @pytest.mark.parametrize("mode", PADDING_MODES)
 def test_fixed_branch_conv2d_gradcheck(mode, device):
     opts = dict(dtype=torch.float64, device=device, requires_grad=True)
-    x, w, b = torch.randn(2, 2, 7, 6, **opts), torch.randn(4, 1, 3, 2, **opts), torch.randn(4, **opts)
+    x, w, b = torch.randn(1, 2, 6, 7, **opts), torch.randn(2, 1, 3, 2, **opts), torch.randn(2, **opts)
     bank = _bank(device)
     fn = lambda x, w, b: fb.fixed_branch_conv2d(x, w, b, bank, (1, 2), 1, 1, 2, mode)  # noqa: E731
     assert gradcheck(fn, (x, w, b))
-    assert gradgradcheck(fn, (x, w, b))
+    # Second order goes through ATen's convolution double backward too: the fast (random-projection) mode
+    # keeps it to seconds.
+    assert gradgradcheck(fn, (x, w, b), fast_mode=True)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
