@@ -89,6 +89,17 @@ PadMode check_branch_args(const char* what, const char* input_name, const at::Te
   return mode;
 }
 
+at::Tensor empty_branch_output(const at::Tensor& y, int64_t num_filters) {
+  return at::empty({y.size(0), (num_filters + 1) * y.size(1), y.size(2), y.size(3)},
+                   y.options().memory_format(y.suggest_memory_format()));
+}
+
+at::Tensor empty_branch_grad(const at::Tensor& grad_output, int64_t num_filters) {
+  const at::Tensor& g = grad_output;
+  return at::empty({g.size(0), g.size(1) / (num_filters + 1), g.size(2), g.size(3)},
+                   g.options().memory_format(g.suggest_memory_format()));
+}
+
 void check_backward_args(const at::Tensor& grad_output, const at::Tensor& bank, c10::IntArrayRef stop_gradient) {
   const int64_t branches = bank.size(0) + 1;
   TORCH_CHECK(grad_output.size(1) % branches == 0, "fixedbranch._fixed_branch_backward: expected grad_output's ",

@@ -48,6 +48,11 @@ C10_HOST_DEVICE inline int64_t pad_source_index(int64_t i, int64_t n, PadMode mo
 PadMode check_branch_args(const char* what, const char* input_name, const at::Tensor& input, const at::Tensor& bank,
                           c10::string_view padding_mode);
 
+// Outputs, allocated in the memory format of the operand (NCHW stays NCHW, channels_last stays channels_last):
+// the forward's (N, (K+1)*C, H, W) and the backward's dL/dy, (N, C, H, W) from grad_output's (N, (K+1)*C, H, W).
+at::Tensor empty_branch_output(const at::Tensor& y, int64_t num_filters);
+at::Tensor empty_branch_grad(const at::Tensor& grad_output, int64_t num_filters);
+
 // The backward's extra checks: grad_output's channels split into K+1 equal slices, stop indices in [0, K].
 void check_backward_args(const at::Tensor& grad_output, const at::Tensor& bank, c10::IntArrayRef stop_gradient);
 

@@ -448,8 +448,7 @@ at::Tensor fixed_branch_cpu(const at::Tensor& y, const at::Tensor& bank, c10::st
   const PadMode mode = check_branch_args("fixedbranch.fixed_branch", "y", y, bank, padding_mode);
   TORCH_INTERNAL_ASSERT(y.device().is_cpu());
   const int64_t K = bank.size(0);
-  at::Tensor out = at::empty({y.size(0), (K + 1) * y.size(1), y.size(2), y.size(3)},
-                             y.options().memory_format(y.suggest_memory_format()));
+  at::Tensor out = empty_branch_output(y, K);
   if (out.numel() == 0) return out;
   advise_huge_pages(out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "fixed_branch_cpu",
@@ -467,8 +466,7 @@ at::Tensor fixed_branch_backward_cpu(const at::Tensor& grad_output, const at::Te
   std::vector<bool> stopped(K + 1, false);
   for (const int64_t k : stop_gradient) stopped[k] = true;
   const auto g = grad_output;
-  at::Tensor grad_y = at::empty({g.size(0), g.size(1) / (K + 1), g.size(2), g.size(3)},
-                                g.options().memory_format(g.suggest_memory_format()));
+  at::Tensor grad_y = empty_branch_grad(g, K);
   if (grad_y.numel() == 0) return grad_y;
   advise_huge_pages(grad_y);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fixed_branch_backward_cpu",

@@ -494,8 +494,7 @@ at::Tensor fixed_branch_cuda(const at::Tensor& y, const at::Tensor& bank, c10::s
   TORCH_INTERNAL_ASSERT(y.device().is_cuda());
   const c10::cuda::CUDAGuard device_guard(y.device());
   const int64_t K = bank.size(0);
-  at::Tensor out = at::empty({y.size(0), (K + 1) * y.size(1), y.size(2), y.size(3)},
-                             y.options().memory_format(y.suggest_memory_format()));
+  at::Tensor out = empty_branch_output(y, K);
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "fixed_branch_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
@@ -514,8 +513,7 @@ at::Tensor fixed_branch_backward_cuda(const at::Tensor& grad_output, const at::T
   const c10::cuda::CUDAGuard device_guard(grad_output.device());
   const int64_t K = bank.size(0);
   const at::Tensor& g = grad_output;
-  at::Tensor grad_y = at::empty({g.size(0), g.size(1) / (K + 1), g.size(2), g.size(3)},
-                                g.options().memory_format(g.suggest_memory_format()));
+  at::Tensor grad_y = empty_branch_grad(g, K);
   if (grad_y.numel() == 0) return grad_y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fixed_branch_backward_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
