@@ -34,11 +34,9 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from .reference import same_padding
+from .reference import _PAD_MODE, same_padding
 
 __all__ = ["decompositions", "exporting_to_onnx", "fixed_branch", "fixed_branch_conv2d"]
-
-_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
 
 def exporting_to_onnx() -> bool:
