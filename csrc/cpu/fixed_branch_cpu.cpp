@@ -257,7 +257,9 @@ Tiling make_tiling(int64_t C, int64_t H, int64_t tile_row_values, int64_t halo_r
   t.cv = channels_last ? std::min(C, kChannelBlock) : 1;
   t.channel_blocks = channels_last ? (C + t.cv - 1) / t.cv : C;
   const int64_t row_bytes = std::max<int64_t>(tile_row_values * t.cv * opmath_size, 1);
-  t.rows = std::clamp<int64_t>(kTileBytes / row_bytes - halo_rows, 1, H);
+  // At least four output rows per halo row, even past the budget: wide channels_last rows (K gradient maps of
+  // 32+ channels in backward) would otherwise stage each input row three times for one output row.
+  t.rows = std::clamp<int64_t>(std::max(kTileBytes / row_bytes - halo_rows, 4 * halo_rows), 1, H);
   t.row_blocks = (H + t.rows - 1) / t.rows;
   return t;
 }
