@@ -41,8 +41,8 @@ class FixedBranch(nn.Module):
 
     def __init__(self, bank: torch.Tensor, padding_mode: str = "zeros", stop_gradient: Iterable[int] = ()):
         super().__init__()
-        ops._check_bank("FixedBranch", bank, bank, "bank")
-        ops._check_padding("FixedBranch", padding_mode, bank, 1 << 30, 1 << 30, "input")
+        ops._check_bank("FixedBranch", bank)
+        ops._check_padding_mode("FixedBranch", padding_mode)
         self.padding_mode = padding_mode
         self.stop_gradient = tuple(ops._normalize_stop("FixedBranch", stop_gradient, bank.shape[0]))
         self.register_buffer("bank", bank.detach().clone(), persistent=False)
@@ -106,8 +106,8 @@ class FixedBranchConv2d(nn.Conv2d):
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
             device=device, dtype=dtype,
         )
-        ops._check_bank("FixedBranchConv2d", bank, bank, "bank")
-        ops._check_padding("FixedBranchConv2d", filter_padding_mode, bank, 1 << 30, 1 << 30, "input")
+        ops._check_bank("FixedBranchConv2d", bank)
+        ops._check_padding_mode("FixedBranchConv2d", filter_padding_mode, "filter_padding_mode")
         self.filter_padding_mode = filter_padding_mode
         self.stop_gradient = tuple(ops._normalize_stop("FixedBranchConv2d", stop_gradient, bank.shape[0]))
         bank = bank.detach().to(device=self.weight.device, dtype=self.weight.dtype).clone()

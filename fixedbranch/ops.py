@@ -37,7 +37,8 @@ def _check_tensor(fn: str, name: str, t, ndim: int, dims: str) -> None:
         raise ValueError(f"{fn}: expected {name} to be float64, float32, float16 or bfloat16, got {t.dtype}")
 
 
-def _check_bank(fn: str, bank, like: torch.Tensor, like_name: str) -> None:
+def _check_bank(fn: str, bank, like: torch.Tensor | None = None, like_name: str = "") -> None:
+    """The bank's own checks, and (given ``like``) that it is on like's device."""
     _check_tensor(fn, "bank", bank, 3, "(K, S1, S2)")
     if bank.shape[0] < 1 or bank.shape[1] < 1 or bank.shape[2] < 1:
         raise ValueError(f"{fn}: expected a non-empty bank (K, S1, S2 >= 1), got shape {tuple(bank.shape)}")
@@ -45,13 +46,18 @@ def _check_bank(fn: str, bank, like: torch.Tensor, like_name: str) -> None:
         raise ValueError(
             f"{fn}: bank requires grad, but the filters are fixed and never receive a gradient; pass bank.detach()"
         )
-    if bank.device != like.device:
+    if like is not None and bank.device != like.device:
         raise ValueError(f"{fn}: expected bank on the same device as {like_name} ({like.device}), got {bank.device}")
 
 
-def _check_padding(fn: str, padding_mode, bank: torch.Tensor, height: int, width: int, image_name: str) -> None:
+def _check_padding_mode(fn: str, padding_mode, name: str = "padding_mode") -> None:
     if padding_mode not in PADDING_MODES:
-        raise ValueError(f"{fn}: padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        raise ValueError(f"{fn}: {name} must be one of {PADDING_MODES}, got {padding_mode!r}")
+
+
+def _check_padding(fn: str, padding_mode, bank: torch.Tensor, height: int, width: int, image_name: str) -> None:
+    """The mode, and whether the bank's "same" padding fits an image of height x width in that mode."""
+    _check_padding_mode(fn, padding_mode)
     left, right, top, bottom = same_padding(tuple(bank.shape[1:]))
     if padding_mode == "reflect" and (max(top, bottom) >= height or max(left, right) >= width):
         raise ValueError(

@@ -91,7 +91,7 @@ BAD_INPUT = [
     ("padding mode, conv", lambda: fb.fixed_branch_conv2d(X, W, None, BANK, padding_mode="edge"), ValueError,
      ["padding_mode", "'edge'"]),
     ("padding mode, module", lambda: fb.FixedBranchConv2d(3, 4, 3, BANK, filter_padding_mode="constant"), ValueError,
-     ["padding_mode", "'constant'"]),
+     ["filter_padding_mode", "'constant'"]),
     ("padding mode, operator", lambda: _ops.fixed_branch(Y, BANK, "wrap", []), RuntimeError,
      ["padding_mode", "'wrap'"]),
     # unknown filter name
