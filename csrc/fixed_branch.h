@@ -1,20 +1,24 @@
-// Shared by the operator schemas and the per-device kernels: padding modes, the "same" padding of a bank, the
-// index map of each padding mode and the argument checks that guard memory safety.
+// Shared by the operator entry points and the per-device kernels: padding modes, the "same" padding of a bank,
+// the index map of each padding mode, the parsed arguments of a branch operator and the per-device kernel table.
+// The semantics are docs/design.md's.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/DeviceType.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/ArrayRef.h>
 #include <c10/util/string_view.h>
 
 #include <cstdint>
-#include <string>
+#include <vector>
 
 namespace fixedbranch {
 
 enum class PadMode : int { Zeros = 0, Reflect = 1, Replicate = 2, Circular = 3 };
 
-PadMode parse_padding_mode(c10::string_view name);
+// Output channel orders: Branch puts branch b of channel c at b*C + c (torch.cat's order), Channel at c*B + b
+// (a grouped convolution with a repeated bank).
+enum class Order : int { Branch = 0, Channel = 1 };
 
 // "same" padding, as PyTorch's padding="same": the odd extra row/column goes to the bottom/right.
 struct SamePad {
@@ -27,8 +31,8 @@ inline SamePad same_pad(int64_t s1, int64_t s2) {
 }
 
 // Source index of padded coordinate i (i < 0 or i >= n lies in the border) as F.pad defines it, or -1 where
-// the padded value is the constant 0. Valid for |border| < n (reflect) and |border| <= n (circular), which
-// check_branch_args guarantees.
+// the padded value is the constant 0. Valid for |border| < n (reflect) and |border| <= n (circular), which the
+// argument checks guarantee.
 C10_HOST_DEVICE inline int64_t pad_source_index(int64_t i, int64_t n, PadMode mode) {
   if (i >= 0 && i < n) return i;
   switch (mode) {
@@ -43,17 +47,55 @@ C10_HOST_DEVICE inline int64_t pad_source_index(int64_t i, int64_t n, PadMode mo
   }
 }
 
-// Checks shared by the forward and backward kernels of every device. `what` names the operator, `input_name`
-// the 4-D tensor. Returns the parsed padding mode.
-PadMode check_branch_args(const char* what, const char* input_name, const at::Tensor& input, const at::Tensor& bank,
-                          c10::string_view padding_mode);
+// The arguments of a branch operator after the entry point has checked and parsed them: everything a device
+// kernel needs besides the tensors. Sizes are y's (N, C, H, W) and the output's (out_h, out_w).
+struct BranchArgs {
+  PadMode mode;
+  SamePad pad;
+  bool identity;
+  Order order;
+  int64_t stride_h, stride_w;
+  int64_t N, C, H, W, out_h, out_w;
+  int64_t K;                  // filters in the bank
+  int64_t B;                  // branches in the output: K + identity
+  std::vector<bool> stopped;  // K+1 flags, index 0 the identity; only the backward reads them
 
-// Outputs, allocated in the memory format of the operand (NCHW stays NCHW, channels_last stays channels_last):
-// the forward's (N, (K+1)*C, H, W) and the backward's dL/dy, (N, C, H, W) from grad_output's (N, (K+1)*C, H, W).
-at::Tensor empty_branch_output(const at::Tensor& y, int64_t num_filters);
-at::Tensor empty_branch_grad(const at::Tensor& grad_output, int64_t num_filters);
+  bool strided() const { return stride_h != 1 || stride_w != 1; }
+  // Output slot of filter k (1..K): the identity, when present, is slot 0.
+  int64_t slot(int64_t k) const { return k - 1 + (identity ? 1 : 0); }
+  // Output channel of slot b, channel c, and the step between consecutive channels of one slot.
+  int64_t channel(int64_t b, int64_t c) const { return order == Order::Branch ? b * C + c : c * B + b; }
+  int64_t channel_step() const { return order == Order::Branch ? 1 : B; }
+  // True when the output is exactly the old cat([y, F_1*y, ..., F_K*y]) at full resolution.
+  bool plain() const { return identity && order == Order::Branch && !strided(); }
+};
 
-// The backward's extra checks: grad_output's channels split into K+1 equal slices, stop indices in [0, K].
-void check_backward_args(const at::Tensor& grad_output, const at::Tensor& bank, c10::IntArrayRef stop_gradient);
+// How the CPU kernels run a bank whose plan (csrc/bank_plan.h) factors filters: by the plan's multiply-add count
+// (Auto), never, or always. Set through the operator fixedbranch::_set_factoring (benchmarks compare the paths).
+enum class Factoring : int { Auto = 0, Never = 1, Always = 2 };
+
+// Device kernels. `bank` is already rounded to the operand's dtype and contiguous; `out` / `grad_y` are allocated
+// (non-empty) in the memory format the operator promises. Kernels only compute.
+using ForwardKernel = void (*)(const at::Tensor& y, const at::Tensor& bank, const BranchArgs& args, at::Tensor& out);
+using BackwardKernel = void (*)(const at::Tensor& grad_output, const at::Tensor& bank, const BranchArgs& args,
+                                at::Tensor& grad_y);
+
+struct BranchKernels {
+  ForwardKernel forward = nullptr;
+  BackwardKernel backward = nullptr;
+};
+
+// Each device file registers its kernels once (a static initialiser) and registers the entry points below for
+// its dispatch key; the entry points look the kernels up by the operand's device type.
+bool register_branch_kernels(c10::DeviceType device, BranchKernels kernels);
+
+// The device-independent entry points of fixedbranch::fixed_branch and fixedbranch::_fixed_branch_backward: check
+// every argument, parse once, allocate, return early on empty tensors, guard the device, run the device kernel.
+at::Tensor fixed_branch(const at::Tensor& y, const at::Tensor& bank, c10::string_view padding_mode,
+                        c10::IntArrayRef stop_gradient, bool identity, c10::string_view order,
+                        c10::IntArrayRef stride);
+at::Tensor fixed_branch_backward(const at::Tensor& grad_output, const at::Tensor& bank, c10::string_view padding_mode,
+                                 c10::IntArrayRef stop_gradient, bool identity, c10::string_view order,
+                                 c10::IntArrayRef stride, c10::IntArrayRef input_size);
 
 }  // namespace fixedbranch

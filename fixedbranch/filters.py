@@ -406,27 +406,74 @@ def gabor(
     return _out(k, dtype, device)
 
 
-def dct(size: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> torch.Tensor:
-    """Orthonormal 2-D DCT-II basis, as the fixed filters of harmonic networks (Ulicny et al., 2019).
+_DCT_NORMS = ("ortho", "l1")
 
-    Basis ``(u, v)`` sits at index ``u * size + v``::
 
-        B[u*size + v, i, j] = c(u) c(v) cos(π (2i + 1) u / (2N)) cos(π (2j + 1) v / (2N)),   N = size,
+def _dct_cosines(size: int) -> torch.Tensor:
+    """Unnormalised 1-D DCT-II cosines ``cos(π (2i + 1) u / (2N))``, rows = frequency u, columns = position i.
 
-    with ``c(0) = sqrt(1/N)`` and ``c(u > 0) = sqrt(2/N)``. Correlating a patch ``P`` with ``B[u*size + v]`` gives
-    ``scipy.fft.dctn(P, norm="ortho")[u, v]``; flattened to (size², size²) the basis is an orthogonal matrix.
+    The angle ``π m / (2N)`` with ``m = (2i + 1) u`` is reduced in integers to the first quadrant before the one
+    transcendental call, so the symmetries hold bit for bit: ``C[u, N-1-i] = (-1)^u C[u, i]``, and the taps where
+    the cosine vanishes (odd u at the centre of an odd size) are exactly 0 instead of ~6e-17.
+    """
+    u = torch.arange(size, dtype=torch.int64)[:, None]
+    i = torch.arange(size, dtype=torch.int64)[None, :]
+    m = ((2 * i + 1) * u) % (4 * size)  # cos has period 4N in m
+    m = torch.where(m > 2 * size, 4 * size - m, m)  # cos(2π - a) = cos(a): m in [0, 2N]
+    sign = torch.where(m > size, -1.0, 1.0).to(torch.float64)  # cos(π - a) = -cos(a): m in [0, N]
+    m = torch.where(m > size, 2 * size - m, m)
+    # cos(π m / (2N)) = sin(π (N - m) / (2N)): exact 1 at m = 0, exact 0 at m = N.
+    return sign * torch.sin(math.pi * (size - m).to(torch.float64) / (2 * size))
+
+
+def dct(
+    size: int,
+    *,
+    norm: str = "ortho",
+    level: int | None = None,
+    dc: bool = True,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """2-D DCT-II basis, the fixed filters of harmonic networks (Ulicny et al., 2019).
+
+    Basis ``(u, v)`` (u the row, vertical, frequency; v the column, horizontal, one) is the outer product of two
+    1-D cosines::
+
+        B(u, v)[i, j] = a(u) a(v) cos(π (2i + 1) u / (2N)) cos(π (2j + 1) v / (2N)),   N = size,
+
+    and the filters come in the order ``u * size + v`` (row-major over (u, v)) with those not selected left out.
+    ``norm`` fixes the scale:
+
+    - ``"ortho"``: ``a(0) = sqrt(1/N)``, ``a(u > 0) = sqrt(2/N)``, the orthonormal basis. Correlating a patch
+      ``P`` with ``B(u, v)`` gives ``scipy.fft.dctn(P, norm="ortho")[u, v]``; the full basis flattened to
+      (size², size²) is an orthogonal matrix. (Harmonic networks' ``dct_filters(l1_norm=False)``.)
+    - ``"l1"``: each filter divided by its L1 norm, ``sum |B(u, v)| = 1``; the DC filter is ``1/N²``
+      everywhere. (Harmonic networks' default, ``dct_filters(l1_norm=True)``.)
+
+    Either way every filter is exactly ``torch.outer(r_u, r_v)`` of two normalised 1-D cosines (the L1 norm of an
+    outer product is the product of the L1 norms), so the bank factors into row and column cosines bit for bit.
+
+    Selection, as harmonic networks' ``level`` and ``DC`` arguments: ``level`` keeps only the filters with
+    ``u + v < level`` (``level = 1`` keeps the DC filter alone, ``2 * size - 1`` keeps all of them; the count is
+    ``level (level + 1) / 2`` for ``level <= size``); ``dc=False`` drops the constant filter ``(0, 0)``.
 
     Args:
-        size: side length N, >= 1.
+        size: side length N, >= 1 (``size = 1`` is the single filter ``[[1.]]``).
+        norm: ``"ortho"`` or ``"l1"``.
+        level: ``None`` (all filters) or an integer in ``[1, 2 * size - 1]``: keep ``u + v < level``.
+        dc: keep the constant filter (u = v = 0).
         dtype: floating-point dtype of the result.
         device: device of the result.
 
     Returns:
-        Tensor of shape (size², size, size).
+        Tensor of shape (K, size, size): K = size² with the defaults.
 
     Raises:
-        TypeError: ``size`` is not an integer, ``dtype`` not a floating-point dtype.
-        ValueError: ``size`` < 1.
+        TypeError: ``size`` or ``level`` is not an integer, ``norm`` not a string, ``dc`` not a bool, ``dtype``
+            not a floating-point dtype.
+        ValueError: ``size`` < 1, an unknown ``norm``, ``level`` outside ``[1, 2 * size - 1]``, or a selection
+            that leaves no filter (``dc=False`` with ``size = 1`` or ``level = 1``).
 
     Example:
         >>> dct(2)
@@ -441,15 +488,52 @@ def dct(size: int, *, dtype: torch.dtype = torch.float64, device: torch.device |
         <BLANKLINE>
                 [[ 0.5000, -0.5000],
                  [-0.5000,  0.5000]]], dtype=torch.float64)
+        >>> dct(3, norm="l1", level=2, dc=False)  # (0, 1) varies along the columns, (1, 0) down the rows
+        tensor([[[ 0.1667,  0.0000, -0.1667],
+                 [ 0.1667,  0.0000, -0.1667],
+                 [ 0.1667,  0.0000, -0.1667]],
+        <BLANKLINE>
+                [[ 0.1667,  0.1667,  0.1667],
+                 [ 0.0000,  0.0000,  0.0000],
+                 [-0.1667, -0.1667, -0.1667]]], dtype=torch.float64)
+        >>> dct(7, level=3).shape  # u + v < 3: (0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0)
+        torch.Size([6, 7, 7])
     """
     size = _check_int("size", size)
-    n = torch.arange(size, dtype=torch.float64)
-    scale = torch.full((size,), math.sqrt(2.0 / size), dtype=torch.float64)
-    scale[0] = math.sqrt(1.0 / size)
-    # 1-D orthonormal DCT-II matrix, rows = frequency u, columns = position i.
-    c1 = scale[:, None] * torch.cos(math.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * size))
-    basis = c1[:, None, :, None] * c1[None, :, None, :]  # (u, v, i, j)
-    return _out(basis.reshape(size * size, size, size), dtype, device)
+    if not isinstance(norm, str):
+        valid = ", ".join(map(repr, _DCT_NORMS))
+        raise TypeError(f"norm: expected a string, one of {valid}; got {type(norm).__name__}")
+    if norm not in _DCT_NORMS:
+        raise ValueError(f"norm: expected one of {', '.join(map(repr, _DCT_NORMS))}, got {norm!r}")
+    if level is not None:
+        level = _check_int("level", level, minimum=-(2**63))
+        if not 1 <= level <= 2 * size - 1:
+            raise ValueError(
+                f"level: expected None or an integer in [1, 2 * size - 1] = [1, {2 * size - 1}] for size {size} "
+                f"(keeps u + v < level), got {level}"
+            )
+    if not isinstance(dc, bool):
+        raise TypeError(f"dc: expected a bool, got {type(dc).__name__}")
+    u = torch.arange(size)
+    keep = torch.ones(size, size, dtype=torch.bool)
+    if level is not None:
+        keep &= (u[:, None] + u[None, :]) < level
+    if not dc:
+        keep[0, 0] = False
+    if not keep.any():
+        raise ValueError(
+            f"dc=False with {'size 1' if size == 1 else f'level={level}'} leaves no filter: the constant filter is "
+            "the only one selected"
+        )
+    cos = _dct_cosines(size)
+    if norm == "ortho":
+        scale = torch.full((size, 1), math.sqrt(2.0 / size), dtype=torch.float64)
+        scale[0] = math.sqrt(1.0 / size)
+        rows = cos * scale
+    else:
+        rows = cos / cos.abs().sum(dim=1, keepdim=True)
+    basis = rows[:, None, :, None] * rows[None, :, None, :]  # (u, v, i, j)
+    return _out(basis[keep], dtype, device)
 
 
 def lbcnn(

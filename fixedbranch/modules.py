@@ -17,6 +17,33 @@ def _bank_summary(bank: torch.Tensor) -> str:
     return f"bank=({bank.shape[0]}, {bank.shape[1]}, {bank.shape[2]})"
 
 
+def _check_options(owner: str, bank, padding_mode, stop_gradient, identity, order, stride,
+                   padding_mode_name: str = "padding_mode", stride_name: str = "stride") -> tuple:
+    """The operator's own checks of the branch options, told in the module's name; returns (stop, stride)."""
+    ops._check_bank(owner, bank)
+    stop = ops._stop_list(owner, stop_gradient)
+    stride = ops._pair(owner, stride_name, stride)
+    try:
+        torch.ops.fixedbranch._check_options(bank, padding_mode, stop, identity, order, stride)
+    except ValueError as error:
+        message = str(error).replace("fixedbranch.fixed_branch", owner)
+        raise ValueError(message.replace("padding_mode", padding_mode_name).replace("stride", stride_name)) from None
+    return tuple(stop), tuple(stride)
+
+
+def _options_repr(module) -> str:
+    """The branch options that differ from their defaults."""
+    parts = [f"stop_gradient={module.stop_gradient}"] if module.stop_gradient else []
+    if not module.identity:
+        parts.append("identity=False")
+    if module.order != "branch":
+        parts.append(f"order={module.order!r}")
+    name = "filter_stride" if hasattr(module, "filter_stride") else "stride"
+    if getattr(module, name) != (1, 1):
+        parts.append(f"{name}={getattr(module, name)}")
+    return "".join(", " + p for p in parts)
+
+
 class FixedBranch(nn.Module):
     """Fixed-filter branches: ``cat([y, F_1*y, ..., F_K*y], 1)``, see :func:`fixedbranch.fixed_branch`.
 
@@ -27,10 +54,13 @@ class FixedBranch(nn.Module):
         bank: (K, S1, S2) fixed filters, e.g. ``fixedbranch.filters.bank("sobel_x", "sobel_y")``.
         padding_mode: "zeros", "reflect", "replicate" or "circular".
         stop_gradient: branch indices (0 = identity) that send no gradient back.
+        identity: whether y itself is part of the output.
+        order: "branch" (``out[:, b*C + c]``) or "channel" (``out[:, c*B + b]``).
+        stride: an int or a pair; the branches are sampled every stride-th pixel.
 
     Shape:
         - Input: (N, C, H, W)
-        - Output: (N, (K+1)*C, H, W)
+        - Output: (N, B*C, H', W'), B = K+1 (K with identity=False), H' = (H-1)//sH + 1
 
     Example:
         >>> import fixedbranch as fb
@@ -39,25 +69,33 @@ class FixedBranch(nn.Module):
         torch.Size([2, 32, 32, 32])
     """
 
-    def __init__(self, bank: torch.Tensor, padding_mode: str = "zeros", stop_gradient: Iterable[int] = ()):
+    def __init__(
+        self,
+        bank: torch.Tensor,
+        padding_mode: str = "zeros",
+        stop_gradient: Iterable[int] = (),
+        identity: bool = True,
+        order: str = "branch",
+        stride=1,
+    ):
         super().__init__()
-        ops._check_bank("FixedBranch", bank)
-        ops._check_padding_mode("FixedBranch", padding_mode)
-        self.padding_mode = padding_mode
-        self.stop_gradient = tuple(ops._normalize_stop("FixedBranch", stop_gradient, bank.shape[0]))
+        self.stop_gradient, self.stride = _check_options(
+            "FixedBranch", bank, padding_mode, stop_gradient, identity, order, stride
+        )
+        self.padding_mode, self.identity, self.order = padding_mode, identity, order
         self.register_buffer("bank", bank.detach().clone(), persistent=False)
 
     @property
     def num_branches(self) -> int:
-        """K+1: the identity and one branch per filter."""
-        return self.bank.shape[0] + 1
+        """B: the branches in the output, the identity (unless identity=False) and one per filter."""
+        return self.bank.shape[0] + int(self.identity)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return ops.fixed_branch(y, self.bank, self.padding_mode, self.stop_gradient)
+        return ops.fixed_branch(y, self.bank, self.padding_mode, self.stop_gradient, self.identity, self.order,
+                                self.stride)
 
     def extra_repr(self) -> str:
-        s = f"{_bank_summary(self.bank)}, padding_mode={self.padding_mode!r}"
-        return s + (f", stop_gradient={self.stop_gradient}" if self.stop_gradient else "")
+        return f"{_bank_summary(self.bank)}, padding_mode={self.padding_mode!r}" + _options_repr(self)
 
 
 class FixedBranchConv2d(nn.Conv2d):
@@ -73,10 +111,14 @@ class FixedBranchConv2d(nn.Conv2d):
         bank: (K, S1, S2) fixed filters.
         filter_padding_mode: border handling of the fixed filters: "zeros", "reflect", "replicate", "circular".
         stop_gradient: branch indices (0 = identity) that send no gradient back.
+        identity: whether the conv output itself is part of the output.
+        order: "branch" (``out[:, b*C + c]``) or "channel" (``out[:, c*B + b]``).
+        filter_stride: the branches' stride (``stride`` is the convolution's).
 
     Shape:
         - Input: (N, C_in, H, W)
-        - Output: (N, C_out*(K+1), H_out, W_out), H_out and W_out as ``nn.Conv2d``
+        - Output: (N, C_out*B, H', W'), B = K+1 (K with identity=False); H', W' are ``nn.Conv2d``'s sampled every
+          filter_stride-th pixel
 
     Example:
         >>> import fixedbranch as fb
@@ -99,6 +141,9 @@ class FixedBranchConv2d(nn.Conv2d):
         padding_mode: str = "zeros",
         filter_padding_mode: str = "zeros",
         stop_gradient: Iterable[int] = (),
+        identity: bool = True,
+        order: str = "branch",
+        filter_stride=1,
         device=None,
         dtype=None,
     ):
@@ -106,10 +151,11 @@ class FixedBranchConv2d(nn.Conv2d):
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
             device=device, dtype=dtype,
         )
-        ops._check_bank("FixedBranchConv2d", bank)
-        ops._check_padding_mode("FixedBranchConv2d", filter_padding_mode, "filter_padding_mode")
-        self.filter_padding_mode = filter_padding_mode
-        self.stop_gradient = tuple(ops._normalize_stop("FixedBranchConv2d", stop_gradient, bank.shape[0]))
+        self.stop_gradient, self.filter_stride = _check_options(
+            "FixedBranchConv2d", bank, filter_padding_mode, stop_gradient, identity, order, filter_stride,
+            padding_mode_name="filter_padding_mode", stride_name="filter_stride",
+        )
+        self.filter_padding_mode, self.identity, self.order = filter_padding_mode, identity, order
         bank = bank.detach().to(device=self.weight.device, dtype=self.weight.dtype).clone()
         self.register_buffer("bank", bank, persistent=False)
 
@@ -120,22 +166,25 @@ class FixedBranchConv2d(nn.Conv2d):
         bank: torch.Tensor,
         filter_padding_mode: str = "zeros",
         stop_gradient: Iterable[int] = (),
+        identity: bool = True,
+        order: str = "branch",
+        filter_stride=1,
     ) -> FixedBranchConv2d:
         """Wraps a (trained) ``nn.Conv2d``: same hyper-parameters, a copy of its weight and bias."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"FixedBranchConv2d.from_conv2d: expected conv to be an nn.Conv2d, got {type(conv).__name__}")
         layer = cls(
             conv.in_channels, conv.out_channels, conv.kernel_size, bank, conv.stride, conv.padding, conv.dilation,
-            conv.groups, conv.bias is not None, conv.padding_mode, filter_padding_mode, stop_gradient,
-            device=conv.weight.device, dtype=conv.weight.dtype,
+            conv.groups, conv.bias is not None, conv.padding_mode, filter_padding_mode, stop_gradient, identity,
+            order, filter_stride, device=conv.weight.device, dtype=conv.weight.dtype,
         )
         layer.load_state_dict(conv.state_dict())
         return layer
 
     @property
     def num_branches(self) -> int:
-        """K+1: the identity and one branch per filter."""
-        return self.bank.shape[0] + 1
+        """B: the branches in the output, the identity (unless identity=False) and one per filter."""
+        return self.bank.shape[0] + int(self.identity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padding = self.padding
@@ -149,9 +198,11 @@ class FixedBranchConv2d(nn.Conv2d):
                 padding = (0, 0)
         return ops.fixed_branch_conv2d(
             x, self.weight, self.bias, self.bank, self.stride, padding, self.dilation, self.groups,
-            self.filter_padding_mode, self.stop_gradient,
+            self.filter_padding_mode, self.stop_gradient, self.identity, self.order, self.filter_stride,
         )
 
     def extra_repr(self) -> str:
-        s = super().extra_repr() + f", {_bank_summary(self.bank)}, filter_padding_mode={self.filter_padding_mode!r}"
-        return s + (f", stop_gradient={self.stop_gradient}" if self.stop_gradient else "")
+        s = super().extra_repr() + f", {_bank_summary(self.bank)}"
+        if self.filter_padding_mode != "zeros":
+            s += f", filter_padding_mode={self.filter_padding_mode!r}"
+        return s + _options_repr(self)

@@ -3,10 +3,12 @@
 Everything here is ordinary autograd over ``F.pad``, a depthwise ``F.conv2d`` per filter and ``torch.cat``. It
 needs only torch, is deliberately simple, and has the same signatures as the fused ops in :mod:`fixedbranch.ops`.
 
-Semantics (see DESIGN.md): each filter of the bank is applied to every channel as a cross-correlation with
-"same" output size; the padding is top = (S1-1)//2, bottom = S1-1-top, left = (S2-1)//2, right = S2-1-left,
-with ``F.pad``'s meaning of ``padding_mode``. ``out = cat([y, F_1*y, ..., F_K*y], 1)`` (branch-major).
-A branch listed in ``stop_gradient`` is computed from ``y.detach()``: unchanged forward, no gradient to y.
+Semantics (docs/design.md, "Semantics"): each filter of the bank is applied to every channel as a
+cross-correlation with "same" padding, top = (S1-1)//2, bottom = S1-1-top, left = (S2-1)//2, right = S2-1-left,
+with ``F.pad``'s meaning of ``padding_mode``, sampled every ``stride``-th pixel. The output holds the identity
+(``y[:, :, ::sH, ::sW]``, unless ``identity=False``) and then each filter's map, in branch-major order
+(``out[:, b*C + c]``) or channel-major order (``out[:, c*B + b]``). A branch listed in ``stop_gradient`` is computed
+from ``y.detach()``: unchanged forward, no gradient to y.
 """
 
 from __future__ import annotations
@@ -16,9 +18,21 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["same_padding", "fixed_branch", "fixed_branch_conv2d", "branch_contributions"]
+__all__ = [
+    "PADDING_MODES",
+    "ORDERS",
+    "same_padding",
+    "strided_size",
+    "fixed_branch",
+    "fixed_branch_conv2d",
+    "branch_contributions",
+]
 
-_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+# The padding modes and their F.pad names; every other module takes them from here.
+PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+PADDING_MODES = tuple(PAD_MODE)
+# Output channel orders: "branch" puts branch b of channel c at b*C + c, "channel" at c*B + b.
+ORDERS = ("branch", "channel")
 
 
 def same_padding(filter_size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -28,11 +42,26 @@ def same_padding(filter_size: tuple[int, int]) -> tuple[int, int, int, int]:
     return left, s2 - 1 - left, top, s1 - 1 - top
 
 
-def _branch(y: torch.Tensor, filt: torch.Tensor, padding_mode: str) -> torch.Tensor:
+def strided_size(size: int, stride: int) -> int:
+    """Pixels along an axis of ``size`` pixels sampled every ``stride``-th: (size - 1) // stride + 1."""
+    return (size - 1) // stride + 1
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _branch(y: torch.Tensor, filt: torch.Tensor, padding_mode: str, stride: tuple[int, int]) -> torch.Tensor:
     c = y.shape[1]
-    yp = F.pad(y, same_padding(tuple(filt.shape)), mode=_PAD_MODE[padding_mode])
+    yp = F.pad(y, same_padding(tuple(filt.shape)), mode=PAD_MODE[padding_mode])
     weight = filt.to(y.dtype).expand(c, 1, *filt.shape)
-    return F.conv2d(yp, weight, groups=c)
+    return F.conv2d(yp, weight, stride=stride, groups=c)
+
+
+def _interleave(out: torch.Tensor, branches: int) -> torch.Tensor:
+    """Branch-major (N, B*C, H, W) to channel-major: channel c*B + b holds branch b of channel c."""
+    n, bc, h, w = out.shape
+    return out.reshape(n, branches, bc // branches, h, w).transpose(1, 2).reshape(n, bc, h, w)
 
 
 def fixed_branch(
@@ -40,28 +69,40 @@ def fixed_branch(
     bank: torch.Tensor,
     padding_mode: str = "zeros",
     stop_gradient: Iterable[int] = (),
+    identity: bool = True,
+    order: str = "branch",
+    stride=1,
 ) -> torch.Tensor:
     """Reference of :func:`fixedbranch.fixed_branch`: ``cat([y, F_1*y, ..., F_K*y], 1)``.
 
     Args:
         y: feature maps, (N, C, H, W).
-        bank: fixed filters, (K, S1, S2); never differentiated.
+        bank: fixed filters, (K, S1, S2); rounded to y's dtype, never differentiated.
         padding_mode: "zeros", "reflect", "replicate" or "circular", as ``F.pad``.
-        stop_gradient: branch indices (0 = identity) whose gradient does not reach ``y``.
+        stop_gradient: branch indices (0 = identity, k = filter k) whose gradient does not reach ``y``.
+        identity: whether branch 0 (y itself) is part of the output.
+        order: "branch" (``out[:, b*C + c]``) or "channel" (``out[:, c*B + b]``).
+        stride: an int or a pair; every branch is sampled every stride-th pixel.
 
     Returns:
-        (N, (K+1)*C, H, W), branch k in channels [k*C, (k+1)*C).
+        (N, B*C, H', W') with B = K+1 (K without the identity), H' = (H-1)//sH + 1, W' = (W-1)//sW + 1, in y's
+        memory format.
     """
     stop = set(stop_gradient)
+    stride = _pair(stride)
     bank = bank.detach()
-    parts = [y.detach() if 0 in stop else y]
+    parts = []
+    if identity:
+        parts.append((y.detach() if 0 in stop else y)[:, :, :: stride[0], :: stride[1]])
     for k in range(bank.shape[0]):
         src = y.detach() if (k + 1) in stop else y
-        parts.append(_branch(src, bank[k], padding_mode))
+        parts.append(_branch(src, bank[k], padding_mode, stride))
     out = torch.cat(parts, dim=1)
+    if order == "channel":
+        out = _interleave(out, len(parts))
     if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
-        out = out.contiguous(memory_format=torch.channels_last)
-    return out
+        return out.contiguous(memory_format=torch.channels_last)
+    return out.contiguous()
 
 
 def fixed_branch_conv2d(
@@ -75,35 +116,52 @@ def fixed_branch_conv2d(
     groups: int = 1,
     padding_mode: str = "zeros",
     stop_gradient: Iterable[int] = (),
+    identity: bool = True,
+    order: str = "branch",
+    filter_stride=1,
 ) -> torch.Tensor:
     """Reference of :func:`fixedbranch.fixed_branch_conv2d`: ``fixed_branch(F.conv2d(x, weight, bias, ...), bank)``.
 
-    ``padding_mode`` is the filters' padding; the convolution pads with zeros as ``F.conv2d`` does.
+    ``stride`` is the convolution's and ``filter_stride`` the branches'; ``padding_mode`` is the filters' padding
+    (the convolution pads with zeros, as ``F.conv2d`` does).
     """
     y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    return fixed_branch(y, bank, padding_mode, stop_gradient)
+    return fixed_branch(y, bank, padding_mode, stop_gradient, identity, order, filter_stride)
 
 
-def branch_contributions(grad_output: torch.Tensor, bank: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
-    """Reference of :func:`fixedbranch.branch_contributions`: each branch's share of dL/dy, by autograd.
+def branch_contributions(
+    grad_output: torch.Tensor,
+    bank: torch.Tensor,
+    padding_mode: str = "zeros",
+    identity: bool = True,
+    order: str = "branch",
+    stride=1,
+    input_size=None,
+) -> torch.Tensor:
+    """Reference of :func:`fixedbranch.branch_contributions`: each output branch's share of dL/dy, by autograd.
 
     Args:
-        grad_output: dL/dout, (N, (K+1)*C, H, W).
+        grad_output: dL/dout, (N, B*C, H', W') in the layout ``identity`` and ``order`` give the output.
         bank: (K, S1, S2).
-        padding_mode: as in :func:`fixed_branch`.
+        padding_mode, identity, order, stride: as in :func:`fixed_branch`.
+        input_size: y's (H, W); needed when stride > 1, where H' does not determine H.
 
     Returns:
-        (K+1, N, C, H, W) whose entry k is F_k^T g_k (entry 0 is g_0); the entries sum to dL/dy.
+        (B, N, C, H, W) whose entry b is output branch b's share (F_k^T g_k, or g_0 for the identity); the entries
+        sum to dL/dy.
     """
-    k1 = bank.shape[0] + 1
-    n, kc, h, w = grad_output.shape
-    c = kc // k1
+    branches = bank.shape[0] + int(identity)
+    n, bc, h, w = grad_output.shape
+    c = bc // branches
+    size = (h, w) if input_size is None else tuple(input_size)
     with torch.enable_grad():
-        y = torch.zeros(n, c, h, w, dtype=grad_output.dtype, device=grad_output.device, requires_grad=True)
-        out = fixed_branch(y, bank, padding_mode)
+        y = torch.zeros(n, c, *size, dtype=grad_output.dtype, device=grad_output.device, requires_grad=True)
+        out = fixed_branch(y, bank, padding_mode, (), identity, order, stride)
+        slots = torch.arange(bc, device=grad_output.device).view(1, bc, 1, 1)
+        slot_branch = slots // c if order == "branch" else slots % branches
         shares = []
-        for k in range(k1):
-            g = torch.zeros_like(out)
-            g[:, k * c : (k + 1) * c] = grad_output[:, k * c : (k + 1) * c]
-            shares.append(torch.autograd.grad(out, y, g, retain_graph=k + 1 < k1)[0])
+        for b in range(branches):
+            g = torch.where(slot_branch == b, grad_output, torch.zeros((), dtype=grad_output.dtype,
+                                                                         device=grad_output.device))
+            shares.append(torch.autograd.grad(out, y, g, retain_graph=b + 1 < branches)[0])
     return torch.stack(shares)

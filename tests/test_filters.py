@@ -261,6 +261,179 @@ def test_dct_layout():
     assert torch.allclose(b[4], b[4][:, 0:1].expand(4, 4), rtol=0, atol=1e-15)  # constant along the rows
 
 
+def dct_matrix(size: int) -> np.ndarray:
+    """SciPy's orthonormal 1-D DCT-II matrix D[u, i]: D @ x == scipy.fft.dct(x, norm="ortho")."""
+    return scipy.fft.dct(np.eye(size), norm="ortho", axis=0)
+
+
+def harmonic_dct_filters(k, level=None, dc=True, l1_norm=True, dtype=np.float32):
+    """Harmonic networks' ``dct_filters(k, level=, DC=, l1_norm=)`` (harmonic/modules.py), groups = 1, no expand.
+
+    Loops and arithmetic as there, including the filter count from their closed form; ``dtype`` float32 is
+    theirs (cosines rounded to float32, then the L1 norm summed in float32), float64 the same steps unrounded.
+    """
+    if level is None:
+        nf = k**2 - int(not dc)
+    elif level <= k:
+        nf = level * (level + 1) // 2 - int(not dc)
+    else:
+        r = 2 * k - 1 - level
+        nf = k**2 - r * (r + 1) // 2 - int(not dc)
+    bank = np.zeros((nf, k, k), dtype=dtype)
+    m = 0
+    for i in range(k):
+        for j in range(k):
+            if (not dc and i == 0 and j == 0) or (level is not None and i + j >= level):
+                continue
+            for x in range(k):
+                for y in range(k):
+                    bank[m, x, y] = math.cos(math.pi * (x + 0.5) * i / k) * math.cos(math.pi * (y + 0.5) * j / k)
+            if l1_norm:
+                bank[m] /= np.sum(np.abs(bank[m]))
+            else:
+                bank[m] *= (2.0 / k) * (1.0 if i > 0 else 1 / math.sqrt(2.0)) * (1.0 if j > 0 else 1 / math.sqrt(2.0))
+            m += 1
+    assert m == nf
+    return bank
+
+
+def dct_selection(size, level=None, dc=True):
+    """(u, v) of the selected filters, in output order."""
+    return [
+        (u, v)
+        for u in range(size)
+        for v in range(size)
+        if (level is None or u + v < level) and (dc or (u, v) != (0, 0))
+    ]
+
+
+def dct_selections(size):
+    """Every valid (level, dc) pair for ``size``: each level, with and without the DC filter, unless nothing is left."""
+    for level in [None, *range(1, 2 * size)]:
+        for dc in (True, False):
+            if dc or (size > 1 and level != 1):
+                yield level, dc
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 8])
+def test_dct_ortho_is_scipy_basis(size):
+    d = dct_matrix(size)
+    for level, dc in dct_selections(size):
+        b = as_np(filters.dct(size, norm="ortho", level=level, dc=dc))
+        expected = np.stack([np.outer(d[u], d[v]) for u, v in dct_selection(size, level, dc)])
+        assert b.shape == expected.shape
+        np.testing.assert_allclose(b, expected, rtol=0, atol=1e-15, err_msg=f"level={level} dc={dc}")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 6, 7, 8, 11])
+def test_dct_l1_independent(size):
+    b = filters.dct(size, norm="l1")
+    assert b.shape == (size * size, size, size) and b.dtype == torch.float64
+    # Straight from the definition: the 2-D cosine product on the pixel grid, divided by the sum of its |taps|.
+    i = np.arange(size)[:, None]
+    j = np.arange(size)[None, :]
+    for u in range(size):
+        for v in range(size):
+            f = np.cos(np.pi * (2 * i + 1) * u / (2 * size)) * np.cos(np.pi * (2 * j + 1) * v / (2 * size))
+            np.testing.assert_allclose(as_np(b[u * size + v]), f / np.abs(f).sum(), rtol=0, atol=1e-15)
+    torch.testing.assert_close(
+        b.abs().sum(dim=(1, 2)), torch.ones(size * size, dtype=torch.float64), rtol=0, atol=1e-14
+    )
+    dc_filter = torch.full((size, size), 1.0 / size**2, dtype=torch.float64)
+    torch.testing.assert_close(b[0], dc_filter, rtol=1e-15, atol=0)
+    # Same directions as the orthonormal basis, only rescaled.
+    ortho = filters.dct(size)
+    torch.testing.assert_close(ortho / ortho.abs().sum(dim=(1, 2), keepdim=True), b, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7])
+@pytest.mark.parametrize("norm", ["ortho", "l1"])
+def test_dct_matches_harmonic_networks(size, norm):
+    # dct_selections leaves out dc=False with size 1 or level 1: theirs gives an empty or a (-1)-filter bank
+    # there, ours raises (test_validation).
+    for level, dc in dct_selections(size):
+        ours = filters.dct(size, norm=norm, level=level, dc=dc)
+        exact = harmonic_dct_filters(size, level, dc, l1_norm=norm == "l1", dtype=np.float64)
+        np.testing.assert_allclose(as_np(ours), exact, rtol=0, atol=1e-15, err_msg=f"level={level} dc={dc}")
+        # Their float32 arithmetic agrees with ours rounded to float32 to the last bits.
+        theirs = harmonic_dct_filters(size, level, dc, l1_norm=norm == "l1")
+        ours32 = as_np(filters.dct(size, norm=norm, level=level, dc=dc, dtype=torch.float32))
+        np.testing.assert_allclose(ours32, theirs, rtol=0, atol=2e-7, err_msg=f"level={level} dc={dc}")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7])
+def test_dct_selection_counts_and_order(size):
+    full = filters.dct(size)
+    index = {uv: u_v for u_v, uv in enumerate(dct_selection(size))}
+    for level, dc in dct_selections(size):
+        picked = [index[uv] for uv in dct_selection(size, level, dc)]
+        for norm in ("ortho", "l1"):
+            b = filters.dct(size, norm=norm, level=level, dc=dc)
+            assert torch.equal(b, filters.dct(size, norm=norm)[picked])
+        # Closed-form counts (harmonic networks' formula).
+        if level is None:
+            count = size**2
+        elif level <= size:
+            count = level * (level + 1) // 2
+        else:
+            count = size**2 - (2 * size - 1 - level) * (2 * size - level) // 2
+        assert b.shape == (count - (not dc), size, size)
+    assert torch.equal(filters.dct(size, level=2 * size - 1), full)
+    if size > 1:
+        assert torch.equal(filters.dct(size, dc=False), full[1:])
+
+
+def test_dct_selection_spelled_out():
+    b = filters.dct(4)
+    # u + v < 3 in u*4 + v order: (0,0) (0,1) (0,2) (1,0) (1,1) (2,0).
+    assert torch.equal(filters.dct(4, level=3), b[[0, 1, 2, 4, 5, 8]])
+    assert torch.equal(filters.dct(4, level=3, dc=False), b[[1, 2, 4, 5, 8]])
+    assert torch.equal(filters.dct(4, level=2, dc=False), b[[1, 4]])
+    # u + v < 6 drops only (3, 3).
+    assert torch.equal(filters.dct(4, level=6), b[:15])
+    assert torch.equal(filters.dct(4, level=1), b[:1])
+
+
+@pytest.mark.parametrize("size", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("norm", ["ortho", "l1"])
+def test_dct_exact_structure(size, norm):
+    b = filters.dct(size, norm=norm).reshape(size, size, size, size)  # (u, v, i, j)
+    for u in range(size):
+        for v in range(size):
+            f = b[u, v]
+            # Exact (anti)symmetry: cos_u(N-1-i) = (-1)^u cos_u(i).
+            assert torch.equal(f.flip(0), f * (-1) ** u)
+            assert torch.equal(f.flip(1), f * (-1) ** v)
+            # Rank one: the outer product of its row and column cosines.
+            s = torch.linalg.svdvals(f)
+            assert s[1:].abs().max() <= 1e-14 * s[0]
+    if size % 2:
+        c = size // 2
+        # Odd frequencies vanish at the centre tap exactly, not at ~1e-17.
+        assert (b[1::2, :, c, :] == 0).all() and (b[:, 1::2, :, c] == 0).all()
+
+
+@pytest.mark.parametrize("norm", ["ortho", "l1"])
+def test_dct_size_one(norm):
+    # A 1x1 "basis" is the identity filter: allowed, level 1 is its only level, and it is the DC filter.
+    assert torch.equal(filters.dct(1, norm=norm), torch.ones(1, 1, 1, dtype=torch.float64))
+    assert torch.equal(filters.dct(1, norm=norm, level=1), torch.ones(1, 1, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"dc=False with size 1 leaves no filter"):
+        filters.dct(1, norm=norm, dc=False)
+    with pytest.raises(ValueError, match=r"level: .*\[1, 1\] for size 1"):
+        filters.dct(1, level=2)
+
+
+def test_dct_dtype_device_and_argument_types():
+    b32 = filters.dct(5, norm="l1", level=4, dc=False, dtype=torch.float32, device="cpu")
+    assert b32.dtype == torch.float32 and b32.is_contiguous()
+    assert torch.equal(b32, filters.dct(5, norm="l1", level=4, dc=False).float())
+    assert torch.equal(filters.dct(5, level=np.int64(4)), filters.dct(5, level=4))
+    assert torch.equal(filters.dct(5, level=torch.tensor(4)), filters.dct(5, level=4))
+    with pytest.raises(TypeError):
+        filters.dct(3, "l1")  # norm, level and dc are keyword-only
+
+
 # ------------------------------------------------------------------------------------------------- lbcnn
 
 
@@ -445,6 +618,23 @@ def test_bank_errors():
         (lambda: filters.gabor(3, 1.0, 0.0, 4.0, psi=float("nan")), ValueError, r"psi: .*finite"),
         (lambda: filters.dct(0), ValueError, r"size: expected an integer >= 1, got 0"),
         (lambda: filters.dct(2.5), TypeError, r"size: expected an integer"),
+        (lambda: filters.dct(3, norm="L1"), ValueError, r"norm: expected one of 'ortho', 'l1', got 'L1'"),
+        (lambda: filters.dct(3, norm="backward"), ValueError, r"norm: expected one of 'ortho', 'l1'"),
+        (lambda: filters.dct(3, norm=None), TypeError, r"norm: expected a string.*got NoneType"),
+        (lambda: filters.dct(3, norm=True), TypeError, r"norm: expected a string.*got bool"),
+        (lambda: filters.dct(3, level=0), ValueError, r"level: expected None or an integer in \[1, 2 \* size - 1\]"),
+        (lambda: filters.dct(3, level=0), ValueError, r"level: .*\[1, 5\] for size 3 \(keeps u \+ v < level\), got 0"),
+        (lambda: filters.dct(3, level=6), ValueError, r"level: .*\[1, 5\] for size 3.*got 6"),
+        (lambda: filters.dct(3, level=-1), ValueError, r"level: .*\[1, 5\].*got -1"),
+        (lambda: filters.dct(8, level=16), ValueError, r"level: .*\[1, 15\] for size 8.*got 16"),
+        (lambda: filters.dct(3, level=2.0), TypeError, r"level: expected an integer, got float"),
+        (lambda: filters.dct(3, level=True), TypeError, r"level: expected an integer, got bool"),
+        (lambda: filters.dct(3, level="2"), TypeError, r"level: expected an integer, got str"),
+        (lambda: filters.dct(3, dc=1), TypeError, r"dc: expected a bool, got int"),
+        (lambda: filters.dct(3, dc=None), TypeError, r"dc: expected a bool, got NoneType"),
+        (lambda: filters.dct(3, dc="False"), TypeError, r"dc: expected a bool, got str"),
+        (lambda: filters.dct(3, level=1, dc=False), ValueError, r"dc=False with level=1 leaves no filter"),
+        (lambda: filters.dct(1, dc=False), ValueError, r"dc=False with size 1 leaves no filter"),
         (lambda: filters.lbcnn(0, 3), ValueError, r"n: expected an integer >= 1, got 0"),
         (lambda: filters.lbcnn(4, 0), ValueError, r"size: expected an integer >= 1, got 0"),
         (lambda: filters.lbcnn(4, 3, 0.0), ValueError, r"sparsity: .*> 0"),

@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
@@ -25,6 +26,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "bank_plan.h"
 #include "fixed_branch.h"
 
 namespace fixedbranch {
@@ -66,6 +68,23 @@ struct View {
   int64_t H, W, sH, sW, sC, Cv;
 };
 
+// Copies npix pixels of Cv values, read `v.sW` apart (channels `v.sC` apart), to dst with `step` pixels between
+// consecutive ones (step > 1 leaves the gaps alone: the strided backward's zero-inserted gradient).
+template <typename scalar_t, typename opmath_t>
+void copy_pixels(const scalar_t* src, const View& v, int64_t npix, int64_t step, opmath_t* dst) {
+  if (v.Cv == 1) {
+    if (step == 1) {
+      convert_run(src, v.sW, npix, dst);
+    } else {
+      for (int64_t j = 0; j < npix; ++j) dst[j * step] = static_cast<opmath_t>(src[j * v.sW]);
+    }
+  } else if (step == 1 && v.sC == 1 && v.sW == v.Cv) {  // channels_last with the block spanning all channels
+    convert_run(src, 1, npix * v.Cv, dst);
+  } else {
+    for (int64_t j = 0; j < npix; ++j) convert_run(src + j * v.sW, v.sC, v.Cv, dst + j * step * v.Cv);
+  }
+}
+
 // Stages rows row0 .. row0+nrows-1 (padded coordinates, mapped through `mode`) with `lpad` and `rpad` border
 // columns into dst, row-major, Cv values per pixel.
 template <typename scalar_t, typename opmath_t>
@@ -80,13 +99,7 @@ void stage_rows(const scalar_t* base, const View& v, int64_t row0, int64_t nrows
       continue;
     }
     const scalar_t* src = base + r * v.sH;
-    if (v.Cv == 1) {
-      convert_run(src, v.sW, v.W, dst + lpad);
-    } else if (v.sC == 1 && v.sW == v.Cv) {  // channels_last with the block spanning all channels: one run
-      convert_run(src, 1, v.W * v.Cv, dst + lpad * v.Cv);
-    } else {
-      for (int64_t j = 0; j < v.W; ++j) convert_run(src + j * v.sW, v.sC, v.Cv, dst + (lpad + j) * v.Cv);
-    }
+    copy_pixels(src, v, v.W, 1, dst + lpad * v.Cv);
     for (int64_t q = 0; q < pw; ++q) {
       if (q == lpad) q += v.W;
       if (q >= pw) break;
@@ -98,6 +111,50 @@ void stage_rows(const scalar_t* base, const View& v, int64_t row0, int64_t nrows
         convert_run(src + j * v.sW, v.sC, v.Cv, d);
       }
     }
+  }
+}
+
+// A strided forward reads every sw-th padded column. Its staged rows are stored in polyphase order: padded column
+// q at (q % sw) * phase_len + q / sw, so that the columns one tap reads for consecutive outputs are contiguous and
+// the correlation vectorises as at stride 1 (tap b of output x reads phase b % sw at x + b / sw).
+struct RowLayout {
+  int64_t pw, sw, phase_len;
+  int64_t values() const { return sw * phase_len; }  // pixels per staged row
+  int64_t at(int64_t q) const { return (q % sw) * phase_len + q / sw; }
+};
+
+inline RowLayout row_layout(int64_t pw, int64_t sw) { return {pw, sw, (pw + sw - 1) / sw}; }
+
+template <typename scalar_t, typename opmath_t>
+void stage_rows_strided(const scalar_t* base, const View& v, int64_t row0, int64_t nrows, const SamePad& pad,
+                        PadMode mode, const RowLayout& layout, opmath_t* scratch, opmath_t* dst) {
+  if (layout.sw == 1) {
+    stage_rows(base, v, row0, nrows, pad.left, pad.right, mode, dst);
+    return;
+  }
+  const int64_t row_len = layout.values() * v.Cv;
+  for (int64_t t = 0; t < nrows; ++t, dst += row_len) {
+    stage_rows(base, v, row0 + t, 1, pad.left, pad.right, mode, scratch);
+    std::fill(dst, dst + row_len, opmath_t(0));  // the phases' unused tails
+    for (int64_t q = 0; q < layout.pw; ++q) std::copy_n(scratch + q * v.Cv, v.Cv, dst + layout.at(q) * v.Cv);
+  }
+}
+
+// Stages rows row0 .. row0+nrows-1 of the zero-inserted gradient gd (gd[i*sh][j*sw] = g[i][j], 0 elsewhere; v
+// describes g) with lpad zero columns before and the row zero-extended to `width` pixels: what the adjoint of a
+// strided correlation gathers from.
+template <typename scalar_t, typename opmath_t>
+void stage_dilated_rows(const scalar_t* base, const View& v, int64_t sh, int64_t sw, int64_t row0, int64_t nrows,
+                        int64_t lpad, int64_t width, opmath_t* dst) {
+  const int64_t row_len = width * v.Cv;
+  for (int64_t t = 0; t < nrows; ++t, dst += row_len) {
+    const int64_t r = row0 + t;
+    if (sw != 1 || r < 0 || r % sh != 0 || r / sh >= v.H) std::fill(dst, dst + row_len, opmath_t(0));
+    if (r < 0 || r % sh != 0 || r / sh >= v.H) continue;
+    std::fill(dst, dst + lpad * v.Cv, opmath_t(0));
+    const int64_t filled = lpad + (v.W - 1) * sw + 1;
+    if (sw == 1) std::fill(dst + filled * v.Cv, dst + row_len, opmath_t(0));
+    copy_pixels(base + (r / sh) * v.sH, v, v.W, sw, dst + lpad * v.Cv);
   }
 }
 
@@ -251,16 +308,18 @@ struct Tiling {
   }
 };
 
-Tiling make_tiling(int64_t C, int64_t H, int64_t tile_row_values, int64_t halo_rows, bool channels_last,
-                   int64_t opmath_size) {
+// `rows` output rows per task, each staging `rows_per_output` input rows of `tile_row_values` values per channel,
+// plus `halo_rows` shared with the next block.
+Tiling make_tiling(int64_t C, int64_t rows, int64_t tile_row_values, int64_t rows_per_output, int64_t halo_rows,
+                   bool channels_last, int64_t opmath_size) {
   Tiling t{};
   t.cv = channels_last ? std::min(C, kChannelBlock) : 1;
   t.channel_blocks = channels_last ? (C + t.cv - 1) / t.cv : C;
-  const int64_t row_bytes = std::max<int64_t>(tile_row_values * t.cv * opmath_size, 1);
+  const int64_t row_bytes = std::max<int64_t>(tile_row_values * t.cv * opmath_size * rows_per_output, 1);
   // At least four output rows per halo row, even past the budget: wide channels_last rows (K gradient maps of
   // 32+ channels in backward) would otherwise stage each input row three times for one output row.
-  t.rows = std::clamp<int64_t>(std::max(kTileBytes / row_bytes - halo_rows, 4 * halo_rows), 1, H);
-  t.row_blocks = (H + t.rows - 1) / t.rows;
+  t.rows = std::clamp<int64_t>(std::max(kTileBytes / row_bytes - halo_rows, 4 * halo_rows), 1, std::max<int64_t>(rows, 1));
+  t.row_blocks = (rows + t.rows - 1) / t.rows;
   return t;
 }
 
@@ -270,11 +329,101 @@ std::vector<opmath_t> bank_values(const at::Tensor& bank, bool flip) {
   return std::vector<opmath_t>(b.data_ptr<opmath_t>(), b.data_ptr<opmath_t>() + b.numel());
 }
 
-// Offsets of the S1*S2 taps in a staged tile whose rows hold `row_values` pixels of Cv values.
-std::vector<int64_t> tap_offsets(int64_t s1, int64_t s2, int64_t row_values, int64_t cv) {
+// The bank as the CPU kernels run it: the filters the plan factors (csrc/bank_plan.h) as column passes shared
+// across the bank, then a row pass per separable term; the others as direct correlations. Values in opmath_t,
+// flipped for the backward (the adjoint correlates with the flipped filter: flipped columns and rows).
+template <typename opmath_t>
+struct KernelBank {
+  int64_t S1 = 0, S2 = 0;
+  std::vector<int64_t> direct, factored;      // filter indices 1..K of each kind
+  std::vector<opmath_t> direct_weights;       // per direct filter, S1*S2 taps
+  int64_t num_columns = 0;
+  std::vector<opmath_t> columns;              // per column, S1 values
+  std::vector<int64_t> term_begin;            // terms of factored filter j: [term_begin[j], term_begin[j+1])
+  std::vector<int64_t> term_column;           // per term, its column
+  std::vector<opmath_t> term_rows;            // per term, S2 values
+};
+
+// Whether the CPU kernels run factored banks: by the plan's tap count (default), never, or whenever the plan
+// factors a filter. Benchmarks compare the paths; results agree within the tolerances either way.
+std::atomic<int> factoring_policy{static_cast<int>(Factoring::Auto)};
+
+// The plan counts multiply-adds; the kernels differ in what one costs. A direct tap feeds four branches from one
+// load (correlate<4, ...>), a row-pass tap needs a load of its own (correlate_sum), and each intermediate row (a
+// column pass, a factored filter's row) is written and read once more. With these weights the estimate picks the
+// faster path at every bank the benchmarks sweep (direct for 3x3 banks, factored for DCT 5x5/7x7, Gabor 11x11).
+constexpr double kRowTapCost = 2.0, kPassCost = 4.0;
+
+bool factoring_pays(const BankPlan& plan) {
+  double factored = 0, direct = static_cast<double>(plan.direct_taps());
+  for (int64_t k = 0; k < plan.K; ++k) {
+    if (plan.factored(k)) {
+      factored += kRowTapCost * plan.S2 * static_cast<double>(plan.terms[k].size()) + kPassCost;
+    } else {
+      factored += static_cast<double>(plan.S1 * plan.S2);
+    }
+  }
+  factored += static_cast<double>(plan.columns.size()) * (plan.S1 + kPassCost);
+  return factored < direct;
+}
+
+template <typename opmath_t>
+KernelBank<opmath_t> kernel_bank(const at::Tensor& bank, bool flip) {
+  KernelBank<opmath_t> kb;
+  const int64_t K = bank.size(0);
+  kb.S1 = bank.size(1), kb.S2 = bank.size(2);
+  const int64_t taps = kb.S1 * kb.S2;
+  const auto policy = static_cast<Factoring>(factoring_policy.load(std::memory_order_relaxed));
+  std::shared_ptr<const BankPlan> plan;
+  if (policy != Factoring::Never && kb.S1 > 1 && kb.S2 > 1) {
+    plan = plan_bank(bank);
+    if (policy == Factoring::Auto && !factoring_pays(*plan)) plan = nullptr;
+  }
+  const std::vector<opmath_t> w = bank_values<opmath_t>(bank, flip);
+  for (int64_t k = 1; k <= K; ++k) {
+    if (plan && plan->factored(k - 1)) {
+      kb.factored.push_back(k);
+    } else {
+      kb.direct.push_back(k);
+      kb.direct_weights.insert(kb.direct_weights.end(), w.begin() + (k - 1) * taps, w.begin() + k * taps);
+    }
+  }
+  if (!plan) return kb;
+  auto put = [&](const std::vector<double>& v, std::vector<opmath_t>& dst) {
+    const size_t at = dst.size();
+    for (const double x : v) dst.push_back(static_cast<opmath_t>(x));
+    if (flip) std::reverse(dst.begin() + at, dst.end());
+  };
+  kb.num_columns = static_cast<int64_t>(plan->columns.size());
+  for (const auto& column : plan->columns) put(column, kb.columns);
+  kb.term_begin.push_back(0);
+  for (const int64_t k : kb.factored) {
+    for (const auto& term : plan->terms[k - 1]) {
+      kb.term_column.push_back(term.column);
+      put(term.row, kb.term_rows);
+    }
+    kb.term_begin.push_back(static_cast<int64_t>(kb.term_column.size()));
+  }
+  return kb;
+}
+
+// correlate<KB, ...> for a run-time KB in 1..4, no accumulation: KB column passes at once.
+template <typename opmath_t>
+void correlate_columns(int64_t kb, const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t taps,
+                       opmath_t* const* dst, int64_t len) {
+  switch (kb) {
+    case 4: correlate<4, 2, false>(src, off, w, taps, taps, dst, len); break;
+    case 3: correlate<3, 2, false>(src, off, w, taps, taps, dst, len); break;
+    case 2: correlate<2, 3, false>(src, off, w, taps, taps, dst, len); break;
+    default: correlate<1, 4, false>(src, off, w, taps, taps, dst, len); break;
+  }
+}
+
+// Offsets of the S1*S2 taps in a staged tile whose rows hold `layout.values()` pixels of Cv values.
+std::vector<int64_t> tap_offsets(int64_t s1, int64_t s2, const RowLayout& layout, int64_t cv) {
   std::vector<int64_t> off(s1 * s2);
   for (int64_t a = 0; a < s1; ++a)
-    for (int64_t b = 0; b < s2; ++b) off[a * s2 + b] = (a * row_values + b) * cv;
+    for (int64_t b = 0; b < s2; ++b) off[a * s2 + b] = (a * layout.values() + layout.at(b)) * cv;
   return off;
 }
 
@@ -290,112 +439,219 @@ inline Task locate(const Tiling& tl, int64_t task, int64_t C, int64_t H) {
   return {task / (tl.row_blocks * tl.channel_blocks), c0, std::min(tl.cv, C - c0), i0, std::min(H, i0 + tl.rows)};
 }
 
+bool is_channels_last(const at::Tensor& t) {
+  return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
+}
+
+// Output rows i0 .. i1 of every branch: stage the padded input rows they read (every sh-th row, polyphase columns
+// for sw > 1), copy the identity from the staged centre, correlate the filters over contiguous memory and write
+// each slot where `order` puts it.
 template <typename scalar_t>
-void forward_kernel(const at::Tensor& y, const at::Tensor& bank, PadMode mode, at::Tensor& out) {
+void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArgs& a, at::Tensor& out) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t N = y.size(0), C = y.size(1), H = y.size(2), W = y.size(3);
-  const int64_t K = bank.size(0), S1 = bank.size(1), S2 = bank.size(2), taps = S1 * S2;
-  const SamePad pad = same_pad(S1, S2);
-  const int64_t pw = W + S2 - 1;
-  const bool cl = out.is_contiguous(at::MemoryFormat::ChannelsLast) && !out.is_contiguous();
-  const Tiling tl = make_tiling(C, H, pw, S1 - 1, cl, sizeof(opmath_t));
-  const std::vector<opmath_t> w = bank_values<opmath_t>(bank, /*flip=*/false);
+  const int64_t C = a.C, H = a.H, W = a.W, Ho = a.out_h, Wo = a.out_w, K = a.K, sh = a.stride_h;
+  const int64_t S1 = bank.size(1), S2 = bank.size(2), taps = S1 * S2;
+  const SamePad& pad = a.pad;
+  const RowLayout layout = row_layout(W + S2 - 1, a.stride_w);
+  const bool cl = is_channels_last(out);
+  const KernelBank<opmath_t> kb = kernel_bank<opmath_t>(bank, /*flip=*/false);
+  const int64_t Kd = static_cast<int64_t>(kb.direct.size()), U = kb.num_columns;
+  // A task's tile holds its staged rows and, for a factored bank, the U column passes of one row.
+  const Tiling tl = make_tiling(C, Ho, layout.values(), sh + (U > 0 ? U : 0), S1 - 1, cl, sizeof(opmath_t));
   // The last channel block may be narrower; its taps sit at other offsets.
-  const std::vector<int64_t> off_full = tap_offsets(S1, S2, pw, tl.cv);
-  const std::vector<int64_t> off_tail = tap_offsets(S1, S2, pw, C % tl.cv == 0 ? tl.cv : C % tl.cv);
+  const std::vector<int64_t> off_full = tap_offsets(S1, S2, layout, tl.cv);
+  const std::vector<int64_t> off_tail = tap_offsets(S1, S2, layout, C % tl.cv == 0 ? tl.cv : C % tl.cv);
+  const int64_t centre = pad.top * layout.values() + layout.at(pad.left);  // y's pixel (i*sh, j*sw), in pixels
 
   const scalar_t* y_ptr = y.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
   const int64_t osN = out.stride(0), osC = out.stride(1), osH = out.stride(2), osW = out.stride(3);
-  // Rows are written as runs: NCHW along W, channels_last along the channels of each pixel.
-  TORCH_INTERNAL_ASSERT(tl.cv == 1 ? osW == 1 : osC == 1);
+  const int64_t slot_osC = a.channel_step() * osC;  // between consecutive channels of one slot
+  // Rows are written as runs: NCHW along W, channels_last along the channels of each pixel. float/double rows go
+  // straight into the output where a slot's channels are contiguous; the others go through an opmath row.
+  TORCH_INTERNAL_ASSERT(tl.cv == 1 ? (osW == 1 || Wo == 1) : osC == 1);
+  const bool direct = std::is_same_v<scalar_t, opmath_t> && (tl.cv == 1 || slot_osC == 1);
+  const int64_t staged_rows = (tl.rows - 1) * sh + S1;
+  const int64_t row_len = layout.values() * tl.cv;  // values of one staged row (of a full channel block)
 
-  at::parallel_for(0, tl.tasks(N), tl.grain(W, K + 1), [&](int64_t begin, int64_t end) {
-    std::vector<opmath_t> tile((tl.rows + S1 - 1) * pw * tl.cv + kSlack<opmath_t>);
-    std::vector<opmath_t> rows(K * W * tl.cv);  // one output row per branch, before conversion or scattering
+  at::parallel_for(0, tl.tasks(a.N), tl.grain(Wo, K + 1), [&](int64_t begin, int64_t end) {
+    std::vector<opmath_t> tile(staged_rows * row_len + kSlack<opmath_t>);
+    std::vector<opmath_t> scratch(layout.pw * tl.cv);   // one padded row before the polyphase reordering
+    std::vector<opmath_t> rows(K * Wo * tl.cv);          // one output row per filter, before conversion or scattering
+    std::vector<opmath_t> columns(U * (row_len + kSlack<opmath_t>));  // the column passes of one output row
     std::vector<opmath_t*> dst(K);
+    std::vector<const opmath_t*> terms;
+    std::vector<int64_t> col_off(S1), row_off(S2);
+    std::vector<bool> buffered(K + 1);  // filter k's row is in `rows`, still to be stored
     for (int64_t id = begin; id < end; ++id) {
-      const Task t = locate(tl, id, C, H);
-      const int64_t* off = (t.cv == tl.cv ? off_full : off_tail).data();
-      const View v{H, W, y.stride(2), y.stride(3), y.stride(1), t.cv};
-      stage_rows(y_ptr + t.n * y.stride(0) + t.c0 * y.stride(1), v, t.i0 - pad.top, t.i1 - t.i0 + S1 - 1, pad.left,
-                 pad.right, mode, tile.data());
-      scalar_t* out_base = out_ptr + t.n * osN + t.c0 * osC;
-      // float/double rows are written straight into the output; half types go through a float row.
-      constexpr bool direct = std::is_same_v<scalar_t, opmath_t>;
-      const int64_t npix = t.cv == 1 ? 1 : W, run = t.cv == 1 ? W : t.cv;
-      const int64_t dst_stride = direct ? osW : t.cv;
-      for (int64_t i = t.i0; i < t.i1; ++i) {
-        const opmath_t* src = tile.data() + (i - t.i0) * pw * t.cv;
-        // Branch 0 is y itself, copied from the staged centre: exact for every dtype.
-        store_row(src + (pad.top * pw + pad.left) * t.cv, W, t.cv, out_base + i * osH, osW, osC);
-        for (int64_t k = 0; k < K; ++k) {
-          if constexpr (direct) {
-            dst[k] = out_base + (k + 1) * C * osC + i * osH;
-          } else {
-            dst[k] = rows.data() + k * W * t.cv;
+      const Task t = locate(tl, id, C, Ho);
+      const int64_t cv = t.cv, len = layout.values() * cv;
+      const int64_t* off = (cv == tl.cv ? off_full : off_tail).data();
+      for (int64_t r = 0; r < S1; ++r) col_off[r] = r * len;
+      for (int64_t b = 0; b < S2; ++b) row_off[b] = layout.at(b) * cv;
+      const View v{H, W, y.stride(2), y.stride(3), y.stride(1), cv};
+      stage_rows_strided(y_ptr + t.n * y.stride(0) + t.c0 * y.stride(1), v, t.i0 * sh - pad.top,
+                         (t.i1 - t.i0 - 1) * sh + S1, pad, a.mode, layout, scratch.data(), tile.data());
+      auto slot_row = [&](int64_t b, int64_t i) { return out_ptr + t.n * osN + a.channel(b, t.c0) * osC + i * osH; };
+      // Filter k's output row: in the output itself when it is a contiguous run there (NCHW float/double, or the
+      // direct filters of a channels_last float/double row, written pixel by pixel), else in `rows`.
+      auto row_for = [&](int64_t k, int64_t i, bool per_pixel) -> opmath_t* {
+        if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+          if (direct && (cv == 1 || per_pixel)) {
+            buffered[k] = false;
+            return slot_row(a.slot(k), i);
           }
         }
-        correlate_branches(src, off, w.data(), taps, K, dst.data(), npix, run, dst_stride);
-        if (direct) continue;
-        for (int64_t k = 0; k < K; ++k)
-          store_row(rows.data() + k * W * t.cv, W, t.cv, out_base + (k + 1) * C * osC + i * osH, osW, osC);
+        buffered[k] = true;
+        return rows.data() + (k - 1) * Wo * cv;
+      };
+      for (int64_t i = t.i0; i < t.i1; ++i) {
+        const opmath_t* src = tile.data() + (i - t.i0) * sh * len;
+        // The identity is y itself, copied from the staged centre: exact for every dtype.
+        if (a.identity) store_row(src + centre * cv, Wo, cv, slot_row(0, i), osW, slot_osC);
+        if (Kd > 0) {
+          for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], i, /*per_pixel=*/true);
+          const bool in_place = !buffered[kb.direct[0]];
+          correlate_branches(src, off, kb.direct_weights.data(), taps, Kd, dst.data(), cv == 1 ? 1 : Wo,
+                             cv == 1 ? Wo : cv, in_place ? osW : cv);
+        }
+        if (U > 0) {
+          // Column passes over the whole staged row (every phase), up to four columns per pass over the input.
+          for (int64_t u = 0; u < U; u += 4) {
+            opmath_t* column_dst[4];
+            const int64_t n = std::min<int64_t>(4, U - u);
+            for (int64_t c = 0; c < n; ++c) column_dst[c] = columns.data() + (u + c) * (row_len + kSlack<opmath_t>);
+            correlate_columns(n, src, col_off.data(), kb.columns.data() + u * S1, S1, column_dst, len);
+          }
+          // Row passes: each factored filter sums its terms' rows of the column passes in registers.
+          for (size_t j = 0; j < kb.factored.size(); ++j) {
+            terms.clear();
+            for (int64_t e = kb.term_begin[j]; e < kb.term_begin[j + 1]; ++e)
+              terms.push_back(columns.data() + kb.term_column[e] * (row_len + kSlack<opmath_t>));
+            correlate_sum<false>(terms.data(), static_cast<int64_t>(terms.size()), row_off.data(),
+                                 kb.term_rows.data() + kb.term_begin[j] * S2, S2,
+                                 row_for(kb.factored[j], i, /*per_pixel=*/false), Wo * cv);
+          }
+        }
+        for (int64_t k = 1; k <= K; ++k)
+          if (buffered[k]) store_row(rows.data() + (k - 1) * Wo * cv, Wo, cv, slot_row(a.slot(k), i), osW, slot_osC);
       }
     }
   });
 }
 
+// Rows i0 .. i1 of dL/dy, gathered: the identity's gradient plus, for every live filter, the adjoint of its padded
+// (strided) correlation, which correlates the zero-inserted, zero-extended gradient with the flipped filter.
 template <typename scalar_t>
-void backward_kernel(const at::Tensor& g, const at::Tensor& bank, PadMode mode, const std::vector<bool>& stopped,
-                     at::Tensor& grad_y) {
+void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchArgs& a, at::Tensor& grad_y) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t N = grad_y.size(0), C = grad_y.size(1), H = grad_y.size(2), W = grad_y.size(3);
-  const int64_t K = bank.size(0), S1 = bank.size(1), S2 = bank.size(2), taps = S1 * S2;
-  const SamePad pad = same_pad(S1, S2);
+  const int64_t C = a.C, H = a.H, W = a.W, sh = a.stride_h, sw = a.stride_w;
+  const int64_t S1 = bank.size(1), S2 = bank.size(2), taps = S1 * S2;
+  const SamePad& pad = a.pad;
+  const PadMode mode = a.mode;
   const int64_t pw = W + S2 - 1;        // width of the padded image: the adjoint's columns
   const int64_t gw = W + 2 * (S2 - 1);  // width of a staged gradient row, zero-extended on both sides
-  std::vector<int64_t> live;            // filters whose gradient reaches y
-  for (int64_t k = 1; k <= K; ++k)
-    if (!stopped[k]) live.push_back(k);
-  const int64_t L = static_cast<int64_t>(live.size());
-  const bool cl = grad_y.is_contiguous(at::MemoryFormat::ChannelsLast) && !grad_y.is_contiguous();
-  const Tiling tl = make_tiling(C, H, std::max<int64_t>(L, 1) * gw + W, S1 - 1, cl, sizeof(opmath_t));
-  // The adjoint of correlating with w is correlating the zero-extended gradient with w flipped.
-  const std::vector<opmath_t> flipped = bank_values<opmath_t>(bank, /*flip=*/true);
-  std::vector<opmath_t> wl(L * taps);
-  for (int64_t l = 0; l < L; ++l)
-    std::copy_n(flipped.data() + (live[l] - 1) * taps, taps, wl.data() + l * taps);
-  const std::vector<int64_t> off_full = tap_offsets(S1, S2, gw, tl.cv);
-  const std::vector<int64_t> off_tail = tap_offsets(S1, S2, gw, C % tl.cv == 0 ? tl.cv : C % tl.cv);
+  const KernelBank<opmath_t> kb = kernel_bank<opmath_t>(bank, /*flip=*/true);
+  // Live filters (whose gradient reaches y) are staged, the direct ones first. A factored filter's terms are
+  // grouped by column: group u sums the row passes of every live term on column u, and the adjoint is one column
+  // pass per group over those sums (the transpose of the forward's column-then-row order).
+  std::vector<int64_t> live;
+  std::vector<opmath_t> wl;  // the live direct filters' flipped taps
+  for (size_t j = 0; j < kb.direct.size(); ++j) {
+    if (a.stopped[kb.direct[j]]) continue;
+    live.push_back(kb.direct[j]);
+    wl.insert(wl.end(), kb.direct_weights.begin() + j * taps, kb.direct_weights.begin() + (j + 1) * taps);
+  }
+  const int64_t Ld = static_cast<int64_t>(live.size());
+  struct Group {
+    int64_t column;
+    std::vector<int64_t> sources;  // staged slices (indices into live)
+    std::vector<opmath_t> rows;    // their flipped rows, S2 each
+  };
+  std::vector<Group> groups;
+  for (int64_t u = 0; u < kb.num_columns; ++u) {
+    Group grp{u, {}, {}};
+    for (size_t j = 0; j < kb.factored.size(); ++j) {
+      const int64_t k = kb.factored[j];
+      if (a.stopped[k]) continue;
+      for (int64_t e = kb.term_begin[j]; e < kb.term_begin[j + 1]; ++e) {
+        if (kb.term_column[e] != u) continue;
+        const auto it = std::find(live.begin(), live.end(), k);
+        grp.sources.push_back(it - live.begin());
+        if (it == live.end()) live.push_back(k);
+        grp.rows.insert(grp.rows.end(), kb.term_rows.begin() + e * S2, kb.term_rows.begin() + (e + 1) * S2);
+      }
+    }
+    if (!grp.sources.empty()) groups.push_back(std::move(grp));
+  }
+  std::vector<opmath_t> group_columns;  // flipped column of each group, S1 each
+  for (const Group& grp : groups)
+    group_columns.insert(group_columns.end(), kb.columns.begin() + grp.column * S1,
+                         kb.columns.begin() + (grp.column + 1) * S1);
+  const int64_t L = static_cast<int64_t>(live.size()), G = static_cast<int64_t>(groups.size());
+  const bool cl = is_channels_last(grad_y);
+  const Tiling tl = make_tiling(C, H, std::max<int64_t>(L, 1) * gw + G * pw + W, 1, S1 - 1, cl, sizeof(opmath_t));
+  const RowLayout g_layout = row_layout(gw, 1);
+  const std::vector<int64_t> off_full = tap_offsets(S1, S2, g_layout, tl.cv);
+  const std::vector<int64_t> off_tail = tap_offsets(S1, S2, g_layout, C % tl.cv == 0 ? tl.cv : C % tl.cv);
+  const bool identity_live = a.identity && !a.stopped[0];
 
   const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
   scalar_t* gy_ptr = grad_y.mutable_data_ptr<scalar_t>();
+  const int64_t slot_gsC = a.channel_step() * g.stride(1);
 
-  at::parallel_for(0, tl.tasks(N), tl.grain(W, K + 1), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tl.tasks(a.N), tl.grain(W, a.K + 1), [&](int64_t begin, int64_t end) {
     const int64_t stage_size = (tl.rows + S1 - 1) * gw * tl.cv;
+    const int64_t sums_size = (tl.rows + S1 - 1) * pw * tl.cv + kSlack<opmath_t>;
     std::vector<opmath_t> stage(L * stage_size + kSlack<opmath_t>);  // rows of every live g_k, zero-extended
+    std::vector<opmath_t> sums(G * sums_size);                       // each group's row-pass sums
     std::vector<opmath_t> acc(tl.rows * W * tl.cv);                  // this task's rows of dL/dy
     std::vector<opmath_t> adj(pw * tl.cv);                           // one row of the padded-image adjoint
-    std::vector<const opmath_t*> src(L);
+    std::vector<const opmath_t*> src(std::max(L, G));
+    std::vector<int64_t> col_off(S1), row_off(S2);
     for (int64_t id = begin; id < end; ++id) {
       const Task t = locate(tl, id, C, H);
       const int64_t cv = t.cv;
       const int64_t* off = (cv == tl.cv ? off_full : off_tail).data();
-      const View v{H, W, g.stride(2), g.stride(3), g.stride(1), cv};
-      auto g_slice = [&](int64_t k) { return g_ptr + t.n * g.stride(0) + (k * C + t.c0) * g.stride(1); };
-      // Stages rows [p0 - S1 + 1, p1) of every live g_k: what rows [p0, p1) of the adjoint read.
+      for (int64_t r = 0; r < S1; ++r) col_off[r] = r * pw * cv;
+      for (int64_t b = 0; b < S2; ++b) row_off[b] = b * cv;
+      const View v{a.out_h, a.out_w, g.stride(2), g.stride(3), slot_gsC, cv};
+      auto g_slot = [&](int64_t b) { return g_ptr + t.n * g.stride(0) + a.channel(b, t.c0) * g.stride(1); };
+      // Stages rows [p0 - S1 + 1, p1) of every live g_k (what rows [p0, p1) of the adjoint read), and each group's
+      // row-pass sums over them.
       auto stage_live = [&](int64_t p0, int64_t p1) {
+        const int64_t nrows = p1 - p0 + S1 - 1;
         for (int64_t l = 0; l < L; ++l)
-          stage_rows(g_slice(live[l]), v, p0 - (S1 - 1), p1 - p0 + S1 - 1, S2 - 1, S2 - 1, PadMode::Zeros,
-                     stage.data() + l * stage_size);
+          stage_dilated_rows(g_slot(a.slot(live[l])), v, sh, sw, p0 - (S1 - 1), nrows, S2 - 1, gw,
+                             stage.data() + l * stage_size);
+        for (int64_t q = 0; q < G; ++q) {
+          const Group& grp = groups[q];
+          for (int64_t r = 0; r < nrows; ++r) {
+            for (size_t e = 0; e < grp.sources.size(); ++e)
+              src[e] = stage.data() + grp.sources[e] * stage_size + r * gw * cv;
+            correlate_sum<false>(src.data(), static_cast<int64_t>(grp.sources.size()), row_off.data(),
+                                 grp.rows.data(), S2, sums.data() + q * sums_size + r * pw * cv, pw * cv);
+          }
+        }
       };
       // adj[q] for padded columns q in [q0, q0 + n) of staged row r: the sum over live branches of F_k^T g_k.
       auto adjoint = [&](int64_t r, int64_t q0, int64_t n, opmath_t* dst, bool accumulate) {
-        for (int64_t l = 0; l < L; ++l) src[l] = stage.data() + l * stage_size + (r * gw + q0) * cv;
-        if (accumulate) {
-          correlate_sum<true>(src.data(), L, off, wl.data(), taps, dst, n * cv);
-        } else {
-          correlate_sum<false>(src.data(), L, off, wl.data(), taps, dst, n * cv);
+        if (Ld > 0) {
+          for (int64_t l = 0; l < Ld; ++l) src[l] = stage.data() + l * stage_size + (r * gw + q0) * cv;
+          if (accumulate) {
+            correlate_sum<true>(src.data(), Ld, off, wl.data(), taps, dst, n * cv);
+          } else {
+            correlate_sum<false>(src.data(), Ld, off, wl.data(), taps, dst, n * cv);
+          }
+          accumulate = true;
+        }
+        if (G > 0) {
+          for (int64_t q = 0; q < G; ++q) src[q] = sums.data() + q * sums_size + (r * pw + q0) * cv;
+          if (accumulate) {
+            correlate_sum<true>(src.data(), G, col_off.data(), group_columns.data(), S1, dst, n * cv);
+          } else {
+            correlate_sum<false>(src.data(), G, col_off.data(), group_columns.data(), S1, dst, n * cv);
+          }
         }
       };
       // Padded columns outside the image send their value to the column the padding copied (reflect etc.).
@@ -409,10 +665,10 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, PadMode mode, 
         }
       };
 
-      if (stopped[0]) {
-        std::fill(acc.begin(), acc.end(), opmath_t(0));
+      if (identity_live) {
+        stage_dilated_rows(g_slot(0), v, sh, sw, t.i0, t.i1 - t.i0, 0, W, acc.data());
       } else {
-        stage_rows(g_slice(0), v, t.i0, t.i1 - t.i0, 0, 0, PadMode::Zeros, acc.data());
+        std::fill(acc.begin(), acc.end(), opmath_t(0));
       }
       if (L > 0) {
         // Adjoint rows i + top of the block's own rows i: the interior columns accumulate straight into acc.
@@ -433,7 +689,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, PadMode mode, 
           stage_live(p, p + 1);
           adjoint(0, 0, pw, adj.data(), /*accumulate=*/false);
           opmath_t* dst = acc.data() + (i - t.i0) * W * cv;
-          at::vec::map2([](auto a, auto b) { return a + b; }, dst, dst, adj.data() + pad.left * cv, W * cv);
+          at::vec::map2([](auto x, auto y) { return x + y; }, dst, dst, adj.data() + pad.left * cv, W * cv);
           fold_border_columns(adj.data(), dst);
         }
       }
@@ -445,42 +701,41 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, PadMode mode, 
   });
 }
 
-at::Tensor fixed_branch_cpu(const at::Tensor& y, const at::Tensor& bank, c10::string_view padding_mode,
-                            c10::IntArrayRef stop_gradient) {
-  const PadMode mode = check_branch_args("fixedbranch.fixed_branch", "y", y, bank, padding_mode);
-  TORCH_INTERNAL_ASSERT(y.device().is_cpu());
-  const int64_t K = bank.size(0);
-  at::Tensor out = empty_branch_output(y, K);
-  if (out.numel() == 0) return out;
+// A fresh output of tens of MB is mmap'ed by malloc and faults in 4 KiB at a time; see advise_huge_pages.
+void forward_cpu(const at::Tensor& y, const at::Tensor& bank, const BranchArgs& args, at::Tensor& out) {
   advise_huge_pages(out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "fixed_branch_cpu",
-                                  [&] { forward_kernel<scalar_t>(y, bank, mode, out); });
-  return out;
+                                  [&] { forward_kernel<scalar_t>(y, bank, args, out); });
 }
 
-at::Tensor fixed_branch_backward_cpu(const at::Tensor& grad_output, const at::Tensor& bank,
-                                     c10::string_view padding_mode, c10::IntArrayRef stop_gradient) {
-  const PadMode mode =
-      check_branch_args("fixedbranch._fixed_branch_backward", "grad_output", grad_output, bank, padding_mode);
-  check_backward_args(grad_output, bank, stop_gradient);
-  TORCH_INTERNAL_ASSERT(grad_output.device().is_cpu());
-  const int64_t K = bank.size(0);
-  std::vector<bool> stopped(K + 1, false);
-  for (const int64_t k : stop_gradient) stopped[k] = true;
-  const auto g = grad_output;
-  at::Tensor grad_y = empty_branch_grad(g, K);
-  if (grad_y.numel() == 0) return grad_y;
+void backward_cpu(const at::Tensor& grad_output, const at::Tensor& bank, const BranchArgs& args, at::Tensor& grad_y) {
   advise_huge_pages(grad_y);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fixed_branch_backward_cpu",
-                                  [&] { backward_kernel<scalar_t>(g, bank, mode, stopped, grad_y); });
-  return grad_y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "fixed_branch_backward_cpu",
+                                  [&] { backward_kernel<scalar_t>(grad_output, bank, args, grad_y); });
+}
+
+const bool registered = register_branch_kernels(c10::DeviceType::CPU, {&forward_cpu, &backward_cpu});
+
+// fixedbranch::_set_factoring: "auto", "never" or "always"; returns the previous policy.
+std::string set_factoring(c10::string_view policy) {
+  static const char* const names[] = {"auto", "never", "always"};
+  int chosen = -1;
+  for (int i = 0; i < 3; ++i)
+    if (policy == names[i]) chosen = i;
+  TORCH_CHECK_VALUE(chosen >= 0, "fixedbranch._set_factoring: policy must be 'auto', 'never' or 'always', got '",
+                    std::string(policy), "'");
+  return names[factoring_policy.exchange(chosen)];
 }
 
 }  // namespace
 
+TORCH_LIBRARY_FRAGMENT(fixedbranch, m) {
+  m.def("_set_factoring(str policy) -> str", &set_factoring);
+}
+
 TORCH_LIBRARY_IMPL(fixedbranch, CPU, m) {
-  m.impl("fixed_branch", &fixed_branch_cpu);
-  m.impl("_fixed_branch_backward", &fixed_branch_backward_cpu);
+  m.impl("fixed_branch", &fixed_branch);
+  m.impl("_fixed_branch_backward", &fixed_branch_backward);
 }
 
 }  // namespace fixedbranch

@@ -488,39 +488,49 @@ void run_branch(const at::Tensor& src, const at::Tensor& w, PadMode mode, const 
   }
 }
 
-at::Tensor fixed_branch_cuda(const at::Tensor& y, const at::Tensor& bank, c10::string_view padding_mode,
-                             c10::IntArrayRef stop_gradient) {
-  const PadMode mode = check_branch_args("fixedbranch.fixed_branch", "y", y, bank, padding_mode);
-  TORCH_INTERNAL_ASSERT(y.device().is_cuda());
-  const c10::cuda::CUDAGuard device_guard(y.device());
-  const int64_t K = bank.size(0);
-  at::Tensor out = empty_branch_output(y, K);
-  if (out.numel() == 0) return out;
+// The verified kernels compute the full-resolution, branch-major output with the identity. The other options are
+// composed from it with ATen slicing and permutation copies until they have native kernels.
+at::Tensor full_resolution_like(const at::Tensor& t, const BranchArgs& a) {
+  return at::empty({a.N, (a.K + 1) * a.C, a.H, a.W}, t.options().memory_format(t.suggest_memory_format()));
+}
+
+// The slots of a full-resolution branch-major tensor that the output holds, as (N, B, C, H', W').
+at::Tensor output_slots(const at::Tensor& full, const BranchArgs& a) {
+  return full.narrow(1, a.identity ? 0 : a.C, a.B * a.C)
+      .slice(2, 0, a.H, a.stride_h)
+      .slice(3, 0, a.W, a.stride_w)
+      .view({a.N, a.B, a.C, a.out_h, a.out_w});
+}
+
+// A tensor laid out as the output (N, B*C, H', W'), as (N, B, C, H', W') whichever its order.
+at::Tensor by_branch(const at::Tensor& t, const BranchArgs& a) {
+  return a.order == Order::Branch ? t.view({a.N, a.B, a.C, a.out_h, a.out_w})
+                                  : t.view({a.N, a.C, a.B, a.out_h, a.out_w}).transpose(1, 2);
+}
+
+void forward_cuda(const at::Tensor& y, const at::Tensor& bank, const BranchArgs& a, at::Tensor& out) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "fixed_branch_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const at::Tensor w = bank.to(c10::CppTypeToScalarType<opmath_t>::value).contiguous();
-    run_branch<true, scalar_t>(y, w, mode, StopSet{}, out, y.size(1));
+    if (a.plain()) {
+      run_branch<true, scalar_t>(y, w, a.mode, StopSet{}, out, a.C);
+      return;
+    }
+    at::Tensor full = full_resolution_like(y, a);
+    run_branch<true, scalar_t>(y, w, a.mode, StopSet{}, full, a.C);
+    by_branch(out, a).copy_(output_slots(full, a));
   });
-  return out;
 }
 
-at::Tensor fixed_branch_backward_cuda(const at::Tensor& grad_output, const at::Tensor& bank,
-                                      c10::string_view padding_mode, c10::IntArrayRef stop_gradient) {
-  const PadMode mode =
-      check_branch_args("fixedbranch._fixed_branch_backward", "grad_output", grad_output, bank, padding_mode);
-  check_backward_args(grad_output, bank, stop_gradient);
-  TORCH_INTERNAL_ASSERT(grad_output.device().is_cuda());
-  const c10::cuda::CUDAGuard device_guard(grad_output.device());
-  const int64_t K = bank.size(0);
-  const at::Tensor& g = grad_output;
-  at::Tensor grad_y = empty_branch_grad(g, K);
-  if (grad_y.numel() == 0) return grad_y;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "fixed_branch_backward_cuda", [&] {
+void backward_cuda(const at::Tensor& grad_output, const at::Tensor& bank, const BranchArgs& a, at::Tensor& grad_y) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "fixed_branch_backward_cuda",
+                                  [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     at::Tensor w = bank.to(c10::CppTypeToScalarType<opmath_t>::value).contiguous();
     StopSet stop{};
     bool own_copy = false;
-    for (const int64_t k : stop_gradient) {
+    for (int64_t k = 0; k <= a.K; ++k) {
+      if (!a.stopped[k]) continue;
       if (k < StopSet::kCapacity) {
         stop.bits[k >> 5] |= 1u << (k & 31);
       } else {
@@ -529,17 +539,25 @@ at::Tensor fixed_branch_backward_cuda(const at::Tensor& grad_output, const at::T
         w.select(0, k - 1).zero_();
       }
     }
-    run_branch<false, scalar_t>(g, w, mode, stop, grad_y, grad_y.size(1));
+    if (a.plain()) {
+      run_branch<false, scalar_t>(grad_output, w, a.mode, stop, grad_y, a.C);
+      return;
+    }
+    // The full-resolution gradient the composed forward would have received: zero where it sampled nothing.
+    at::Tensor full = full_resolution_like(grad_output, a).zero_();
+    output_slots(full, a).copy_(by_branch(grad_output, a));
+    run_branch<false, scalar_t>(full, w, a.mode, stop, grad_y, a.C);
   });
-  return grad_y;
 }
+
+const bool registered = register_branch_kernels(c10::DeviceType::CUDA, {&forward_cuda, &backward_cuda});
 
 }  // namespace
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(fixedbranch, CUDA, m) {
-  m.impl("fixed_branch", &cuda::fixed_branch_cuda);
-  m.impl("_fixed_branch_backward", &cuda::fixed_branch_backward_cuda);
+  m.impl("fixed_branch", &fixed_branch);
+  m.impl("_fixed_branch_backward", &fixed_branch_backward);
 }
 
 }  // namespace fixedbranch
