@@ -21,6 +21,10 @@ from .reference import strided_size
 __all__ = ["fixed_branch", "fixed_branch_conv2d", "branch_contributions"]
 
 _ops = torch.ops.fixedbranch
+# The overloads themselves: calling the packet (torch.ops.fixedbranch.fixed_branch) resolves the overload per call.
+_fixed_branch_op = _ops.fixed_branch.default
+_fixed_branch_conv2d_op = _ops.fixed_branch_conv2d.default
+_backward_op = _ops._fixed_branch_backward.default
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -112,7 +116,7 @@ def fixed_branch(
     stride = _pair("fixed_branch", "stride", stride)
     if _export.exporting_to_onnx():
         return _export.fixed_branch(y, bank, padding_mode, stop, identity, order, stride)
-    return _ops.fixed_branch(y, bank, padding_mode, stop, identity, order, stride)
+    return _fixed_branch_op(y, bank, padding_mode, stop, identity, order, stride)
 
 
 def fixed_branch_conv2d(
@@ -168,7 +172,7 @@ def fixed_branch_conv2d(
             filter_stride)
     if _export.exporting_to_onnx():
         return _export.fixed_branch_conv2d(*args)
-    return _ops.fixed_branch_conv2d(*args)
+    return _fixed_branch_conv2d_op(*args)
 
 
 def branch_contributions(
@@ -221,7 +225,7 @@ def branch_contributions(
     branches = ([0] if identity else []) + list(filters)
     try:
         return torch.stack([
-            _ops._fixed_branch_backward(grad_output, bank, padding_mode, [j for j in branches if j != b], identity,
+            _backward_op(grad_output, bank, padding_mode, [j for j in branches if j != b], identity,
                                         order, stride, input_size)
             for b in branches
         ])
@@ -270,73 +274,5 @@ def _fixed_branch_conv2d_fake(x, weight, bias, bank, stride=(1, 1), padding=(0, 
     y = torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False, [0, 0], groups)
     return _fixed_branch_fake(y, bank, padding_mode, stop_gradient, identity, order, filter_stride)
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Autograd. The branch backward is linear in g; its own backward is the forward with stopped branches zeroed, so
-# every order of derivative stays on the fused kernels.
-
-
-def _zero_stopped(out: torch.Tensor, stop: list[int], branches: int, identity: bool, order: str) -> torch.Tensor:
-    """Zeroes the output slots of stopped branches (the slot of filter k is k - 1 + identity)."""
-    if not stop:
-        return out
-    stopped = torch.zeros(branches, dtype=torch.bool, device=out.device)
-    stopped[[k - 1 + int(identity) if k else 0 for k in stop]] = True
-    channels = out.shape[1] // branches
-    mask = stopped.repeat_interleave(channels) if order == "branch" else stopped.repeat(channels)
-    return out.masked_fill(mask.view(1, -1, 1, 1), 0)
-
-
-def _branch_setup(ctx, inputs, output):
-    y, bank, ctx.padding_mode, ctx.stop, ctx.identity, ctx.order, ctx.stride = inputs
-    ctx.input_size = list(y.shape[2:])
-    ctx.save_for_backward(bank)
-
-
-def _branch_backward(ctx, grad):
-    (bank,) = ctx.saved_tensors
-    grad_y = None
-    if ctx.needs_input_grad[0]:
-        grad_y = _ops._fixed_branch_backward(grad, bank, ctx.padding_mode, ctx.stop, ctx.identity, ctx.order,
-                                             ctx.stride, ctx.input_size)
-    return grad_y, None, None, None, None, None, None
-
-
-def _backward_setup(ctx, inputs, output):
-    _, bank, ctx.padding_mode, ctx.stop, ctx.identity, ctx.order, ctx.stride, _ = inputs
-    ctx.save_for_backward(bank)
-
-
-def _branch_backward_backward(ctx, grad):
-    (bank,) = ctx.saved_tensors
-    grad_g = None
-    if ctx.needs_input_grad[0]:
-        out = _ops.fixed_branch(grad, bank, ctx.padding_mode, ctx.stop, ctx.identity, ctx.order, ctx.stride)
-        grad_g = _zero_stopped(out, ctx.stop, bank.shape[0] + int(ctx.identity), ctx.identity, ctx.order)
-    return grad_g, None, None, None, None, None, None, None
-
-
-def _conv_setup(ctx, inputs, output):
-    (x, weight, bias, bank, ctx.stride, ctx.padding, ctx.dilation, ctx.groups, ctx.padding_mode, ctx.stop,
-     ctx.identity, ctx.order, ctx.filter_stride) = inputs
-    ctx.bias_sizes = None if bias is None else list(bias.shape)
-    ctx.y_size = _conv_output_size(x, weight, ctx.stride, ctx.padding, ctx.dilation)
-    ctx.save_for_backward(x, weight, bank)
-
-
-def _conv_backward(ctx, grad):
-    x, weight, bank = ctx.saved_tensors
-    grad_y = _ops._fixed_branch_backward(grad, bank, ctx.padding_mode, ctx.stop, ctx.identity, ctx.order,
-                                         ctx.filter_stride, ctx.y_size)
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.bias_sizes is not None and ctx.needs_input_grad[2]]
-    grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-        grad_y, x, weight, ctx.bias_sizes, ctx.stride, ctx.padding, ctx.dilation, False, [0, 0], ctx.groups, mask
-    )
-    return (grad_x, grad_w, grad_b) + (None,) * 10
-
-
-torch.library.register_autograd("fixedbranch::fixed_branch", _branch_backward, setup_context=_branch_setup)
-torch.library.register_autograd(
-    "fixedbranch::_fixed_branch_backward", _branch_backward_backward, setup_context=_backward_setup
-)
-torch.library.register_autograd("fixedbranch::fixed_branch_conv2d", _conv_backward, setup_context=_conv_setup)
+# Autograd is registered in C++ (csrc/autograd.cpp): a Python formula cost more per call than the fused kernel on a
+# small feature map.
