@@ -20,6 +20,22 @@ namespace fixedbranch {
 
 int64_t BankPlan::direct_taps() const { return K * S1 * S2; }
 
+// The CPU kernels' relative cost of a row-pass tap and of one intermediate pass, in direct taps (pays_on_cpu).
+constexpr double kRowTapCost = 2.0, kPassCost = 4.0;
+
+bool BankPlan::pays_on_cpu() const {
+  double factored_cost = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    if (factored(k)) {
+      factored_cost += kRowTapCost * S2 * static_cast<double>(terms[k].size()) + kPassCost;
+    } else {
+      factored_cost += static_cast<double>(S1 * S2);
+    }
+  }
+  factored_cost += static_cast<double>(columns.size()) * (S1 + kPassCost);
+  return factored_cost < static_cast<double>(direct_taps());
+}
+
 int64_t BankPlan::plan_taps() const {
   std::vector<bool> used(columns.size(), false);
   int64_t taps = 0;
@@ -567,14 +583,20 @@ at::Tensor bank_plan_reconstruct(const at::Tensor& bank) {
 }  // namespace
 
 // Diagnostics, off the hot path: they accept a bank on any device and copy it to the CPU.
+bool bank_plan_pays_on_cpu(const at::Tensor& bank) {
+  return plan_bank(bank.device().is_cpu() ? bank : bank.cpu())->pays_on_cpu();
+}
+
 TORCH_LIBRARY_FRAGMENT(fixedbranch, m) {
   m.def("_bank_plan(Tensor bank) -> Tensor");
   m.def("_bank_plan_reconstruct(Tensor bank) -> Tensor");
+  m.def("_bank_plan_pays_on_cpu(Tensor bank) -> bool");
 }
 
 TORCH_LIBRARY_IMPL(fixedbranch, CompositeExplicitAutograd, m) {
   m.impl("_bank_plan", &bank_plan_table);
   m.impl("_bank_plan_reconstruct", &bank_plan_reconstruct);
+  m.impl("_bank_plan_pays_on_cpu", &bank_plan_pays_on_cpu);
 }
 
 }  // namespace fixedbranch

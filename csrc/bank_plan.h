@@ -60,7 +60,13 @@ struct BankPlan {
                                               // whichever path it runs on
   bool factored(int64_t k) const { return !terms[k].empty(); }
   int64_t direct_taps() const;    // multiply-adds per output pixel of the direct path for the WHOLE bank: K*S1*S2
-  int64_t plan_taps() const;      // multiply-adds per output pixel of this plan:
+  int64_t plan_taps() const;
+  // Whether the CPU kernels run this plan rather than the direct correlation of every filter (their default). The
+  // plan counts multiply-adds; the kernels differ in what one costs: a direct tap feeds four branches from one load,
+  // a row-pass tap needs a load of its own, and each intermediate row (a column pass, a factored filter's row) is
+  // written and read once more. Weighted so (kRowTapCost, kPassCost in bank_plan.cpp), the estimate picks the faster
+  // path at every bank the benchmarks sweep: direct for 3x3 banks, factored for DCT 5x5/7x7 and Gabor 11x11.
+  bool pays_on_cpu() const;      // multiply-adds per output pixel of this plan:
                                   //   (#columns used)*S1 + sum over factored filters of terms*S2 + direct filters*S1*S2
 };
 

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FixedBranch",
     "FixedBranchConv2d",
+    "bank_plan",
     "branch_contributions",
     "filters",
     "fixed_branch",
@@ -37,4 +38,5 @@ except ImportError as _exc:
 else:
     from .modules import FixedBranch, FixedBranchConv2d
     from .ops import branch_contributions, fixed_branch, fixed_branch_conv2d
+    from .plan import bank_plan
     from . import autocast, export  # noqa: F401  (autocast kernels; ONNX lowering)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .plan import BankPlan, bank_plan
 
 __all__ = ["FixedBranch", "FixedBranchConv2d"]
 
@@ -31,9 +32,32 @@ def _check_options(owner: str, bank, padding_mode, stop_gradient, identity, orde
     return tuple(stop), tuple(stride)
 
 
+class _PlannedBank:
+    """Mixin: the bank is decomposed (``fixedbranch.bank_plan``) at construction and whenever ``.to()``, ``.half()``
+    and friends move it to another device or dtype, so the kernels' plan cache is warm before the first call and
+    ``module.plan`` tells how the bank runs."""
+
+    def _plan_bank(self) -> None:
+        # A meta bank has no values to decompose (a model built on "meta" before it is materialised).
+        self._plan = None if self.bank.is_meta else bank_plan(self.bank)
+
+    @property
+    def plan(self) -> BankPlan | None:
+        """How the filters of the bank are computed, in the bank's current dtype (see :func:`fixedbranch.bank_plan`);
+        None for a bank on the meta device."""
+        return self._plan
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        self._plan_bank()
+        return result
+
+
 def _options_repr(module) -> str:
     """The branch options that differ from their defaults."""
     parts = [f"stop_gradient={module.stop_gradient}"] if module.stop_gradient else []
+    if module.plan is not None and module.plan.cpu_path == "factored":
+        parts.append(f"factored={module.plan.columns} column passes")
     if not module.identity:
         parts.append("identity=False")
     if module.order != "branch":
@@ -44,7 +68,7 @@ def _options_repr(module) -> str:
     return "".join(", " + p for p in parts)
 
 
-class FixedBranch(nn.Module):
+class FixedBranch(_PlannedBank, nn.Module):
     """Fixed-filter branches: ``cat([y, F_1*y, ..., F_K*y], 1)``, see :func:`fixedbranch.fixed_branch`.
 
     Has no parameters. The bank is a (non-persistent) buffer: it follows ``.to()``, ``.half()`` and devices,
@@ -84,6 +108,7 @@ class FixedBranch(nn.Module):
         )
         self.padding_mode, self.identity, self.order = padding_mode, identity, order
         self.register_buffer("bank", bank.detach().clone(), persistent=False)
+        self._plan_bank()
 
     @property
     def num_branches(self) -> int:
@@ -98,7 +123,7 @@ class FixedBranch(nn.Module):
         return f"{_bank_summary(self.bank)}, padding_mode={self.padding_mode!r}" + _options_repr(self)
 
 
-class FixedBranchConv2d(nn.Conv2d):
+class FixedBranchConv2d(_PlannedBank, nn.Conv2d):
     """Drop-in for ``nn.Conv2d`` followed by fixed-filter branches, fused into one autograd node.
 
     Parameters (``weight``, ``bias``), their initialisation and ``state_dict`` keys are exactly ``nn.Conv2d``'s;
@@ -158,6 +183,7 @@ class FixedBranchConv2d(nn.Conv2d):
         self.filter_padding_mode, self.identity, self.order = filter_padding_mode, identity, order
         bank = bank.detach().to(device=self.weight.device, dtype=self.weight.dtype).clone()
         self.register_buffer("bank", bank, persistent=False)
+        self._plan_bank()
 
     @classmethod
     def from_conv2d(

@@ -65,6 +65,8 @@ class BankPlan:
         direct_taps: multiply-adds per output pixel of the direct path for the whole bank, K·S1·S2.
         plan_taps: multiply-adds per output pixel of this plan: columns·S1 + S2 per separable term + S1·S2 per
             direct filter.
+        cpu_path: "factored" if the CPU kernels run this plan, "direct" if they correlate every filter directly
+            (their estimate of what a row-pass tap and an intermediate pass cost says the plan does not pay).
     """
 
     shape: tuple[int, int, int]
@@ -74,13 +76,14 @@ class BankPlan:
     columns: int
     direct_taps: int
     plan_taps: int
+    cpu_path: str
 
     def __str__(self) -> str:
         k, s1, s2 = self.shape
         dtype = str(self.dtype).removeprefix("torch.")
         lines = [
-            f"BankPlan({k} filters {s1}x{s2} {dtype}: {self.columns} column passes, {self.plan_taps} of "
-            f"{self.direct_taps} direct multiply-adds per pixel)"
+            f"BankPlan({k} filters {s1}x{s2} {dtype}, CPU path {self.cpu_path}: {self.columns} column passes, "
+            f"{self.plan_taps} of {self.direct_taps} multiply-adds per pixel)"
         ]
         width = len(str(k - 1))
         for i, (path, rank) in enumerate(zip(self.filters, self.ranks)):
@@ -108,7 +111,7 @@ def bank_plan(bank: torch.Tensor) -> BankPlan:
     Example:
         >>> from fixedbranch import filters
         >>> bank_plan(filters.bank("sobel_x", "sobel_y", "laplacian4"))
-        BankPlan(3 filters 3x3 float64: 2 column passes, 21 of 27 direct multiply-adds per pixel)
+        BankPlan(3 filters 3x3 float64, CPU path direct: 2 column passes, 21 of 27 multiply-adds per pixel)
           0: separable(1)   rank 1
           1: separable(1)   rank 1
           2: direct         rank 2
@@ -128,4 +131,5 @@ def bank_plan(bank: torch.Tensor) -> BankPlan:
         columns=columns,
         direct_taps=k * s1 * s2,
         plan_taps=plan_taps,
+        cpu_path="factored" if torch.ops.fixedbranch._bank_plan_pays_on_cpu.default(bank.detach()) else "direct",
     )

@@ -455,7 +455,7 @@ def test_str_has_one_line_per_filter():
     plan = bank_plan(filters.bank("sobel_x", "sobel_y", "laplacian4"))
     assert isinstance(plan, BankPlan)
     lines = str(plan).splitlines()
-    assert lines[0] == "BankPlan(3 filters 3x3 float64: 2 column passes, 21 of 27 direct multiply-adds per pixel)"
+    assert lines[0] == "BankPlan(3 filters 3x3 float64, CPU path direct: 2 column passes, 21 of 27 multiply-adds per pixel)"
     assert lines[1:] == ["  0: separable(1)   rank 1", "  1: separable(1)   rank 1", "  2: direct         rank 2"]
     assert repr(plan) == str(plan)
     with pytest.raises(AttributeError):
