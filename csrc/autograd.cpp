@@ -85,10 +85,11 @@ class BranchBackward : public torch::autograd::Function<BranchBackward> {
  public:
   static Variable forward(AutogradContext* ctx, const Variable& grad, const Variable& bank, const Options& o,
                           c10::SymIntArrayRef input_size) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    Variable grad_y = call_backward(grad, bank, o.padding_mode, o.stop, o.identity, o.order, o.stride, input_size);
     o.save(ctx);
     ctx->save_for_backward({bank});
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return call_backward(grad, bank, o.padding_mode, o.stop, o.identity, o.order, o.stride, input_size);
+    return grad_y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -111,12 +112,14 @@ Variable branch_backward(const Variable& grad, const Variable& bank, const Optio
 class Branch : public torch::autograd::Function<Branch> {
  public:
   static Variable forward(AutogradContext* ctx, const Variable& y, const Variable& bank, const Options& o) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    Variable out = call_forward(y, bank, o.padding_mode, o.stop, o.identity, o.order, o.stride);
+    // After the operator's checks: y is 4-D.
     o.save(ctx);
     ctx->saved_data["height"] = y.sym_size(2);
     ctx->saved_data["width"] = y.sym_size(3);
     ctx->save_for_backward({bank});
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return call_forward(y, bank, o.padding_mode, o.stop, o.identity, o.order, o.stride);
+    return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -136,6 +139,10 @@ class Conv : public torch::autograd::Function<Conv> {
   static Variable forward(AutogradContext* ctx, const Variable& x, const Variable& weight,
                           const c10::optional<Variable>& bias, const Variable& bank, c10::IntArrayRef stride, c10::IntArrayRef padding,
                           c10::IntArrayRef dilation, int64_t groups, const Options& o) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    Variable out = call_conv(x, weight, bias, bank, stride, padding, dilation, groups, o.padding_mode, o.stop,
+                             o.identity, o.order, o.stride);
+    // After the operator's checks: x and weight are 4-D, the strides and dilations positive.
     o.save(ctx);
     ctx->saved_data["conv_stride"] = stride.vec();
     ctx->saved_data["padding"] = padding.vec();
@@ -148,9 +155,7 @@ class Conv : public torch::autograd::Function<Conv> {
           (x.sym_size(2 + d) + 2 * padding[d] - dilation[d] * (weight.sym_size(2 + d) - 1) - 1) / stride[d] + 1;
     }
     ctx->save_for_backward({x, weight, bank});
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return call_conv(x, weight, bias, bank, stride, padding, dilation, groups, o.padding_mode, o.stop, o.identity,
-                     o.order, o.stride);
+    return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {

@@ -55,12 +55,13 @@ void check_bank(const char* what, const at::Tensor& bank, const at::Tensor& like
 
 BranchArgs parse_branch_args(const char* what, const char* input_name, std::array<int64_t, 4> y_sizes,
                              const at::Tensor& bank, c10::string_view padding_mode, c10::IntArrayRef stop_gradient,
-                             bool identity, c10::string_view order, c10::IntArrayRef stride) {
+                             bool identity, c10::string_view order, c10::IntArrayRef stride,
+                             const char* stride_name) {
   BranchArgs a;
   a.mode = parse_padding_mode(what, padding_mode);
   a.order = parse_order(what, order);
   a.identity = identity;
-  const auto s = positive_pair(what, "stride", stride);
+  const auto s = positive_pair(what, stride_name, stride);
   a.stride_h = s[0];
   a.stride_w = s[1];
   a.N = y_sizes[0], a.C = y_sizes[1], a.H = y_sizes[2], a.W = y_sizes[3];

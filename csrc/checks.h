@@ -24,7 +24,8 @@ void check_bank(const char* what, const at::Tensor& bank, const at::Tensor& like
 // stands for an image not seen yet: everything but the size rules is checked.
 BranchArgs parse_branch_args(const char* what, const char* input_name, std::array<int64_t, 4> y_sizes,
                              const at::Tensor& bank, c10::string_view padding_mode, c10::IntArrayRef stop_gradient,
-                             bool identity, c10::string_view order, c10::IntArrayRef stride);
+                             bool identity, c10::string_view order, c10::IntArrayRef stride,
+                             const char* stride_name = "stride");
 
 // The convolution's arguments of fixed_branch_conv2d; returns the convolution's output size (N, C_out, H, W).
 std::array<int64_t, 4> check_conv_args(const char* what, const at::Tensor& x, const at::Tensor& weight,

@@ -81,7 +81,7 @@ at::Tensor fixed_branch_backward(const at::Tensor& grad_output, const at::Tensor
                                                                 input_size[1]},
                                             bank, padding_mode, stop_gradient, identity, order, stride);
   TORCH_CHECK_VALUE(g.size(2) == args.out_h && g.size(3) == args.out_w, what, ": grad_output is ", g.size(2), "x",
-                    g.size(3), " but an input of ", args.H, "x", args.W, " with stride (", args.stride_h, ", ",
+                    g.size(3), " but input_size (", args.H, ", ", args.W, ") with stride (", args.stride_h, ", ",
                     args.stride_w, ") gives ", args.out_h, "x", args.out_w);
   const BranchKernels& kernels = kernels_for(what, g);
   at::Tensor grad_y = at::empty({args.N, args.C, args.H, args.W}, g.options().memory_format(g.suggest_memory_format()));
@@ -105,7 +105,7 @@ at::Tensor fixed_branch_conv2d(const at::Tensor& x, const at::Tensor& weight, co
   const auto y_sizes = check_conv_args(what, x, weight, bias, stride, padding, dilation, groups);
   check_bank(what, bank, x, "x");
   parse_branch_args(what, "the convolution's output", y_sizes, bank, padding_mode, stop_gradient, identity, order,
-                    filter_stride);
+                    filter_stride, "filter_stride");
   const at::Tensor y = at::convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/false,
                                        /*output_padding=*/{0, 0}, groups);
   static auto branch_op =

@@ -6,9 +6,10 @@ shapes), so the exported program runs the fused kernels, in Python or through AO
 ONNX has no such operators. While ``torch.onnx.export`` traces a model (``torch.onnx.is_in_onnx_export()``),
 :func:`fixedbranch.fixed_branch` and :func:`fixedbranch.fixed_branch_conv2d` emit :func:`fixed_branch` and
 :func:`fixed_branch_conv2d` of this module instead: the same computation in standard operators, which the exporter
-lowers to ONNX ``Pad`` (mode constant / reflect / edge / wrap), ``Conv``, ``Reshape``, ``Transpose`` and ``Concat``,
-with batch, height and width free to be dynamic. So a plain ``torch.onnx.export(model, (x,))`` works, with the
-default (dynamo) exporter at its default opset (``wrap`` padding, for "circular", needs opset >= 19)::
+lowers to ONNX ``Pad`` (mode constant / reflect / edge / wrap), ``Conv`` (with ``strides`` for a strided layer),
+``Slice`` (the strided identity), ``Reshape``, ``Transpose`` and ``Concat`` (the channel order), with batch, height and
+width free to be dynamic. So a plain ``torch.onnx.export(model, (x,))`` works, with the default (dynamo) exporter at
+its default opset (``wrap`` padding, for "circular", needs opset >= 19)::
 
     onnx_program = torch.onnx.export(model, (x,), dynamic_shapes=({0: "batch", 2: "height", 3: "width"},))
     onnx_program.save("model.onnx")
@@ -34,7 +35,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from .reference import _PAD_MODE, same_padding
+from .reference import PAD_MODE, same_padding
 
 __all__ = ["decompositions", "exporting_to_onnx", "fixed_branch", "fixed_branch_conv2d"]
 
@@ -46,23 +47,33 @@ def exporting_to_onnx() -> bool:
 
 
 def fixed_branch(
-    y: torch.Tensor, bank: torch.Tensor, padding_mode: str = "zeros", stop_gradient: Iterable[int] = ()
+    y: torch.Tensor,
+    bank: torch.Tensor,
+    padding_mode: str = "zeros",
+    stop_gradient: Iterable[int] = (),
+    identity: bool = True,
+    order: str = "branch",
+    stride=1,
 ) -> torch.Tensor:
-    """``cat([y, F_1*y, ..., F_K*y], 1)`` in standard operators: one pad, one convolution, one concatenation.
+    """The branches in standard operators: one pad, one (strided) convolution, reshapes and one concatenation.
 
     The channels are folded into the batch, so a single (K, 1, S1, S2) convolution applies every filter to every
-    channel with no channel count baked into the graph; a transpose then puts the result in branch-major order.
+    channel with no channel count baked into the graph; a transpose then puts the result in branch-major order, or a
+    reshape in channel-major order. The strided identity is a slice.
 
     Args:
         y: (N, C, H, W).
         bank: (K, S1, S2), converted to y's dtype.
         padding_mode: "zeros", "reflect", "replicate" or "circular".
         stop_gradient: branch indices (0 = identity) whose gradient does not reach y.
+        identity: whether branch 0 (y itself) is part of the output.
+        order: "branch" (``out[:, b*C + c]``) or "channel" (``out[:, c*B + b]``).
+        stride: an int or a pair: the branches are sampled every stride-th pixel.
 
     Returns:
-        (N, (K+1)*C, H, W), equal to :func:`fixedbranch.reference.fixed_branch` up to rounding.
+        (N, B*C, H', W'), equal to :func:`fixedbranch.reference.fixed_branch` up to rounding.
     """
-    return _fixed_branch(y, bank, padding_mode, stop_gradient, _pad)
+    return _fixed_branch(y, bank, padding_mode, stop_gradient, identity, order, stride, _pad)
 
 
 def fixed_branch_conv2d(
@@ -76,14 +87,18 @@ def fixed_branch_conv2d(
     groups: int = 1,
     padding_mode: str = "zeros",
     stop_gradient: Iterable[int] = (),
+    identity: bool = True,
+    order: str = "branch",
+    filter_stride=1,
 ) -> torch.Tensor:
-    """:func:`fixed_branch` of ``F.conv2d(x, weight, bias, stride, padding, dilation, groups)``."""
+    """:func:`fixed_branch` of ``F.conv2d(x, weight, bias, stride, padding, dilation, groups)``, sampled every
+    ``filter_stride``-th pixel."""
     y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    return fixed_branch(y, bank, padding_mode, stop_gradient)
+    return fixed_branch(y, bank, padding_mode, stop_gradient, identity, order, filter_stride)
 
 
 def _pad(y: torch.Tensor, pads: tuple[int, int, int, int], padding_mode: str) -> torch.Tensor:
-    return F.pad(y, pads, mode=_PAD_MODE[padding_mode])
+    return F.pad(y, pads, mode=PAD_MODE[padding_mode])
 
 
 def _pad_functional(y: torch.Tensor, pads: tuple[int, int, int, int], padding_mode: str) -> torch.Tensor:
@@ -96,34 +111,57 @@ def _pad_functional(y: torch.Tensor, pads: tuple[int, int, int, int], padding_mo
     return torch.cat([y[:, :, :, y.shape[3] - left :], y, y[:, :, :, :right]], dim=3)
 
 
-def _fixed_branch(y, bank, padding_mode, stop_gradient, pad) -> torch.Tensor:
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _fixed_branch(y, bank, padding_mode, stop_gradient, identity, order, stride, pad) -> torch.Tensor:
     stop = set(stop_gradient)
-    n, c, h, w = y.shape
+    stride = _pair(stride)
+    n, c = y.shape[0], y.shape[1]
     k, s1, s2 = bank.shape
     bank = bank.detach().to(y.dtype)
-    if stop and stop != set(range(k + 1)):
+    pads = same_padding((s1, s2))
+    present = set(range(0 if identity else 1, k + 1))
+
+    def identity_of(src):  # y[:, :, ::sH, ::sW]; a Slice in ONNX, nothing at stride 1
+        return src if stride == (1, 1) else src[:, :, :: stride[0], :: stride[1]]
+
+    if stop and stop != present:
         # A partial stop set needs a detach per branch: one convolution per filter, as the reference does it.
-        pads = same_padding((s1, s2))
-        parts = [y.detach() if 0 in stop else y]
+        parts = [identity_of(y.detach() if 0 in stop else y)] if identity else []
         for i in range(k):
             padded = pad(y.detach() if i + 1 in stop else y, pads, padding_mode)
-            parts.append(F.conv2d(padded, bank[i].expand(c, 1, s1, s2), groups=c))
-        return torch.cat(parts, dim=1)
+            parts.append(F.conv2d(padded, bank[i].expand(c, 1, s1, s2), stride=stride, groups=c))
+        # (N, C, H', W') each: branch-major is their concatenation, channel-major their interleaving.
+        return torch.cat(parts, dim=1) if order == "branch" else torch.stack(parts, dim=2).flatten(1, 2)
     src = y.detach() if stop else y
-    padded = pad(src, same_padding((s1, s2)), padding_mode)
+    padded = pad(src, pads, padding_mode)
     planes = padded.reshape(n * c, 1, padded.shape[2], padded.shape[3])
-    filtered = F.conv2d(planes, bank.unsqueeze(1))
-    branches = filtered.reshape(n, c, k, h, w).transpose(1, 2).reshape(n, k * c, h, w)
-    return torch.cat([src, branches], dim=1)
+    filtered = F.conv2d(planes, bank.unsqueeze(1), stride=stride)  # (N*C, K, H', W')
+    h, w = filtered.shape[2], filtered.shape[3]
+    filtered = filtered.reshape(n, c, k, h, w)
+    if order == "branch":
+        branches = filtered.transpose(1, 2).reshape(n, k * c, h, w)
+        return torch.cat([identity_of(src), branches], dim=1) if identity else branches
+    # Channel-major: channel c*B + b is branch b of channel c, which is (N, C, B, H', W') read row by row.
+    if identity:
+        filtered = torch.cat([identity_of(src).unsqueeze(2), filtered], dim=2)
+    return filtered.reshape(n, c * (k + int(identity)), h, w)
 
 
-def _fixed_branch_op(y, bank, padding_mode, stop_gradient):
-    return _fixed_branch(y, bank, padding_mode, stop_gradient, _pad_functional)
+# The decompositions take the operators' schemas with their defaults: torch.export records a call without the
+# arguments that equal a default.
 
 
-def _fixed_branch_conv2d_op(x, weight, bias, bank, stride, padding, dilation, groups, padding_mode, stop_gradient):
+def _fixed_branch_op(y, bank, padding_mode="zeros", stop_gradient=(), identity=True, order="branch", stride=1):
+    return _fixed_branch(y, bank, padding_mode, stop_gradient, identity, order, stride, _pad_functional)
+
+
+def _fixed_branch_conv2d_op(x, weight, bias, bank, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
+                            stop_gradient=(), identity=True, order="branch", filter_stride=1):
     y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    return _fixed_branch(y, bank, padding_mode, stop_gradient, _pad_functional)
+    return _fixed_branch(y, bank, padding_mode, stop_gradient, identity, order, filter_stride, _pad_functional)
 
 
 def decompositions() -> dict:

@@ -42,10 +42,10 @@ def _check_bank(fn: str, bank) -> None:
 
 def _stop_list(fn: str, stop_gradient) -> list[int]:
     """The stop set as a sorted list of ints; its range is the operator's to check."""
-    if not stop_gradient:
-        return []
     if isinstance(stop_gradient, int) and not isinstance(stop_gradient, bool):
         return [stop_gradient]
+    if isinstance(stop_gradient, tuple) and not stop_gradient:
+        return []
     try:
         items = list(stop_gradient)
     except TypeError:
@@ -56,6 +56,11 @@ def _stop_list(fn: str, stop_gradient) -> list[int]:
         if isinstance(k, bool) or not isinstance(k, int):
             raise TypeError(f"{fn}: expected stop_gradient to hold ints, got {k!r}")
     return sorted(set(items))
+
+
+def _check_tensor(fn: str, name: str, value) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{fn}: expected {name} to be a torch.Tensor, got {type(value).__name__}")
 
 
 def _pair(fn: str, name: str, value) -> list[int]:
@@ -111,6 +116,7 @@ def fixed_branch(
         tensor([[  4.,  -2.],
                 [-14., -20.]])
     """
+    _check_tensor("fixed_branch", "y", y)
     stop = _stop_list("fixed_branch", stop_gradient)
     _check_bank("fixed_branch", bank)
     stride = _pair("fixed_branch", "stride", stride)
@@ -159,6 +165,10 @@ def fixed_branch_conv2d(
         torch.Size([2, 24, 16, 16])
     """
     fn = "fixed_branch_conv2d"
+    _check_tensor(fn, "x", x)
+    _check_tensor(fn, "weight", weight)
+    if bias is not None:
+        _check_tensor(fn, "bias", bias)
     stop = _stop_list(fn, stop_gradient)
     _check_bank(fn, bank)
     if not isinstance(groups, int) or isinstance(groups, bool):
@@ -213,13 +223,13 @@ def branch_contributions(
     fn = "branch_contributions"
     _check_bank(fn, bank)
     stride = _pair(fn, "stride", stride)
-    if not isinstance(grad_output, torch.Tensor):
-        raise TypeError(f"{fn}: expected grad_output to be a torch.Tensor, got {type(grad_output).__name__}")
+    _check_tensor(fn, "grad_output", grad_output)
     if input_size is None:
         if stride != [1, 1]:
             raise ValueError(f"{fn}: input_size (y's (H, W)) is required with stride {tuple(stride)}: the gradient's "
                              "size does not determine it")
-        input_size = list(grad_output.shape[2:])
+        # (A grad_output of another rank is the operator's to reject.)
+        input_size = list(grad_output.shape[2:]) if grad_output.dim() == 4 else [0, 0]
     input_size = _pair(fn, "input_size", tuple(input_size))
     filters = range(1, bank.shape[0] + 1) if bank.dim() == 3 else ()
     branches = ([0] if identity else []) + list(filters)
@@ -237,12 +247,18 @@ def branch_contributions(
 # Fake kernels: sizes, dtype and memory format exactly as the real kernels produce them.
 
 
+def _fake_same_device(what: str, name: str, t, like: torch.Tensor, like_name: str) -> None:
+    # A meta tensor among CPU or CUDA ones dispatches here, not to the device kernels and their checks.
+    if t is not None and t.device != like.device:
+        raise ValueError(f"{what}: expected {name} on the same device as {like_name} ({like.device}), got {t.device}")
+
+
 @torch.library.register_fake("fixedbranch::fixed_branch")
 def _fixed_branch_fake(y, bank, padding_mode="zeros", stop_gradient=(), identity=True, order="branch",
                        stride=(1, 1)):
     torch._check(y.dim() == 4, lambda: f"fixed_branch: expected y to have 4 dimensions, got {y.dim()}")
     torch._check(bank.dim() == 3, lambda: f"fixed_branch: expected bank to have 3 dimensions, got {bank.dim()}")
-    torch._check(bank.device == y.device, lambda: f"fixed_branch: expected bank on y's device ({y.device})")
+    _fake_same_device("fixedbranch.fixed_branch", "bank", bank, y, "y")
     n, c, h, w = y.shape
     branches = bank.shape[0] + int(identity)
     stride = (stride, stride) if isinstance(stride, int) else stride
@@ -253,7 +269,7 @@ def _fixed_branch_fake(y, bank, padding_mode="zeros", stop_gradient=(), identity
 @torch.library.register_fake("fixedbranch::_fixed_branch_backward")
 def _fixed_branch_backward_fake(grad_output, bank, padding_mode, stop_gradient, identity, order, stride, input_size):
     torch._check(grad_output.dim() == 4, lambda: "_fixed_branch_backward: expected 4-D grad_output")
-    torch._check(bank.device == grad_output.device, lambda: "_fixed_branch_backward: bank on another device")
+    _fake_same_device("fixedbranch._fixed_branch_backward", "bank", bank, grad_output, "grad_output")
     n, bc, _, _ = grad_output.shape
     branches = bank.shape[0] + int(identity)
     torch._check(bc % branches == 0, lambda: "_fixed_branch_backward: channels must be a multiple of the branches")
@@ -270,6 +286,8 @@ def _conv_output_size(x, weight, stride, padding, dilation) -> list:
 def _fixed_branch_conv2d_fake(x, weight, bias, bank, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
                               padding_mode="zeros", stop_gradient=(), identity=True, order="branch",
                               filter_stride=(1, 1)):
+    for name, t in (("weight", weight), ("bias", bias), ("bank", bank)):
+        _fake_same_device("fixedbranch.fixed_branch_conv2d", name, t, x, "x")
     stride, padding, dilation = ([v, v] if isinstance(v, int) else v for v in (stride, padding, dilation))
     y = torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False, [0, 0], groups)
     return _fixed_branch_fake(y, bank, padding_mode, stop_gradient, identity, order, filter_stride)

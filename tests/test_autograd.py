@@ -6,7 +6,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import fixedbranch as fb
 
-from .common import PADDING_MODES, cpu_and_cuda
+from .common import PADDING_MODES, backward_op, cpu_and_cuda
 
 
 def _bank(device):
@@ -52,36 +52,105 @@ def test_fixed_branch_conv2d_gradcheck(mode, device):
     assert gradgradcheck(fn, (x, w, b), fast_mode=True)
 
 
+# Strides (square, non-square, larger than the filter) with either order, with and without the identity.
+OPTION_CASES = [
+    ("zeros", dict(identity=False, order="branch", stride=2)),
+    ("reflect", dict(identity=True, order="channel", stride=(2, 1))),
+    ("replicate", dict(identity=False, order="channel", stride=(1, 3))),
+    ("circular", dict(identity=True, order="branch", stride=3)),
+]
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("mode,options", OPTION_CASES,
+                         ids=["-".join([m, *(f"{k}={v}" for k, v in o.items())]) for m, o in OPTION_CASES])
+def test_fixed_branch_gradcheck_with_output_options(mode, options, device):
+    y = torch.randn(1, 2, 7, 6, dtype=torch.float64, device=device, requires_grad=True)
+    bank = _bank(device)
+    assert gradcheck(lambda t: fb.fixed_branch(t, bank, mode, **options), (y,))
+    # A stopped filter branch: the derivative of the backward is still exact.
+    assert gradgradcheck(lambda t: fb.fixed_branch(t, bank, mode, (2,), **options), (y,))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("stop", [(), (1,), (0, 2)])
+def test_backward_operator_is_linear_with_exact_adjoint(stop, device):
+    """The backward operator's own backward is its exact adjoint (the forward with stopped branches zeroed), with a
+    stride that leaves y's last row and column unsampled."""
+    bank = _bank(device)
+    g = torch.randn(1, 8, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    assert gradcheck(lambda t: backward_op(t, bank, "reflect", stop, True, "channel", (2, 2), (6, 8)), (g,))
+    g = torch.randn(1, 6, 6, 3, dtype=torch.float64, device=device, requires_grad=True)
+    stop = [k for k in stop if k]  # branch 0 is not in an output without the identity
+    assert gradcheck(lambda t: backward_op(t, bank, "circular", stop, False, "branch", (1, 2), (6, 6)), (g,))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_fixed_branch_conv2d_gradcheck_with_output_options(device):
+    opts = dict(dtype=torch.float64, device=device, requires_grad=True)
+    x, w, b = torch.randn(1, 2, 7, 8, **opts), torch.randn(2, 2, 3, 3, **opts), torch.randn(2, **opts)
+    bank = _bank(device)
+    fn = lambda x, w, b: fb.fixed_branch_conv2d(x, w, b, bank, 1, 1, 1, 1, "reflect", (), False,  # noqa: E731
+                                                "channel", (2, 3))
+    assert gradcheck(fn, (x, w, b))
+    assert gradgradcheck(fn, (x, w, b), fast_mode=True)
+
+
 @pytest.mark.parametrize("device", cpu_and_cuda())
 def test_branch_contributions_gradcheck(device):
     g = torch.randn(1, 8, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
     bank = _bank(device)
     assert gradcheck(lambda t: fb.branch_contributions(t, bank, "reflect"), (g,))
+    g = torch.randn(1, 6, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
+    assert gradcheck(lambda t: fb.branch_contributions(t, bank, "zeros", identity=False, order="channel", stride=2,
+                                                       input_size=(4, 5)), (g,))
 
 
 def _opcheck_samples(device):
+    """(id, operator, args): every operator with every option, in both layouts, float32 and float64."""
     bank = _bank(device)
-    y = torch.randn(2, 3, 6, 7, device=device)
+    y = torch.randn(2, 3, 7, 6, device=device)
     samples = []
-    for mode, stop in (("zeros", []), ("reflect", [0]), ("replicate", [2]), ("circular", [1, 3])):
-        yy = y.clone().requires_grad_(True)
-        samples.append(("fixed_branch", (yy, bank.float(), mode, stop)))
-        g = torch.randn(2, 12, 6, 7, device=device)
-        samples.append(("_fixed_branch_backward", (g, bank.float(), mode, stop)))
-    samples.append(("fixed_branch", (y.contiguous(memory_format=torch.channels_last), bank.float(), "zeros", [])))
-    samples.append(("fixed_branch", (y.double().requires_grad_(True), bank, "reflect", [])))
-    expanded = torch.randn(1, 12, 1, 7, device=device).expand(2, 12, 6, 7)
-    samples.append(("_fixed_branch_backward", (expanded, bank.float(), "zeros", [])))
+    cases = (
+        ("zeros", [], True, "branch", [1, 1]),
+        ("reflect", [0], True, "channel", [2, 2]),
+        ("replicate", [2], False, "branch", [2, 1]),
+        ("circular", [1, 3], False, "channel", [1, 3]),
+    )
+    for mode, stop, identity, order, stride in cases:
+        tag = f"{mode}-{stop}-{identity}-{order}-{stride}"
+        samples.append((f"forward-{tag}", "fixed_branch",
+                        (y.clone().requires_grad_(True), bank.float(), mode, stop, identity, order, stride)))
+        out_size = [(7 - 1) // stride[0] + 1, (6 - 1) // stride[1] + 1]
+        g = torch.randn(2, 3 * (3 + identity), *out_size, device=device)
+        samples.append((f"backward-{tag}", "_fixed_branch_backward",
+                        (g.requires_grad_(True), bank.float(), mode, stop, identity, order, stride, [7, 6])))
+    channels_last = y.contiguous(memory_format=torch.channels_last)
+    samples.append(("forward-channels_last", "fixed_branch",
+                    (channels_last, bank.float(), "zeros", [], False, "channel", [2, 2])))
+    samples.append(("forward-float64", "fixed_branch",
+                    (y.double().requires_grad_(True), bank, "reflect", [], True, "branch", [1, 2])))
+    expanded = torch.randn(1, 12, 1, 3, device=device).expand(2, 12, 4, 3)
+    samples.append(("backward-expanded", "_fixed_branch_backward",
+                    (expanded, bank.float(), "zeros", [], True, "channel", [2, 2], [7, 6])))
     x = torch.randn(2, 4, 9, 8, device=device, requires_grad=True)
     w = torch.randn(6, 2, 3, 3, device=device, requires_grad=True)
     b = torch.randn(6, device=device, requires_grad=True)
-    samples.append(("fixed_branch_conv2d", (x, w, b, bank.float(), [1, 1], [1, 0], [1, 1], 2, "circular", [0])))
-    samples.append(("fixed_branch_conv2d", (x, w, None, bank.float(), [2, 1], [0, 0], [1, 2], 2, "zeros", [])))
+    samples.append(("conv-circular", "fixed_branch_conv2d",
+                    (x, w, b, bank.float(), [1, 1], [1, 0], [1, 1], 2, "circular", [0], True, "branch", [1, 1])))
+    samples.append(("conv-strided", "fixed_branch_conv2d",
+                    (x, w, None, bank.float(), [2, 1], [0, 0], [1, 2], 2, "zeros", [], False, "channel", [2, 3])))
+    samples.append(("conv-channels_last", "fixed_branch_conv2d",
+                    (x.detach().contiguous(memory_format=torch.channels_last), w, b, bank.float(), [1, 1], [1, 1],
+                     [1, 1], 2, "reflect", [2], True, "channel", [2, 2])))
     return samples
 
 
+OPCHECK_IDS = [name for name, _, _ in _opcheck_samples("cpu")]
+
+
 @pytest.mark.parametrize("device", cpu_and_cuda())
-def test_opcheck(device):
-    for name, args in _opcheck_samples(device):
-        op = getattr(torch.ops.fixedbranch, name).default
-        torch.library.opcheck(op, args)
+@pytest.mark.parametrize("sample", range(len(OPCHECK_IDS)), ids=OPCHECK_IDS)
+def test_opcheck(sample, device):
+    _, name, args = _opcheck_samples(device)[sample]
+    torch.library.opcheck(getattr(torch.ops.fixedbranch, name).default, args)

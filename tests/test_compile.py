@@ -10,27 +10,42 @@ import fixedbranch as fb
 from .common import assert_close, cpu_and_cuda
 
 
-class Net(nn.Module):
-    """An ordinary conv, the fused conv + branches, more branches (with a stopped one), pooling and a classifier."""
+# Output options of the fused layers (identity, order, stride) one at a time and together.
+OPTIONS = {
+    "default": {},
+    "no-identity": dict(identity=False),
+    "channel-order": dict(order="channel"),
+    "stride-2": dict(stride=2),
+    "combined": dict(identity=False, order="channel", stride=(2, 1)),
+}
 
-    def __init__(self):
+
+class Net(nn.Module):
+    """An ordinary conv, the fused conv + branches, more branches (with a stopped one), pooling and a classifier.
+
+    ``options`` go to both fused layers (``stride`` as the conv layer's ``filter_stride``)."""
+
+    def __init__(self, options=None):
         super().__init__()
+        options = dict(options or {})
+        stride = options.pop("stride", 1)
+        identity = options.get("identity", True)
         self.stem = nn.Conv2d(3, 4, 3, padding=1)
         self.edges = fb.FixedBranchConv2d(4, 4, 3, fb.filters.bank("sobel_x", "sobel_y", "laplacian4"), padding=1,
-                                          filter_padding_mode="reflect")
+                                          filter_padding_mode="reflect", filter_stride=stride, **options)
         self.blur = fb.FixedBranch(fb.filters.bank(fb.filters.gaussian(5, 1.0), "laplacian8"), "replicate",
-                                   stop_gradient=(1,))
+                                   stop_gradient=(1,), stride=stride, **options)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(16 * 3, 5)
+        self.head = nn.Linear(4 * (3 + identity) * (2 + identity), 5)
 
     def forward(self, x):
         y = self.edges(torch.relu(self.stem(x)))
         return self.head(self.pool(self.blur(y)).flatten(1))
 
 
-def _make(device, memory_format=torch.contiguous_format):
+def _make(device, memory_format=torch.contiguous_format, options=None):
     torch.manual_seed(0)
-    return Net().to(device=device, memory_format=memory_format)
+    return Net(options).to(device=device, memory_format=memory_format)
 
 
 def _grads(model, x, out):
@@ -62,10 +77,12 @@ def _fresh_dynamo():
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-def test_larger_model_fullgraph_matches_eager_with_dynamic_shapes(device):
+@pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
+def test_larger_model_fullgraph_matches_eager_with_dynamic_shapes(options, device):
     # aot_eager traces the forward and backward graphs exactly as inductor receives them and runs them with the
-    # eager kernels. Batch, height and width are all free: one compilation serves every shape.
-    model = _make(device)
+    # eager kernels. Batch, height and width are all free (odd and even, so a stride's rounding shows): one
+    # compilation serves every shape.
+    model = _make(device, options=options)
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(model, backend=counter, fullgraph=True)
     for shape in ((2, 3, 12, 10), (3, 3, 9, 15), (4, 3, 20, 7)):
@@ -100,12 +117,36 @@ def test_inductor_matches_eager_with_dynamic_batch(device):
     assert not torch._dynamo.utils.counters["graph_break"]
 
 
-def test_functional_ops_compile_fullgraph():
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_inductor_with_output_options(device):
+    # Inductor checks each extern kernel's output strides against the fake kernel's: channel order and strides must
+    # keep y's memory format in both, with and without the identity, for a 13x11 image (odd: rounded strided sizes).
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        fb.FixedBranchConv2d(3, 4, 3, fb.filters.bank("sobel_x", "sobel_y"), padding=1, filter_padding_mode="reflect",
+                             identity=False, order="channel", filter_stride=2),
+        fb.FixedBranch(fb.filters.bank("laplacian8", "scharr_x"), "replicate", stop_gradient=(1,), order="channel",
+                       stride=(1, 2)),
+    ).to(device=device, dtype=torch.float32, memory_format=torch.channels_last)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    for batch in (2, 3):
+        x = torch.randn(batch, 3, 13, 11, device=device).contiguous(memory_format=torch.channels_last)
+        torch._dynamo.mark_dynamic(x, 0)
+        _check_against_eager(model, compiled, x)
+    assert counter.frame_count == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
+
+
+@pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
+def test_functional_ops_compile_fullgraph(options):
     y = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
     bank = fb.filters.bank("sobel_x", "scharr_y")
+    conv_options = {("filter_stride" if k == "stride" else k): v for k, v in options.items()}
 
     def branches(y, x, w):
-        return fb.fixed_branch(y, bank, "circular", (2,)), fb.fixed_branch_conv2d(x, w, None, bank, padding=1)
+        return (fb.fixed_branch(y, bank, "circular", (2,), **options),
+                fb.fixed_branch_conv2d(x, w, None, bank, padding=1, **conv_options))
 
     x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -121,10 +162,12 @@ def test_functional_ops_compile_fullgraph():
 
 
 @pytest.mark.needs_cuda
-def test_cuda_graphs_reduce_overhead():
+@pytest.mark.parametrize("options", [OPTIONS["default"], OPTIONS["combined"]], ids=["default", "combined"])
+def test_cuda_graphs_reduce_overhead(options):
     # CUDA graphs replay the captured kernels: a kernel launched on the wrong stream, or one that allocates outside
-    # the caching allocator, fails the capture or gives stale results on replay.
-    model = _make("cuda")
+    # the caching allocator, fails the capture or gives stale results on replay. Four steps: warm-up, recording,
+    # then replays, forward and backward.
+    model = _make("cuda", options=options)
     compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
     for step in range(4):
         torch.compiler.cudagraph_mark_step_begin()

@@ -1,10 +1,12 @@
-"""The fused ops against the pure-PyTorch reference: forward and gradients over random configurations.
+"""The fused ops against the pure-PyTorch reference: forward, first and second order gradients over random cases.
 
-Each case draws sizes (1x1 images and images smaller than the filter included), a bank (odd, even and non-square
-filters), a padding mode, a stop set, a dtype, an input layout and a gradient layout from a seeded generator, so
-that every run checks the same several hundred cases.
+Each case takes its output options (padding mode, identity, order, stride) from a fixed enumeration, so that every
+combination of them is checked several times, and draws the rest (sizes with 1x1 images and images smaller than the
+filter or the stride, a bank of odd, even and non-square filters, a stop set, a dtype, an input layout and a
+gradient layout) from a seeded generator: every run checks the same cases.
 """
 
+import itertools
 import random
 
 import pytest
@@ -13,158 +15,228 @@ import torch
 import fixedbranch as fb
 from fixedbranch import reference
 
-from .common import PADDING_MODES, assert_close, cpu_and_cuda
+from .common import (
+    DTYPES,
+    GRAD_LAYOUTS,
+    HALF_DTYPES,
+    INPUT_LAYOUTS,
+    ORDERS,
+    PADDING_MODES,
+    STRIDES,
+    assert_close,
+    cpu_and_cuda,
+    make_grad,
+    pair,
+    to_layout,
+)
 
-DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-INPUT_LAYOUTS = ("contiguous", "channels_last", "transposed", "sliced")
-GRAD_LAYOUTS = ("dense", "channels_last", "expanded", "transposed")
+# Every combination of the output options; the branch cases cycle through it three times, the conv cases once.
+BRANCH_OPTIONS = list(itertools.product(PADDING_MODES, (True, False), ORDERS, STRIDES))
+CONV_OPTIONS = list(itertools.product((True, False), ORDERS, STRIDES))
 
 
-def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
-    """The same values as t in another memory layout."""
-    if layout == "channels_last":
-        return t.contiguous(memory_format=torch.channels_last)
-    if layout == "transposed":  # H and W swapped in memory: neither NCHW nor channels_last
-        return t.transpose(2, 3).contiguous().transpose(2, 3)
-    if layout == "sliced":  # every other column of a wider tensor: stride_w = 2
-        wide = torch.zeros(*t.shape[:3], 2 * t.shape[3], dtype=t.dtype, device=t.device)
-        wide[..., ::2] = t
-        return wide[..., ::2]
-    return t.contiguous()
-
-
-def _grad(shape, dtype, device, layout: str, gen: torch.Generator) -> torch.Tensor:
-    if layout == "expanded":  # zero strides, as autograd hands out for sum() and broadcasting
-        return torch.randn(1, shape[1], 1, shape[3], generator=gen, dtype=torch.float64).to(dtype).to(device).expand(
-            shape
-        )
-    return _layout(torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype).to(device), layout)
+def _stop_set(rnd: random.Random, k: int, identity: bool) -> list[int]:
+    """Up to two stopped branches among those in the output (never 0 without the identity); now and then all."""
+    present = range(0 if identity else 1, k + 1)
+    if rnd.random() < 0.05:
+        return list(present)
+    return sorted(rnd.sample(present, rnd.randint(0, min(2, len(present)))))
 
 
 def _random_case(seed: int):
     rnd = random.Random(seed)
+    mode, identity, order, stride = BRANCH_OPTIONS[seed % len(BRANCH_OPTIONS)]
     s1, s2 = rnd.choice([(1, 1), (2, 2), (3, 3), (3, 3), (5, 5), (4, 3), (1, 5), (7, 7), (6, 2), (3, 7)])
-    mode = rnd.choice(PADDING_MODES)
     # Reflect needs the image larger than the padding, circular at least as large.
     lo_h = {"reflect": s1 // 2 + 1, "circular": max(1, s1 // 2)}.get(mode, 1)
     lo_w = {"reflect": s2 // 2 + 1, "circular": max(1, s2 // 2)}.get(mode, 1)
-    h, w = rnd.randint(lo_h, lo_h + 12), rnd.randint(lo_w, lo_w + 20)
     k = rnd.randint(1, 8)
     return dict(
         n=rnd.randint(1, 3),
         c=rnd.choice([1, 2, 3, 5, 8, 17]),
-        h=h,
-        w=w,
+        h=rnd.randint(lo_h, lo_h + 12),
+        w=rnd.randint(lo_w, lo_w + 20),
         k=k,
         s=(s1, s2),
         mode=mode,
-        stop=sorted(rnd.sample(range(k + 1), rnd.randint(0, min(2, k + 1)))),
+        identity=identity,
+        order=order,
+        stride=stride,
+        stop=_stop_set(rnd, k, identity),
         dtype=rnd.choice(DTYPES),
         layout=rnd.choice(INPUT_LAYOUTS),
         grad_layout=rnd.choice(GRAD_LAYOUTS),
     )
 
 
-def _expected_dtype_inputs(y: torch.Tensor, bank: torch.Tensor):
-    """Reference inputs: float64 copies of what the fused op computes with (its bank is rounded to y's dtype)."""
-    return y.detach().double(), bank.to(y.dtype).double()
+def _identity_slots(order: str, c: int, branches: int):
+    """The output channels that hold the identity branch, in channel order."""
+    return slice(0, c) if order == "branch" else slice(0, None, branches)
+
+
+def _all_stopped(stop, k: int, identity: bool) -> bool:
+    return set(stop) == set(range(0 if identity else 1, k + 1))
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("seed", range(240))
+@pytest.mark.parametrize("seed", range(3 * len(BRANCH_OPTIONS)))
 def test_fixed_branch_matches_reference(seed, device):
     case = _random_case(seed)
     gen = torch.Generator().manual_seed(seed)
-    dtype = case["dtype"]
-    shape = (case["n"], case["c"], case["h"], case["w"])
-    bank = torch.randn(case["k"], *case["s"], generator=gen, dtype=torch.float64).to(device)
-    y = _layout(torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype).to(device), case["layout"])
-    y.requires_grad_(True)
+    dtype, c, k = case["dtype"], case["c"], case["k"]
+    s_h, s_w = pair(case["stride"])
+    bank = torch.randn(k, *case["s"], generator=gen, dtype=torch.float64).to(device)
+    y = torch.randn(case["n"], c, case["h"], case["w"], generator=gen, dtype=torch.float64).to(dtype).to(device)
+    y = to_layout(y, case["layout"]).requires_grad_(True)
+    opts = dict(identity=case["identity"], order=case["order"], stride=case["stride"])
 
-    out = fb.fixed_branch(y, bank, case["mode"], case["stop"])
-    y64, bank64 = _expected_dtype_inputs(y, bank)
-    y64.requires_grad_(True)
-    expected = reference.fixed_branch(y64, bank64, case["mode"], case["stop"])
+    out = fb.fixed_branch(y, bank, case["mode"], case["stop"], **opts)
+    # The reference in float64 on what the fused op computes with: y, and the bank rounded to y's dtype.
+    y64 = y.detach().double().requires_grad_(True)
+    expected = reference.fixed_branch(y64, bank.to(dtype).double(), case["mode"], case["stop"], **opts)
     assert out.dtype == dtype and out.device == y.device
+    assert out.shape == (case["n"], (k + case["identity"]) * c, (case["h"] - 1) // s_h + 1, (case["w"] - 1) // s_w + 1)
     assert_close(out, expected, dtype, f"forward {case}")
-    # Branch 0 is an exact copy of y.
-    assert torch.equal(out[:, : case["c"]], y.detach())
-    if case["layout"] == "channels_last" and case["c"] > 1:
+    if case["identity"]:  # an exact copy of y, sampled
+        slots = _identity_slots(case["order"], c, k + 1)
+        assert torch.equal(out[:, slots], y.detach()[:, :, ::s_h, ::s_w])
+    if case["layout"] == "channels_last" and c > 1:
         assert out.is_contiguous(memory_format=torch.channels_last)
+    if case["layout"] == "contiguous":
+        assert out.is_contiguous()
 
-    g = _grad(out.shape, dtype, device, case["grad_layout"], gen)
-    (grad,) = torch.autograd.grad(out, y, g)
-    if len(case["stop"]) == case["k"] + 1:
+    g = make_grad(out.shape, dtype, device, case["grad_layout"], gen).detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(out, y, g, create_graph=True)
+    assert grad.shape == y.shape and grad.dtype == dtype
+    if _all_stopped(case["stop"], k, case["identity"]):
         assert torch.count_nonzero(grad) == 0
-    else:
-        (expected_grad,) = torch.autograd.grad(expected, y64, g.double())
-        assert_close(grad, expected_grad, dtype, f"gradient {case}")
+        return
+    g64 = g.detach().double().requires_grad_(True)
+    (expected_grad,) = torch.autograd.grad(expected, y64, g64, create_graph=True)
+    assert_close(grad, expected_grad, dtype, f"gradient {case}")
+
+    # Second order: the backward is linear in g, and its derivative along v is the forward of v with the stopped
+    # branches zeroed.
+    v = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    (grad_grad,) = torch.autograd.grad(grad, g, v)
+    (expected_grad_grad,) = torch.autograd.grad(expected_grad, g64, v.double())
+    assert_close(grad_grad, expected_grad_grad, dtype, f"second order {case}")
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("seed", range(60))
+@pytest.mark.parametrize("seed", range(3 * len(CONV_OPTIONS)))
 def test_fixed_branch_conv2d_matches_reference(seed, device):
     rnd = random.Random(1000 + seed)
     gen = torch.Generator().manual_seed(1000 + seed)
-    dtype = rnd.choice((torch.float64, torch.float32, torch.float32, torch.bfloat16))
+    identity, order, filter_stride = CONV_OPTIONS[seed % len(CONV_OPTIONS)]
+    dtype = rnd.choice((torch.float64, torch.float32, torch.float32, torch.bfloat16, torch.float16))
     groups = rnd.choice([1, 1, 2])
     cin, cout = groups * rnd.randint(1, 3), groups * rnd.randint(1, 4)
     kh, kw = rnd.choice([(1, 1), (3, 3), (2, 3), (5, 5)])
     stride, padding, dilation = rnd.choice([1, 2, (1, 2)]), rnd.choice([0, 1, (2, 1)]), rnd.choice([1, 2])
     mode = rnd.choice(PADDING_MODES)
-    s = rnd.choice([(3, 3), (2, 2), (5, 3)])
     k = rnd.randint(1, 5)
-    stop = sorted(rnd.sample(range(k + 1), rnd.randint(0, 2)))
+    stop = _stop_set(rnd, k, identity)
     x = torch.randn(rnd.randint(1, 3), cin, rnd.randint(12, 20), rnd.randint(12, 20), generator=gen,
                     dtype=torch.float64).to(dtype).to(device)
-    x = _layout(x, rnd.choice(INPUT_LAYOUTS)).requires_grad_(True)
+    x = to_layout(x, rnd.choice(INPUT_LAYOUTS)).requires_grad_(True)
     weight = torch.randn(cout, cin // groups, kh, kw, generator=gen, dtype=torch.float64).to(dtype).to(device)
     weight.requires_grad_(True)
     bias = torch.randn(cout, generator=gen, dtype=torch.float64).to(dtype).to(device).requires_grad_(True)
-    bank = torch.randn(k, *s, generator=gen, dtype=torch.float64).to(device)
-    args = (stride, padding, dilation, groups, mode, stop)
+    bank = torch.randn(k, *rnd.choice([(3, 3), (2, 2), (5, 3)]), generator=gen, dtype=torch.float64).to(device)
+    args = (stride, padding, dilation, groups, mode, stop, identity, order, filter_stride)
+    what = f"{dtype} {args}"
 
     out = fb.fixed_branch_conv2d(x, weight, bias, bank, *args)
     leaves = [t.detach().double().requires_grad_(True) for t in (x, weight, bias)]
     expected = reference.fixed_branch_conv2d(*leaves, bank.to(dtype).double(), *args)
     # The half-precision conv itself rounds y; compare half types with a tolerance that covers that.
-    assert_close(out, expected, dtype, "forward")
-    g = _grad(out.shape, dtype, device, rnd.choice(GRAD_LAYOUTS), gen)
-    grads = torch.autograd.grad(out, (x, weight, bias), g)
-    if len(stop) == k + 1:  # every branch stopped: the reference's output has no graph at all
+    assert_close(out, expected, dtype, f"forward {what}")
+    g = make_grad(out.shape, dtype, device, rnd.choice(GRAD_LAYOUTS), gen).detach().requires_grad_(True)
+    grads = torch.autograd.grad(out, (x, weight, bias), g, create_graph=True)
+    if _all_stopped(stop, k, identity):  # the reference's output has no graph at all
         assert all(torch.count_nonzero(a) == 0 for a in grads)
         return
-    expected_grads = torch.autograd.grad(expected, leaves, g.double())
-    half = dtype in (torch.float16, torch.bfloat16)
-    if half:
+    g64 = g.detach().double().requires_grad_(True)
+    expected_grads = torch.autograd.grad(expected, leaves, g64, create_graph=True)
+    if dtype in HALF_DTYPES:
         # ATen's conv backward sums dL/dy in the half dtype, so the layer's gradients carry that rounding whatever
         # computes dL/dy. Require them as close to the float64 truth as the reference run in the same dtype.
         same_dtype = [t.detach().requires_grad_(True) for t in (x, weight, bias)]
         plain = reference.fixed_branch_conv2d(*same_dtype, bank.to(dtype), *args)
         plain_grads = torch.autograd.grad(plain, same_dtype, g)
-    for i, (name, a, e) in enumerate(zip(("x", "weight", "bias"), grads, expected_grads)):
-        if half:
+        for name, a, p, e in zip(("x", "weight", "bias"), grads, plain_grads, expected_grads):
             err = ((a.double() - e).norm() / e.norm().clamp_min(1e-30)).item()
-            err_plain = ((plain_grads[i].double() - e).norm() / e.norm().clamp_min(1e-30)).item()
+            err_plain = ((p.double() - e).norm() / e.norm().clamp_min(1e-30)).item()
             assert err <= max(1e-2, 2 * err_plain), f"grad {name}: {err:.2e} vs reference in {dtype}: {err_plain:.2e}"
-        else:
-            assert_close(a, e, dtype, f"grad {name}")
+        return  # second order in half precision would compare ATen's half convolutions, not the branches
+    for name, a, e in zip(("x", "weight", "bias"), grads, expected_grads):
+        assert_close(a, e, dtype, f"grad {name} {what}")
+
+    # Second order, through the fused backward's own derivative and ATen's convolution double backward.
+    vs = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in (x, weight, bias)]
+    got = torch.autograd.grad(grads, (g, x, weight), [v.to(dtype).to(device) for v in vs], allow_unused=True,
+                              materialize_grads=True)
+    want = torch.autograd.grad(expected_grads, (g64, *leaves[:2]), [v.to(dtype).double() for v in vs],
+                               allow_unused=True, materialize_grads=True)
+    for name, a, e in zip(("g", "x", "weight"), got, want):
+        assert_close(a, e, dtype, f"second order, {name} {what}")
+
+
+@pytest.mark.parametrize("stop,expected", [(0, (0,)), (2, (2,)), ({0, 2}, (0, 2)), ([2, 0, 2], (0, 2)), ((), ())],
+                         ids=["int 0", "int 2", "set", "list with repeats", "empty"])
+def test_stop_gradient_forms(stop, expected):
+    """An int names one branch (0 included), any collection names its members."""
+    gen = torch.Generator().manual_seed(9)
+    bank = fb.filters.bank("sobel_x", fb.filters.gaussian(3, 1.0))
+    y = torch.randn(1, 2, 6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    out = fb.fixed_branch(y, bank, "reflect", stop, order="channel")
+    want = reference.fixed_branch(y, bank, "reflect", expected, order="channel")
+    g = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    assert_close(torch.autograd.grad(out, y, g)[0], torch.autograd.grad(want, y, g)[0], torch.float64, f"{stop}")
+
+
+# One branch_contributions case per combination of identity, order and stride; the padding modes take turns.
+CONTRIBUTION_CASES = [(PADDING_MODES[i % len(PADDING_MODES)], *o)
+                      for i, o in enumerate(itertools.product((True, False), ORDERS, STRIDES))]
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("mode", PADDING_MODES)
-def test_branch_contributions_sum_to_gradient(mode, device):
+@pytest.mark.parametrize("mode,identity,order,stride", CONTRIBUTION_CASES)
+def test_branch_contributions_sum_to_gradient(mode, identity, order, stride, device):
     gen = torch.Generator().manual_seed(7)
     bank = fb.filters.bank("sobel_x", "laplacian4", fb.filters.gaussian(5, 1.0)).to(device)
     y = torch.randn(2, 3, 9, 10, generator=gen, dtype=torch.float64).to(device).requires_grad_(True)
-    out = fb.fixed_branch(y, bank, mode)
+    opts = dict(identity=identity, order=order, stride=stride)
+    out = fb.fixed_branch(y, bank, mode, **opts)
     g = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(device)
     (grad,) = torch.autograd.grad(out, y, g)
-    shares = fb.branch_contributions(g, bank, mode)
-    assert shares.shape == (4, 2, 3, 9, 10)
+    shares = fb.branch_contributions(g, bank, mode, **opts, input_size=(9, 10))
+    branches = 3 + identity
+    assert shares.shape == (branches, 2, 3, 9, 10)
     assert_close(shares.sum(0), grad, torch.float64, "sum of shares")
-    assert_close(shares, reference.branch_contributions(g, bank, mode), torch.float64, "shares")
-    assert torch.equal(shares[0], g[:, :3])
+    assert_close(shares, reference.branch_contributions(g, bank, mode, **opts, input_size=(9, 10)), torch.float64,
+                 "shares")
+    s_h, s_w = pair(stride)
+    if identity:  # the identity's share is g_0 where y was sampled, zero elsewhere
+        g0 = torch.zeros_like(y)
+        g0[:, :, ::s_h, ::s_w] = g[:, _identity_slots(order, 3, branches)]
+        assert torch.equal(shares[0], g0)
+    if (s_h, s_w) == (1, 1):  # the input size is the gradient's own
+        assert torch.equal(fb.branch_contributions(g, bank, mode, **opts), shares)
+
+
+def test_branch_contributions_half_dtypes_match_reference():
+    gen = torch.Generator().manual_seed(8)
+    bank = fb.filters.bank("sobel_y", fb.filters.log(5, 1.0))
+    for dtype in HALF_DTYPES + (torch.float32,):
+        g = torch.randn(2, 4, 5, 6, generator=gen, dtype=torch.float64).to(dtype)  # 2 channels, no identity
+        shares = fb.branch_contributions(g, bank, "replicate", identity=False, order="channel", stride=(2, 1),
+                                         input_size=(10, 6))
+        assert shares.dtype == dtype
+        expected = reference.branch_contributions(g.double(), bank.to(dtype).double(), "replicate", False, "channel",
+                                                  (2, 1), (10, 6))
+        assert_close(shares, expected, dtype, str(dtype))
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -188,6 +260,34 @@ def test_modules_match_reference(device):
     branch = fb.FixedBranch(bank, "circular", (0,))
     y = torch.randn(2, 4, 7, 9, device=device)
     assert_close(branch(y), reference.fixed_branch(y, bank.float(), "circular"), torch.float32, "FixedBranch")
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("identity,order,stride",
+                         [(False, "branch", 1), (True, "channel", 2), (False, "channel", (2, 1))])
+def test_modules_with_output_options_match_reference(identity, order, stride, device):
+    torch.manual_seed(0)
+    # A Gaussian, so that the bias gradient (the sum of dL/dy) is not zero without the identity.
+    bank = fb.filters.bank("sobel_x", fb.filters.gaussian(3, 1.0), "laplacian8").to(device)
+    opts = dict(identity=identity, order=order)
+    layer = fb.FixedBranchConv2d(3, 5, 3, bank, stride=(1, 2), padding=1, filter_padding_mode="replicate",
+                                 stop_gradient=(3,), filter_stride=stride, device=device, **opts)
+    conv = torch.nn.Conv2d(3, 5, 3, stride=(1, 2), padding=1, device=device)
+    conv.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 3, 13, 16, device=device, requires_grad=True)
+    out = layer(x)
+    expected = reference.fixed_branch(conv(x), bank.float(), "replicate", (3,), stride=stride, **opts)
+    assert_close(out, expected, torch.float32, "FixedBranchConv2d")
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, layer.weight, layer.bias), g)
+    want = torch.autograd.grad(expected, (x, conv.weight, conv.bias), g)
+    for name, a, e in zip(("x", "weight", "bias"), got, want):
+        assert_close(a, e, torch.float32, f"grad {name}")
+
+    branch = fb.FixedBranch(bank, "reflect", (1,), stride=stride, **opts)
+    y = torch.randn(2, 4, 7, 9, device=device)
+    assert_close(branch(y), reference.fixed_branch(y, bank.float(), "reflect", (1,), stride=stride, **opts),
+                 torch.float32, "FixedBranch")
 
 
 @pytest.mark.parametrize("conv_padding", ["same", "valid", 2])

@@ -19,13 +19,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-#include <immintrin.h>
-#endif
 
 #ifdef __linux__
 #include <sys/mman.h>
@@ -280,55 +276,13 @@ void correlate_sum(const opmath_t* const* src, int64_t nsrc, const int64_t* off,
   std::copy(buf, buf + (len - x), dst + x);
 }
 
-// Outputs at least this large are written with non-temporal (streaming) stores: they do not fit in cache, so the
-// next layer reads them from memory anyway, and a regular store first reads each cache line it writes (a read for
-// ownership), which for the forward's K+1 maps is as much traffic again as the maps themselves.
-constexpr int64_t kStreamBytes = int64_t(4) << 20;
-
-// dst[0, n) = src[0, n), streamed past the cache where the ISA allows it.
-template <typename T>
-void stream_run(const T* src, int64_t n, T* dst) {
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-    constexpr int64_t V = 32 / sizeof(T);
-    int64_t i = 0;
-    for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0; ++i) dst[i] = src[i];
-    for (; i + V <= n; i += V) {
-      if constexpr (std::is_same_v<T, float>) {
-        _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
-      } else {
-        _mm256_stream_pd(dst + i, _mm256_loadu_pd(src + i));
-      }
-    }
-    for (; i < n; ++i) dst[i] = src[i];
-    return;
-  }
-#endif
-  std::memcpy(dst, src, n * sizeof(T));
-}
-
-// Orders a task's streaming stores before the results are read (by another thread or after the op returns).
-inline void stream_fence() {
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-  _mm_sfence();
-#endif
-}
-
 // Writes W*Cv staged values of one row to a tensor whose pixels are `sW` apart and channels `sC` apart.
 template <typename scalar_t, typename opmath_t>
-void store_row(const opmath_t* src, int64_t W, int64_t Cv, scalar_t* dst, int64_t sW, int64_t sC,
-               bool stream = false) {
-  // Streamed along NCHW rows only: channels_last runs are short and strided, and partial lines would leave the
-  // write-combining buffers half full (measured 6x slower).
-  stream = stream && Cv == 1;
-  auto put = [stream](const opmath_t* s, int64_t n, scalar_t* d, int64_t stride) {
+void store_row(const opmath_t* src, int64_t W, int64_t Cv, scalar_t* dst, int64_t sW, int64_t sC) {
+  auto put = [](const opmath_t* s, int64_t n, scalar_t* d, int64_t stride) {
     if (stride == 1) {
       if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-        if (stream) {
-          stream_run(s, n, d);
-        } else {
-          std::memcpy(d, s, n * sizeof(scalar_t));
-        }
+        std::memcpy(d, s, n * sizeof(scalar_t));
       } else {
         at::vec::convert(s, d, n);
       }
@@ -497,9 +451,9 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
   const int64_t slot_osC = a.channel_step() * osC;  // between consecutive channels of one slot
   // Rows are written as runs: NCHW along W, channels_last along the channels of each pixel. float/double rows go
   // straight into the output where a slot's channels are contiguous; the others go through an opmath row.
-  TORCH_INTERNAL_ASSERT(tl.cv == 1 ? (osW == 1 || Wo == 1) : osC == 1);
-  const bool stream = tl.cv == 1 && out.nbytes() >= kStreamBytes && std::getenv("FB_NOSTREAM") == nullptr;
-  const bool direct = !stream && std::is_same_v<scalar_t, opmath_t> && (tl.cv == 1 || slot_osC == 1);
+  // (A one-channel channels_last output runs as NCHW rows whose pixels are (K+1) values apart: through `rows`.)
+  TORCH_INTERNAL_ASSERT(tl.cv == 1 || osC == 1);
+  const bool direct = std::is_same_v<scalar_t, opmath_t> && (tl.cv == 1 ? osW == 1 || Wo == 1 : slot_osC == 1);
   const int64_t staged_rows = (tl.rows - 1) * sh + S1;
   const int64_t row_len = layout.values() * tl.cv;  // values of one staged row (of a full channel block)
 
@@ -537,7 +491,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
       for (int64_t i = t.i0; i < t.i1; ++i) {
         const opmath_t* src = tile.data() + (i - t.i0) * sh * len;
         // The identity is y itself, copied from the staged centre: exact for every dtype.
-        if (a.identity) store_row(src + centre * cv, Wo, cv, slot_row(0, i), osW, slot_osC, stream);
+        if (a.identity) store_row(src + centre * cv, Wo, cv, slot_row(0, i), osW, slot_osC);
         if (Kd > 0) {
           for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], i, /*per_pixel=*/true);
           const bool in_place = !buffered[kb.direct[0]];
@@ -564,10 +518,9 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
         }
         for (int64_t k = 1; k <= K; ++k)
           if (buffered[k])
-            store_row(rows.data() + (k - 1) * Wo * cv, Wo, cv, slot_row(a.slot(k), i), osW, slot_osC, stream);
+            store_row(rows.data() + (k - 1) * Wo * cv, Wo, cv, slot_row(a.slot(k), i), osW, slot_osC);
       }
     }
-    if (stream) stream_fence();
   });
 }
 
@@ -630,7 +583,6 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
   scalar_t* gy_ptr = grad_y.mutable_data_ptr<scalar_t>();
   const int64_t slot_gsC = a.channel_step() * g.stride(1);
-  const bool stream = tl.cv == 1 && grad_y.nbytes() >= kStreamBytes && std::getenv("FB_NOSTREAM") == nullptr;
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(W, a.K + 1), [&](int64_t begin, int64_t end) {
     const int64_t stage_size = (tl.rows + S1 - 1) * gw * tl.cv;
@@ -728,9 +680,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
       scalar_t* gy_base = gy_ptr + t.n * grad_y.stride(0) + t.c0 * grad_y.stride(1);
       for (int64_t i = t.i0; i < t.i1; ++i)
         store_row(acc.data() + (i - t.i0) * W * cv, W, cv, gy_base + i * grad_y.stride(2), grad_y.stride(3),
-                  grad_y.stride(1), stream);
+                  grad_y.stride(1));
     }
-    if (stream) stream_fence();
   });
 }
 
