@@ -137,7 +137,8 @@ class Branch : public torch::autograd::Function<Branch> {
 class Conv : public torch::autograd::Function<Conv> {
  public:
   static Variable forward(AutogradContext* ctx, const Variable& x, const Variable& weight,
-                          const c10::optional<Variable>& bias, const Variable& bank, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                          const c10::optional<Variable>& bias, const Variable& bank, c10::IntArrayRef stride,
+                          c10::IntArrayRef padding,
                           c10::IntArrayRef dilation, int64_t groups, const Options& o) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     Variable out = call_conv(x, weight, bias, bank, stride, padding, dilation, groups, o.padding_mode, o.stop,

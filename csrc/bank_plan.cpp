@@ -1,6 +1,7 @@
 // The bank plan (bank_plan.h): per-filter SVD by one-sided Jacobi in float64, column factors shared across the
 // bank, rows re-solved against the shared columns and verified, all to the tolerances of the bank's dtype, the
-// cheapest choice of factored filters (a minimum cut), and a cache keyed by dtype and content. Also the two diagnostic operators behind fixedbranch/plan.py.
+// cheapest choice of factored filters (a minimum cut), and a cache keyed by dtype and content. Also the
+// diagnostic operators behind fixedbranch/plan.py.
 #include "bank_plan.h"
 
 #include <ATen/ATen.h>

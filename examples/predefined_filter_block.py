@@ -42,9 +42,9 @@ def edge_filters(size=3, n_angles=4, dtype=torch.float64):
     """PFNet's pool for ``filter_mode="All"``: (4·n_angles, size, size), 16 for the defaults.
 
     ``get_parameterized_filter`` of ``models/PFNet.py`` on the grid x, y in [-(size-1)/2, (size-1)/2]: with
-    a = |φ - atan2(y, x)| and c = r cos(a), an uneven filter 1 - exp(-c²/2σ²) negated where a > π/2 (σ = 0.3·size)
-    and an even filter 2·exp(-c²/2σ²) (σ = 0.15·size), at φ = 0, 180/n_angles, ... degrees; each made zero-mean and
-    divided by its L1 norm; all uneven ones, then all even ones, each as -w then +w.
+    a = |φ - atan2(y, x)| and c = r cos(a), an uneven filter 1 - exp(-c²/2σ²) negated where a > π/2
+    (σ = 0.3·size) and an even filter 2·exp(-c²/2σ²) (σ = 0.15·size), at φ = 0, 180/n_angles, ... degrees; each
+    made zero-mean and divided by its L1 norm; all uneven ones, then all even ones, each as -w then +w.
     """
     g = torch.linspace(-(size - 1) / 2, (size - 1) / 2, size, dtype=torch.float64)
     y, x = torch.meshgrid(g, g, indexing="ij")  # rows are y, columns x, as numpy's meshgrid(x, y)

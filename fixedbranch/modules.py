@@ -198,7 +198,9 @@ class FixedBranchConv2d(_PlannedBank, nn.Conv2d):
     ) -> FixedBranchConv2d:
         """Wraps a (trained) ``nn.Conv2d``: same hyper-parameters, a copy of its weight and bias."""
         if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"FixedBranchConv2d.from_conv2d: expected conv to be an nn.Conv2d, got {type(conv).__name__}")
+            raise TypeError(
+                f"FixedBranchConv2d.from_conv2d: expected conv to be an nn.Conv2d, got {type(conv).__name__}"
+            )
         layer = cls(
             conv.in_channels, conv.out_channels, conv.kernel_size, bank, conv.stride, conv.padding, conv.dilation,
             conv.groups, conv.bias is not None, conv.padding_mode, filter_padding_mode, stop_gradient, identity,
