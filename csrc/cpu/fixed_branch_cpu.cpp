@@ -23,12 +23,9 @@
 #include <vector>
 
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
 #include "bank_plan.h"
 #include "fixed_branch.h"
+#include "output_memory.h"
 
 namespace fixedbranch {
 namespace {
@@ -38,18 +35,6 @@ namespace {
 constexpr int64_t kTileBytes = 128 * 1024;
 // Channels per task in channels_last; bounds the tile width when C is large.
 constexpr int64_t kChannelBlock = 64;
-
-// A fresh output of tens of MB is mmap'ed by malloc and faults in 4 KiB at a time, and those faults cost more
-// than the kernel's own work (96x96x160x8 float32: 17 ms of faults against a 1.5 ms copy). Asking for huge pages
-// before the first touch (as PyTorch's THP_MEM_ALLOC_ENABLE does for every allocation) cuts the fault count 512x.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = (begin + t.nbytes()) & ~(kHuge - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#endif
-}
 
 template <typename src_t, typename dst_t>
 inline void convert_run(const src_t* src, int64_t stride, int64_t n, dst_t* dst) {
@@ -137,7 +122,30 @@ void stage_rows_strided(const scalar_t* base, const View& v, int64_t row0, int64
   for (int64_t t = 0; t < nrows; ++t, dst += row_len) {
     stage_rows(base, v, row0 + t, 1, pad.left, pad.right, mode, scratch);
     std::fill(dst, dst + row_len, opmath_t(0));  // the phases' unused tails
-    for (int64_t q = 0; q < layout.pw; ++q) std::copy_n(scratch + q * v.Cv, v.Cv, dst + layout.at(q) * v.Cv);
+    int64_t first = 0;  // pixels already placed in every phase
+    if (layout.sw == 2 && v.Cv == 1) {
+      // Stride 2, one value per pixel (NCHW): split even and odd columns a vector pair at a time.
+      using Vec = at::vec::Vectorized<opmath_t>;
+      constexpr int64_t V = Vec::size();
+      opmath_t *even = dst, *odd = dst + layout.phase_len;
+      for (; 2 * (first + V) <= layout.pw; first += V) {
+        const auto split =
+            at::vec::deinterleave2(Vec::loadu(scratch + 2 * first), Vec::loadu(scratch + 2 * first + V));
+        split.first.store(even + first);
+        split.second.store(odd + first);
+      }
+    }
+    // Phase by phase, so that no pixel pays a division.
+    for (int64_t phase = 0; phase < layout.sw; ++phase) {
+      const opmath_t* from = scratch + phase * v.Cv;
+      opmath_t* to = dst + phase * layout.phase_len * v.Cv;
+      const int64_t count = (layout.pw - phase + layout.sw - 1) / layout.sw;
+      if (v.Cv == 1) {
+        for (int64_t m = first; m < count; ++m) to[m] = from[m * layout.sw];
+      } else {
+        for (int64_t m = 0; m < count; ++m) std::copy_n(from + m * layout.sw * v.Cv, v.Cv, to + m * v.Cv);
+      }
+    }
   }
 }
 
@@ -319,7 +327,8 @@ Tiling make_tiling(int64_t C, int64_t rows, int64_t tile_row_values, int64_t row
   const int64_t row_bytes = std::max<int64_t>(tile_row_values * t.cv * opmath_size * rows_per_output, 1);
   // At least four output rows per halo row, even past the budget: wide channels_last rows (K gradient maps of
   // 32+ channels in backward) would otherwise stage each input row three times for one output row.
-  t.rows = std::clamp<int64_t>(std::max(kTileBytes / row_bytes - halo_rows, 4 * halo_rows), 1, std::max<int64_t>(rows, 1));
+  t.rows = std::clamp<int64_t>(std::max(kTileBytes / row_bytes - halo_rows, 4 * halo_rows), 1,
+                               std::max<int64_t>(rows, 1));
   t.row_blocks = (rows + t.rows - 1) / t.rows;
   return t;
 }
@@ -685,15 +694,15 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   });
 }
 
-// A fresh output of tens of MB is mmap'ed by malloc and faults in 4 KiB at a time; see advise_huge_pages.
+// A fresh output of tens of MB would fault in 4 KiB at a time as the kernel writes it; see output_memory.cpp.
 void forward_cpu(const at::Tensor& y, const at::Tensor& bank, const BranchArgs& args, at::Tensor& out) {
-  advise_huge_pages(out);
+  prepare_output(out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "fixed_branch_cpu",
                                   [&] { forward_kernel<scalar_t>(y, bank, args, out); });
 }
 
 void backward_cpu(const at::Tensor& grad_output, const at::Tensor& bank, const BranchArgs& args, at::Tensor& grad_y) {
-  advise_huge_pages(grad_y);
+  prepare_output(grad_y);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "fixed_branch_backward_cpu",
                                   [&] { backward_kernel<scalar_t>(grad_output, bank, args, grad_y); });
 }
