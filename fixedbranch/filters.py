@@ -3,7 +3,7 @@
 Conventions, shared by every constructor:
 
 - Filters are applied as **cross-correlation** (as ``F.conv2d`` and OpenCV's ``cv2.filter2D`` do) with "same"
-  output size; the centre of an (S1, S2) filter is the tap at ((S1 - 1) // 2, (S2 - 1) // 2) (DESIGN.md).
+  output size; the centre of an (S1, S2) filter is the tap at ((S1 - 1) // 2, (S2 - 1) // 2) (docs/design.md).
 - Row index = y, column index = x. An ``_x`` derivative responds positively to intensity that increases
   with the column index.
 - Every constructor takes keyword-only ``dtype`` (a floating-point dtype, default ``torch.float64``) and

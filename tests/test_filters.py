@@ -31,7 +31,7 @@ def as_np(t: torch.Tensor) -> np.ndarray:
 
 
 def correlate_same(img: np.ndarray, kernel: torch.Tensor) -> np.ndarray:
-    """F.conv2d (correlation) of a 2-D image with zero 'same' padding, as DESIGN.md pads it."""
+    """F.conv2d (correlation) of a 2-D image with zero 'same' padding, as docs/design.md pads it."""
     x = torch.from_numpy(img)[None, None]
     return F.conv2d(x, kernel.to(x.dtype)[None, None], padding="same")[0, 0].numpy()
 
