@@ -7,8 +7,13 @@ options that differ from the full preset's defaults appended (``cpu-amd-epyc-qui
     python -m benchmarks --preset quick                 # every implementation and check on a tiny point
     python -m benchmarks --preset full                  # the reported numbers (about 10 minutes on 2 CPU cores)
     python -m benchmarks --preset full --device cuda    # the same on a GPU, file named by the GPU
+    python -m benchmarks --preset full --warm-malloc    # under an allocator that keeps freed memory (warm-malloc/)
 
-What is measured is in presets.py, how in measure.py, the implementations in baselines.py.
+What is measured is in presets.py, how in measure.py, the implementations in baselines.py. The other programs of the
+package: ``python -m benchmarks.options`` (identity, channel order and stride against the default output),
+``python -m benchmarks.banks`` (large and factored banks against the roofline), ``python -m benchmarks.blocks``
+(the harmonic and predefined-filter blocks of examples/ against their grouped-convolution versions) and
+``python -m benchmarks.overhead`` (the fixed cost of one call).
 """
 
 from __future__ import annotations
@@ -21,10 +26,9 @@ from pathlib import Path
 
 import torch
 
-from . import machine, measure, plots, report, suite
+from . import cli, machine, measure, plots, report, suite
+from .cli import DEFAULT_OUT
 from .presets import PRESETS, sweep_point
-
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,11 +46,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile baselines")
     p.add_argument("--no-sweeps", action="store_true", help="measure the standard point only")
+    cli.add_warm_malloc(p)
     return p.parse_args(argv)
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+_log = cli.log
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -147,13 +151,10 @@ def result_stem(args: argparse.Namespace, device: torch.device) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    out = cli.start(args, "benchmarks", argv)
     results = run(args)
     device = torch.device(results["settings"]["device"])
-    stem = result_stem(args, device)
-    paths = report.write(results, args.out, stem)
-    paths["png"] = plots.draw(results, args.out / f"{stem}.png")
-    print(report.to_markdown(results))
-    _log("wrote " + ", ".join(str(p) for p in paths.values()))
+    cli.finish(results, out, result_stem(args, device), report.to_markdown(results), plots.draw)
     return 0
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fixedbranch as fb
-from fixedbranch.reference import same_padding
+from fixedbranch.reference import PAD_MODE, same_padding
 
 LABELS = {
     "fused": "fused",
@@ -50,7 +50,6 @@ LAYER_LABELS = {
 }
 COMPILED = ("compile_reference", "compile_shifted")
 
-_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 _KORNIA_BORDER = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
 
@@ -79,7 +78,7 @@ def stacked_branch(y: torch.Tensor, weight: torch.Tensor, padding_mode: str) -> 
     if padding_mode == "zeros" and s1 % 2 and s2 % 2:
         z = F.conv2d(y, weight, padding=(s1 // 2, s2 // 2), groups=c)
     else:
-        z = F.conv2d(F.pad(y, same_padding((s1, s2)), mode=_PAD_MODE[padding_mode]), weight, groups=c)
+        z = F.conv2d(F.pad(y, same_padding((s1, s2)), mode=PAD_MODE[padding_mode]), weight, groups=c)
     if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
         # NHWC storage: the reorder is a transpose of the last two of (N, H, W, C, K), fused into the cat.
         z5 = z.permute(0, 2, 3, 1).reshape(n, h, w, c, k).transpose(3, 4)
@@ -92,7 +91,7 @@ def stacked_branch(y: torch.Tensor, weight: torch.Tensor, padding_mode: str) -> 
 def shifted_slice_branch(y: torch.Tensor, bank: torch.Tensor, padding_mode: str) -> torch.Tensor:
     h, w = y.shape[-2:]
     k, s1, s2 = bank.shape
-    yp = F.pad(y, same_padding((s1, s2)), mode=_PAD_MODE[padding_mode])
+    yp = F.pad(y, same_padding((s1, s2)), mode=PAD_MODE[padding_mode])
     parts = [y]
     for f in range(k):
         acc = None
@@ -123,12 +122,12 @@ def branch_impls(bank: torch.Tensor, channels: int, padding_mode: str, compile_:
         "kornia": partial(kornia_branch, bank=bank, padding_mode=padding_mode),
     }
     if compile_:
-        impls["compile_reference"] = partial(_compiled(reference_branch), bank=bank, padding_mode=padding_mode)
-        impls["compile_shifted"] = partial(_compiled(shifted_slice_branch), bank=bank, padding_mode=padding_mode)
+        impls["compile_reference"] = partial(compiled(reference_branch), bank=bank, padding_mode=padding_mode)
+        impls["compile_shifted"] = partial(compiled(shifted_slice_branch), bank=bank, padding_mode=padding_mode)
     return impls
 
 
-def _compiled(fn: Callable) -> Callable:
+def compiled(fn: Callable) -> Callable:
     # dynamic=False: one static graph per point, as a user with fixed shapes gets; the suite resets dynamo
     # between points so that recompilations never hit the cache limit and fall back to eager.
     return torch.compile(fn, dynamic=False)
@@ -164,7 +163,7 @@ def layer_impls(
     if compile_:
         for key, fn in (("compile_reference", reference_branch), ("compile_shifted", shifted_slice_branch)):
             module = ConvThenBranch(conv, partial(fn, bank=bank, padding_mode=padding_mode))
-            impls[key] = (_compiled(module), [conv.weight, conv.bias])
+            impls[key] = (compiled(module), [conv.weight, conv.bias])
     return impls
 
 

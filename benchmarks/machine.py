@@ -1,10 +1,12 @@
-"""Facts about the machine a run measured, and the file name its results go under."""
+"""Facts about the machine a run measured, the memory allocator it ran under, and the file name its results go
+under."""
 
 from __future__ import annotations
 
 import os
 import platform
 import re
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -58,6 +60,7 @@ def facts(device: torch.device) -> dict:
         "torch_parallel_backend": _parallel_backend(),
         "kornia_version": kornia_version,
         "fixedbranch_version": fixedbranch.__version__,
+        "fixedbranch_source": source_revision(),
         "python_version": sys.version.split()[0],
         "platform": platform.platform(),
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
@@ -65,6 +68,7 @@ def facts(device: torch.device) -> dict:
         "load_average_1_5_15": _load_average(),
         "cpu_busy_fraction_before_run": busy_fraction(),
         "device": str(device),
+        "allocator": allocator(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -76,6 +80,62 @@ def facts(device: torch.device) -> dict:
             cuda_version=torch.version.cuda,
         )
     return info
+
+
+# glibc settings that keep freed memory in the process (no munmap of large blocks, no trimming of the heap), so that
+# a new output reuses pages already touched instead of faulting in fresh zeroed ones: the "warm" allocator that
+# jemalloc and tcmalloc give by default. glibc reads them once, at process start.
+WARM_MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=4294967295"
+WARM_MALLOC_DIR = "warm-malloc"  # the results subfolder of runs under a warm allocator
+
+
+def warm_malloc() -> bool:
+    """Whether this process runs under an allocator that keeps freed memory (see :func:`allocator`)."""
+    return "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", "") or any(
+        name in os.environ.get("LD_PRELOAD", "") for name in ("jemalloc", "tcmalloc", "mimalloc"))
+
+
+def allocator() -> str:
+    """The CPU memory allocator of this process, as the environment chose it at start."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    for name in ("jemalloc", "tcmalloc", "mimalloc"):
+        if name in preload:
+            return f"warm: {name} (LD_PRELOAD={preload})"
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if "mmap_threshold" in tunables:
+        return f"warm: glibc malloc keeping freed memory (GLIBC_TUNABLES={tunables})"
+    return "default: glibc malloc (large blocks go back to the system when freed; new outputs fault in fresh pages)"
+
+
+def reexec_with_warm_malloc(module: str, argv: list[str]) -> None:
+    """Restarts this program (``python -m module argv``) under the warm glibc settings, unless it already runs under
+    a warm allocator; returns only in that case. glibc reads its tunables at start, so a running process cannot
+    switch."""
+    if warm_malloc():
+        return
+    env = dict(os.environ)
+    env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), WARM_MALLOC_TUNABLES]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
+
+
+def source_revision() -> str | None:
+    """The commit of the source tree the extension was built from (``git describe --always --dirty``) and the time
+    the extension was built, or None outside a git checkout: which kernels a result measured."""
+    import fixedbranch
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fixedbranch.__file__)))
+    try:
+        rev = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    built = getattr(fixedbranch._C, "__file__", None)
+    if built and os.path.exists(built):
+        stamp = datetime.fromtimestamp(os.path.getmtime(built), timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        rev += f", extension built {stamp} UTC"
+    return rev or None
 
 
 def busy_fraction(seconds: float = 1.0) -> float | None:

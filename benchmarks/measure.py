@@ -1,12 +1,12 @@
 """Timing, copy bandwidth and memory measurements, on the CPU and on CUDA.
 
-Timing. A *block* is ``iters`` back-to-back calls; its time over ``iters`` is one sample, and the median and
-inter-quartile range (IQR) are taken over the samples (repetitions). Warm-up calls are excluded: the output check
-runs every implementation (and compiles the compiled ones) first, and each timing starts with one or two more
-untimed calls, the last of which also estimates the time of a call. ``iters`` is chosen so a block lasts at
-least ``Budget.min_block_s`` and the repetitions so that about ``Budget.target_s`` is spent. On the CPU a block is
-timed with ``time.perf_counter``; on CUDA with CUDA events recorded on the current stream around the block, after a
-``torch.cuda.synchronize()``, and read after the end event has completed.
+Timing. A *block* is ``iters`` back-to-back calls; its time over ``iters`` is one sample, and the median,
+inter-quartile range (IQR) and minimum (the best repetition) are taken over the samples (repetitions). Warm-up
+calls are excluded: the output check runs every implementation (and compiles the compiled ones) first, and each
+timing starts with one or two more untimed calls, the last of which also estimates the time of a call. ``iters``
+is chosen so a block lasts at least ``Budget.min_block_s`` and the repetitions so that about ``Budget.target_s`` is
+spent. On the CPU a block is timed with ``time.perf_counter``; on CUDA with CUDA events recorded on the current
+stream around the block, after a ``torch.cuda.synchronize()``, and read after the end event has completed.
 
 Backward alone: the forwards run outside the timed region and only ``torch.autograd.grad`` is timed, call by
 call on the CPU, as a block after all its forwards on CUDA (see :func:`calls_after_setup`).
@@ -19,6 +19,10 @@ move through memory: forward reads y and writes the K+1 maps of out; backward re
 writes dL/dy. The copy bandwidth is measured in the same run with ``dst.copy_(src)`` on two preallocated tensors
 of ``copy_bytes`` each, counting bytes read plus bytes written. The copy bound time is bytes_moved over that
 bandwidth: the time a plain copy of the same traffic would take, a floor no implementation can beat by much.
+
+Roofline. Large filters are limited by arithmetic rather than by memory: the roofline time of a pass is the larger
+of its copy bound and its multiply-adds (output pixels x taps per pixel) at the rate of ``torch.mm`` measured in
+the same run (:func:`matmul_rate`), the rate tuned vectorised code reaches on the device.
 
 Memory. On CUDA: ``torch.cuda.max_memory_allocated`` over the call, minus the allocated bytes before it. On the
 CPU: the call runs under ``torch.profiler.profile(profile_memory=True)``, whose allocation events (every
@@ -51,6 +55,7 @@ class Timing:
     q3_s: float
     reps: int
     iters: int
+    min_s: float  # the best repetition: what the code achieves when nothing else competes for the cores
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -70,7 +75,7 @@ def _quantile(sorted_values: Sequence[float], q: float) -> float:
 def summarize(samples: list[float], iters: int) -> Timing:
     s = sorted(samples)
     q1, med, q3 = _quantile(s, 0.25), _quantile(s, 0.5), _quantile(s, 0.75)
-    return Timing(median_s=med, iqr_s=q3 - q1, q1_s=q1, q3_s=q3, reps=len(s), iters=iters)
+    return Timing(median_s=med, iqr_s=q3 - q1, q1_s=q1, q3_s=q3, reps=len(s), iters=iters, min_s=s[0])
 
 
 def _plan(one_call_s: float, budget: Budget) -> tuple[int, int]:
@@ -196,9 +201,23 @@ def copy_bandwidth(device: torch.device, nbytes: int, budget: Budget) -> dict:
         "bytes_per_copy": moved,
         "copy": t.as_dict(),
         "bytes_per_s": moved / t.median_s,
+        "best_bytes_per_s": moved / t.min_s,
         "fresh_alloc_copy": fresh.as_dict(),
         "fresh_alloc_bytes_per_s": moved / fresh.median_s,
     }
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, budget: Budget, size: int = 1024) -> dict:
+    """Multiply-adds per second of ``torch.mm`` on two preallocated (size, size) matrices: the arithmetic rate that
+    tuned vectorised code reaches on this device (BLAS), the compute roof of a roofline. One multiply-add counts as
+    one (2 FLOP)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    t = time_calls(lambda: torch.mm(a, b, out=out), device, budget)
+    fmas = size**3
+    return {"size": size, "dtype": str(dtype).removeprefix("torch."), "mm": t.as_dict(), "fma_per_s": fmas / t.median_s,
+            "best_fma_per_s": fmas / t.min_s, "gflop_per_s": 2 * fmas / t.median_s / 1e9}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ class Preset:
     copy_bytes: int = 256 << 20
 
 
-# Standard point of the headline (DESIGN.md): float32, N=8, C=32, 96x96, the 4-filter 3x3 bank, zero padding.
+# Standard point of the headline (docs/design.md): float32, N=8, C=32, 96x96, the 4-filter 3x3 bank, zero padding.
 STANDARD = Point()
 
 PRESETS = {

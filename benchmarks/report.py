@@ -11,17 +11,24 @@ from .presets import SWEEP_LABELS
 MB = 1 << 20
 
 
-def _ms(timing: dict | None) -> str:
+def fmt_ms(timing: dict | None) -> str:
     if not timing:
         return "-"
     return f"{timing['median_s'] * 1e3:.3g} ± {timing['iqr_s'] * 1e3:.2g}"
 
 
-def _num(value, fmt: str, suffix: str = "") -> str:
+def fmt_ms_best(timing: dict | None) -> str:
+    """Median and, in parentheses, best repetition, in ms."""
+    if not timing:
+        return "-"
+    return f"{timing['median_s'] * 1e3:.3g} ({timing['min_s'] * 1e3:.3g})"
+
+
+def fmt_num(value, fmt: str, suffix: str = "") -> str:
     return "-" if value is None else format(value, fmt) + suffix
 
 
-def _matched(entry: dict) -> str:
+def fmt_matched(entry: dict) -> str:
     if "error" in entry:
         return "error"
     check = entry.get("check")
@@ -47,16 +54,18 @@ def _point_title(point: dict) -> str:
 def _speedups(sp: dict) -> str:
     if not sp:
         return "-"
-    return " / ".join(_num(sp.get(m), ".2f", "x") for m in ("forward", "backward", "forward_backward"))
+    return " / ".join(fmt_num(sp.get(m), ".2f", "x") for m in ("forward", "backward", "forward_backward"))
 
 
 def _branch_row(label: str, entry: dict, memory: str, matched: str) -> str:
     pct = entry.get("pct_copy_bound", {})
     gbs = entry.get("bytes_per_s", {}).get("forward")
     return (
-        f"| {label} | {_ms(entry.get('forward'))} | {_num(gbs and gbs / 1e9, '.3g')} | {_num(pct.get('forward'), '.1f')} "
-        f"| {_ms(entry.get('backward'))} | {_num(pct.get('backward'), '.1f')} | {_ms(entry.get('forward_backward'))} "
-        f"| {_num(pct.get('forward_backward'), '.1f')} | {_speedups(entry.get('fused_speedup'))} | {memory} | {matched} |"
+        f"| {label} | {fmt_ms(entry.get('forward'))} | {fmt_num(gbs and gbs / 1e9, '.3g')} "
+        f"| {fmt_num(pct.get('forward'), '.1f')} | {fmt_ms(entry.get('backward'))} "
+        f"| {fmt_num(pct.get('backward'), '.1f')} "
+        f"| {fmt_ms(entry.get('forward_backward'))} | {fmt_num(pct.get('forward_backward'), '.1f')} "
+        f"| {_speedups(entry.get('fused_speedup'))} | {memory} | {matched} |"
     )
 
 
@@ -73,7 +82,7 @@ def branch_table(res: dict) -> list[str]:
         if "error" in entry:
             lines.append(f"| {entry['label']} | error: {entry['error'][:80]} |" + " |" * 9)
         else:
-            lines.append(_branch_row(entry["label"], entry, _mem(entry), _matched(entry)))
+            lines.append(_branch_row(entry["label"], entry, _mem(entry), fmt_matched(entry)))
     if res.get("fused_op_alone"):
         lines.append(_branch_row("fused operators alone (no autograd)", res["fused_op_alone"], "", ""))
     cb = res["copy_bound_s"]
@@ -100,9 +109,10 @@ def layer_table(res: dict) -> list[str]:
         saved = entry.get("saved_tensors")
         sp = entry.get("fused_speedup", {})
         lines.append(
-            f"| {entry['label']} | {_ms(entry.get('forward'))} | {_ms(entry.get('backward'))} "
-            f"| {_ms(entry.get('forward_backward'))} | {_num(sp.get('forward_backward'), '.2f', 'x')} | {_mem(entry)} "
-            f"| {_num(saved and saved['new_bytes'] / MB, '.1f')} | {_matched(entry)} |"
+            f"| {entry['label']} | {fmt_ms(entry.get('forward'))} | {fmt_ms(entry.get('backward'))} "
+            f"| {fmt_ms(entry.get('forward_backward'))} | {fmt_num(sp.get('forward_backward'), '.2f', 'x')} "
+            f"| {_mem(entry)} "
+            f"| {fmt_num(saved and saved['new_bytes'] / MB, '.1f')} | {fmt_matched(entry)} |"
         )
     return lines
 
@@ -132,27 +142,37 @@ def sweep_table(sweep: dict) -> list[str]:
         alone = res.get("fused_op_alone", {}).get("pct_copy_bound", {})
         lines.append(
             f"| {value} | {res['bytes_moved']['forward'] / MB:.1f} | " + " | ".join(cells)
-            + f" | {_num(pct.get(metric), '.0f')} "
-            + f"| {_num(alone.get('forward'), '.0f')}, {_num(alone.get('backward'), '.0f')} |"
+            + f" | {fmt_num(pct.get(metric), '.0f')} "
+            + f"| {fmt_num(alone.get('forward'), '.0f')}, {fmt_num(alone.get('backward'), '.0f')} |"
         )
     return lines
 
 
-def machine_lines(results: dict) -> list[str]:
-    m, s, cb = results["machine"], results["settings"], results["copy_bandwidth"]
+def machine_lines(results: dict, extra: tuple[tuple[str, str], ...] = ()) -> list[str]:
+    """The machine table: device, versions, copy bandwidth (when measured), allocator, load; ``extra`` rows go
+    before the date."""
+    m, s, cb = results["machine"], results["settings"], results.get("copy_bandwidth")
     rows = [
         ("device", m.get("gpu_name", m["cpu_model"]) if s["device"].startswith("cuda") else m["cpu_model"]),
         ("CPU", f"{m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['physical_cores']} physical cores"),
         ("torch", f"{m['torch_version']} ({m['torch_parallel_backend']}), {m['torch_threads']} threads"),
         ("kornia / python", f"{m['kornia_version']} / {m['python_version']}"),
-        ("copy bandwidth", f"{cb['bytes_per_s'] / 1e9:.1f} GB/s (dst.copy_(src), {cb['tensor_bytes'] / MB:.0f} MiB "
-                           f"tensors, read + write bytes); into a fresh allocation: "
-                           f"{cb['fresh_alloc_bytes_per_s'] / 1e9:.1f} GB/s"),
+    ]
+    if m.get("fixedbranch_source"):
+        rows.append(("fixedbranch source", m["fixedbranch_source"]))
+    if cb:
+        best = f", best {cb['best_bytes_per_s'] / 1e9:.1f} GB/s" if "best_bytes_per_s" in cb else ""
+        rows.append(("copy bandwidth", f"{cb['bytes_per_s'] / 1e9:.1f} GB/s{best} (dst.copy_(src), "
+                                       f"{cb['tensor_bytes'] / MB:.0f} MiB tensors, read + write bytes); into a fresh "
+                                       f"allocation: {cb['fresh_alloc_bytes_per_s'] / 1e9:.1f} GB/s"))
+    rows += [
+        ("memory allocator", m.get("allocator", "-")),
         ("preset / dtype", f"{s['preset']} / {s['dtype']}"),
         ("wall time", f"{results['wall_time_s']:.0f} s"),
         ("load average (1 min) at start / end", f"{_load(m.get('load_average_1_5_15'))} / "
                                                 f"{_load(m.get('load_average_at_end'))}"),
-        ("CPU busy with other work just before the run", _num(m.get("cpu_busy_fraction_before_run"), ".0%")),
+        ("CPU busy with other work just before the run", fmt_num(m.get("cpu_busy_fraction_before_run"), ".0%")),
+        *extra,
         ("date (UTC)", m["date_utc"]),
     ]
     if "gpu_name" in m:
@@ -163,19 +183,22 @@ def machine_lines(results: dict) -> list[str]:
 
 METHOD = """\
 Method. Times are the median and inter-quartile range over repetitions of a block of back-to-back calls (warm-up
-excluded; CUDA: events around the block after a synchronize). Forward runs with autograd recording (inputs require
-grad), backward is `torch.autograd.grad` alone (its forward untimed), forward+backward both. Before timing, every
-implementation's output and gradients are compared with the fused op's (max |difference| over max |fused|, at the
-tolerance of the dtype). Copy bound: the fewest bytes a pass must move (forward: read y, write the K+1 maps;
-backward: read the K+1 gradient maps, write dL/dy; itemsize x elements) over the bandwidth of a plain
-`dst.copy_(src)` measured in the same run on tensors larger than the caches (a memory-bandwidth bound: a problem
-small enough to stay in the last-level cache can beat it, >100%). Peak memory: bytes allocated during the forward above what existed before
-(CUDA: max_memory_allocated; CPU: the allocation events of torch.profiler(profile_memory=True) replayed in order);
-held for backward: the storages autograd saved (saved_tensors_hooks) that did not exist before the forward.
-torch.compile runs are compiled (forward and backward) before timing; compile time is in the JSON. The
-implementations of a point are timed in turn, repetition by repetition, so that a change of the machine's load hits
-them alike; still, on a machine with few cores any other busy process slows every multi-threaded kernel (a parallel
-region waits for its slowest thread's time slice): read the load rows above before trusting small differences."""
+excluded; CUDA: events around the block after a synchronize); the best repetition is in the JSON (`min_s`). Forward
+runs with autograd recording (inputs require grad), backward is `torch.autograd.grad` alone (its forward untimed),
+forward+backward both. Before timing, every implementation's output and gradients are compared with the fused op's
+(max |difference| over max |fused|, at the tolerance of the dtype). Copy bound: the fewest bytes a pass must move
+(forward: read y, write the K+1 maps; backward: read the K+1 gradient maps, write dL/dy; itemsize x elements) over
+the bandwidth of a plain `dst.copy_(src)` measured in the same run on tensors larger than the caches (a
+memory-bandwidth bound: a problem small enough to stay in the last-level cache can beat it, >100%). Peak memory:
+bytes allocated during the forward above what existed before (CUDA: max_memory_allocated; CPU: the allocation events
+of torch.profiler(profile_memory=True) replayed in order); held for backward: the storages autograd saved
+(saved_tensors_hooks) that did not exist before the forward. torch.compile runs are compiled (forward and backward)
+before timing; compile time is in the JSON. The implementations of a point are timed in turn, repetition by
+repetition, so that a change of the machine's load hits them alike; still, on a machine with few cores any other
+busy process slows every multi-threaded kernel (a parallel region waits for its slowest thread's time slice): read
+the load rows above before trusting small differences. The memory allocator row says whether freed memory is kept
+(warm) or returned to the system, in which case every new output pays page faults (python -m benchmarks
+--warm-malloc reruns under glibc settings that keep it and writes into the warm-malloc subfolder)."""
 
 
 def to_markdown(results: dict) -> str:
@@ -198,9 +221,10 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write(results: dict, out_dir: Path, stem: str) -> dict[str, Path]:
+def write(results: dict, out_dir: Path, stem: str, markdown: str | None = None) -> dict[str, Path]:
+    """Writes ``<stem>.json`` and ``<stem>.md`` (``markdown``, by default the suite's report of ``results``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
     paths["json"].write_text(json.dumps(results, indent=1, default=str) + "\n")
-    paths["md"].write_text(to_markdown(results))
+    paths["md"].write_text(to_markdown(results) if markdown is None else markdown)
     return paths

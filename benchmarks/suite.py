@@ -4,12 +4,17 @@ Outputs are compared before anything is timed (forward output and every gradient
 the largest magnitude of the fused op's, at the tolerances below) and the comparison is recorded with the timings. An
 implementation that raises is recorded with its error and not timed; one that mismatches is still timed, and
 its ``check.matched`` says so.
+
+The pieces (:class:`Impl`, :func:`check_impls`, :func:`impl_blocks`, :func:`record_timing`,
+:func:`operator_blocks`) also serve the other benchmarks of the package (options.py, banks.py), whose rows are not
+the suite's fixed set of baselines.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,7 +22,7 @@ from torch import nn
 from . import baselines, measure
 from .presets import Budget, Point
 
-# DESIGN.md's tolerances, relative to the largest magnitude, except bfloat16: a bfloat16 baseline rounds every
+# docs/design.md's tolerances, relative to the largest magnitude, except bfloat16: a bfloat16 baseline rounds every
 # intermediate (each branch, each of the K additions that accumulate dL/dy) to 8 bits of mantissa, while the fused op
 # accumulates in float32 and rounds once, so the two differ by a few bfloat16 ulps (~1.2e-2 seen on the layer's
 # dx), beyond the 1e-2 the tests allow the fused op against a float64 reference.
@@ -25,17 +30,20 @@ TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, tor
 METRICS = ("forward", "backward", "forward_backward")
 
 
-def branch_bytes(point: Point) -> dict[str, int]:
-    """Fewest bytes each pass must move through memory, the numerator of the copy bound (see measure.py).
+def pass_bytes(itemsize: int, y_numel: int, out_numel: int) -> dict[str, int]:
+    """Fewest bytes each pass of a branch stage must move through memory, the numerator of the copy bound (see
+    measure.py): forward reads y and writes out once; backward reads the output gradient (numel(out)) and writes
+    dL/dy (numel(y)) once; forward_backward is their sum."""
+    one_pass = itemsize * (y_numel + out_numel)
+    return {"forward": one_pass, "backward": one_pass, "forward_backward": 2 * one_pass}
 
-    forward: itemsize * (numel(y) + numel(out)), reading y once and writing the K+1 maps of out once;
-    backward: itemsize * (numel(g) + numel(dL/dy)), reading the K+1 gradient maps once and writing dL/dy once
-    (numel(g) = numel(out), numel(dL/dy) = numel(y)); forward_backward: their sum.
-    """
+
+def branch_bytes(point: Point) -> dict[str, int]:
+    """:func:`pass_bytes` of the plain branch stage at ``point``: y and the K+1 maps of out (identity included,
+    stride 1)."""
     itemsize = torch.empty((), dtype=getattr(torch, point.dtype)).element_size()
     y = point.n * point.c * point.h * point.w
-    one_pass = itemsize * (y + (point.k + 1) * y)
-    return {"forward": one_pass, "backward": one_pass, "forward_backward": 2 * one_pass}
+    return pass_bytes(itemsize, y, (point.k + 1) * y)
 
 
 def _format(name: str) -> torch.memory_format:
@@ -57,13 +65,118 @@ def _check(results: list[torch.Tensor], expected: list[torch.Tensor], names: lis
                                                                                  for v in errors.values())}
 
 
-def _first_call(fn: Callable[[], torch.Tensor], grad_of: Callable[[torch.Tensor], tuple], device) -> tuple:
-    """Forward and backward once (this compiles the compiled baselines); returns out, grads, seconds."""
-    t0 = time.perf_counter()
-    out = fn()
-    grads = grad_of(out)
-    measure.synchronize(device)
-    return out, grads, time.perf_counter() - t0
+@dataclass
+class Impl:
+    """One implementation to check and time.
+
+    ``fn()`` returns the output, differentiable in ``wrt``; ``grad`` (the output's shape) is the gradient that
+    backward is fed. ``against`` names the implementations it is compared with, in order of preference: the first
+    that ran. ``before`` runs before every forward and every backward call, timed or not (the fused rows of the bank
+    sweep set the CPU kernels' factoring policy with it). ``bytes_moved`` and ``macs`` (per metric) give the copy
+    bound and the roofline of its rows; ``compiled`` says that its first call compiles.
+    """
+
+    label: str
+    fn: Callable[[], torch.Tensor]
+    wrt: list[torch.Tensor]
+    grad: torch.Tensor
+    against: tuple[str, ...] = ()
+    before: Callable[[], object] | None = None
+    bytes_moved: dict[str, int] | None = None
+    macs: dict[str, int] | None = None
+    compiled: bool = False
+
+    def forward(self) -> torch.Tensor:
+        if self.before is not None:
+            self.before()
+        return self.fn()
+
+    def backward(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.before is not None:
+            self.before()
+        return torch.autograd.grad(out, self.wrt, self.grad)
+
+
+def check_impls(impls: dict[str, Impl], device: torch.device, dtype: torch.dtype, grad_names: list[str]) -> dict:
+    """Runs every implementation once, forward and backward (this compiles the compiled ones), and compares its
+    output and gradients with those of the first of its ``against`` that ran. Returns an entry per implementation,
+    in ``impls``' order: label, check (with the key compared against) and compile time, or the error it raised."""
+    entries, firsts = {}, {}
+    for key, impl in impls.items():
+        try:
+            t0 = time.perf_counter()
+            out = impl.forward()
+            grads = impl.backward(out)
+            measure.synchronize(device)
+            firsts[key] = (out, grads, time.perf_counter() - t0)
+        except Exception as exc:  # recorded, not fatal: the other implementations still run
+            entries[key] = {"label": impl.label, "error": f"{type(exc).__name__}: {exc}".strip()[:500]}
+    for key, (out, grads, seconds) in firsts.items():
+        impl = impls[key]
+        entry = {"label": impl.label}
+        target = next((t for t in impl.against if t in firsts), None)
+        if target is not None:
+            t_out, t_grads, _ = firsts[target]
+            entry["check"] = {**_check([out, *grads], [t_out, *t_grads], grad_names, dtype), "against": target}
+        if impl.compiled:
+            entry["compile_s"] = seconds
+        entries[key] = entry
+    return {key: entries[key] for key in impls}
+
+
+def impl_blocks(impls: dict[str, Impl], entries: dict, device: torch.device, metrics: tuple[str, ...]) -> dict:
+    """Block runners per (implementation, metric) of every implementation that ran without error."""
+    blocks = {}
+    for key, impl in impls.items():
+        if "error" in entries[key]:
+            continue
+        if "forward" in metrics:
+            blocks[key, "forward"] = measure.calls(impl.forward, device)
+        if "backward" in metrics:
+            blocks[key, "backward"] = measure.calls_after_setup(impl.forward, impl.backward, device)
+        if "forward_backward" in metrics:
+            blocks[key, "forward_backward"] = measure.calls(lambda impl=impl: impl.backward(impl.forward()), device)
+    return blocks
+
+
+def record_timing(entry: dict, metric: str, timing: measure.Timing, bytes_moved: dict | None, macs: dict | None,
+                  rates: dict) -> None:
+    """Puts a timing into a result entry, with its bandwidth and % of the copy bound when the bytes are known, and
+    its % of the roofline when the multiply-adds and the matmul rate are.
+
+    ``rates``: ``bytes_per_s`` (the copy bandwidth, from the median copy) and optionally ``fma_per_s`` (the matmul
+    rate, from the median); with ``best_bytes_per_s`` (and ``best_fma_per_s``) the same percentages are also computed
+    from the best repetitions (``pct_copy_bound_best``, ``pct_roofline_best``): the best call against the best
+    copy, the comparison least disturbed by other processes on a shared machine.
+    """
+    entry[metric] = timing.as_dict()
+    if bytes_moved is None:
+        return
+    entry.setdefault("bytes_per_s", {})[metric] = bytes_moved[metric] / timing.median_s
+    best = (timing.min_s, rates.get("best_bytes_per_s"), rates.get("best_fma_per_s"))
+    for suffix, seconds, bw, fma in (("", timing.median_s, rates["bytes_per_s"], rates.get("fma_per_s")),
+                                     ("_best", *best)):
+        if bw is None:
+            continue
+        copy_s = bytes_moved[metric] / bw
+        entry.setdefault(f"pct_copy_bound{suffix}", {})[metric] = 100 * copy_s / seconds
+        if macs is not None and fma:
+            roof_s = max(copy_s, macs[metric] / fma)
+            entry.setdefault(f"roofline_s{suffix}", {})[metric] = roof_s
+            entry.setdefault(f"pct_roofline{suffix}", {})[metric] = 100 * roof_s / seconds
+
+
+def operator_blocks(y: torch.Tensor, g: torch.Tensor, bank: torch.Tensor, padding_mode: str, device: torch.device,
+                    identity: bool = True, order: str = "branch", stride: int = 1) -> dict[str, measure.Block]:
+    """Block runners of the two registered operators called directly, without autograd or the Python front end:
+    the kernels' own speed. ``bank`` must already be in y's dtype."""
+    ops, yd, s = torch.ops.fixedbranch, y.detach(), [stride, stride]
+    size = list(y.shape[-2:])
+    return {
+        "forward": measure.calls(lambda: ops.fixed_branch(yd, bank, padding_mode, [], identity, order, s), device),
+        "backward": measure.calls(
+            lambda: ops._fixed_branch_backward(g, bank, padding_mode, [], identity, order, s, size), device),
+    }
 
 
 def run_point(
@@ -112,67 +225,37 @@ def run_point(
         "compile_measured": compile_,
         "impls": {},
     }
+    bytes_moved = None
     if stage == "branch":
-        result["bytes_moved"] = branch_bytes(point)
-        result["copy_bound_s"] = {m: b / copy_bytes_per_s for m, b in result["bytes_moved"].items()}
+        bytes_moved = result["bytes_moved"] = branch_bytes(point)
+        result["copy_bound_s"] = {m: b / copy_bytes_per_s for m, b in bytes_moved.items()}
+    # Every implementation is compared with the fused op (or, where the fused op cannot run on this device, with
+    # the eager reference), in the tables' order.
+    impls = {key: Impl(labels[key], fn, wrt, g, against=("fused", "reference"), bytes_moved=bytes_moved,
+                       compiled=key in baselines.COMPILED)
+             for key, (fn, wrt) in sorted(impls.items(), key=lambda item: list(labels).index(item[0]))}
 
-    # 1. Outputs first: every implementation once, compared with the fused op (or, where the fused op cannot
-    #    run on this device, with the eager reference).
-    firsts = {}
-    for key, (fn, wrt) in impls.items():
-        try:
-            firsts[key] = _first_call(fn, lambda out, wrt=wrt: torch.autograd.grad(out, wrt, g), device)
-        except Exception as exc:  # recorded, not fatal: the other implementations still run
-            result["impls"][key] = {"label": labels[key], "error": f"{type(exc).__name__}: {exc}".strip()[:500]}
-    target = "fused" if "fused" in firsts else "reference"
-    result["compared_against"] = target
-    expected = [firsts[target][0], *firsts[target][1]] if target in firsts else None
-    for key, (out, grads, seconds) in firsts.items():
-        entry = {"label": labels[key]}
-        if expected is not None:
-            entry["check"] = _check([out, *grads], expected, grad_names, dtype)
-        if key in baselines.COMPILED:
-            entry["compile_s"] = seconds
-        result["impls"][key] = entry
-    del firsts, expected
-    result["impls"] = {key: result["impls"][key] for key in labels if key in result["impls"]}  # the tables' order
+    # 1. Outputs first: every implementation once, compared with the fused op.
+    result["impls"] = check_impls(impls, device, dtype, grad_names)
+    checked = [e["check"]["against"] for e in result["impls"].values() if "check" in e]
+    result["compared_against"] = checked[0] if checked else None
 
     # 2. Timings, every (implementation, metric) in turn; then memory.
-    blocks = {}
-    for key, (fn, wrt) in impls.items():
-        if "error" in result["impls"][key]:
-            continue
-
-        def grad(out, wrt=wrt):
-            return torch.autograd.grad(out, wrt, g)
-
-        if "forward" in metrics:
-            blocks[key, "forward"] = measure.calls(fn, device)
-        if "backward" in metrics:
-            blocks[key, "backward"] = measure.calls_after_setup(fn, grad, device)
-        if "forward_backward" in metrics:
-            blocks[key, "forward_backward"] = measure.calls(lambda fn=fn, grad=grad: grad(fn()), device)
-    if stage == "branch" and "fused" in impls and "error" not in result["impls"]["fused"]:
-        # The two operators called directly, without autograd or the Python front end: the kernels' own speed.
-        ops, yd = torch.ops.fixedbranch, y.detach()
-        blocks["fused_op_alone", "forward"] = measure.calls(
-            lambda: ops.fixed_branch(yd, bank, point.padding_mode, []), device)
-        blocks["fused_op_alone", "backward"] = measure.calls(
-            lambda: ops._fixed_branch_backward(g, bank, point.padding_mode, []), device)
+    blocks = impl_blocks(impls, result["impls"], device, metrics)
+    if stage == "branch" and "error" not in result["impls"].get("fused", {"error": ""}):
+        for metric, block in operator_blocks(y, g, bank, point.padding_mode, device).items():
+            blocks["fused_op_alone", metric] = block
         result["fused_op_alone"] = {}
     timings = measure.time_interleaved(blocks, budget)
-
+    rates = {"bytes_per_s": copy_bytes_per_s}
     for (key, metric), timing in timings.items():
         entry = result["fused_op_alone"] if key == "fused_op_alone" else result["impls"][key]
-        entry[metric] = timing.as_dict()
-        if stage == "branch":
-            entry.setdefault("bytes_per_s", {})[metric] = result["bytes_moved"][metric] / timing.median_s
-            entry.setdefault("pct_copy_bound", {})[metric] = 100 * result["copy_bound_s"][metric] / timing.median_s
+        record_timing(entry, metric, timing, bytes_moved, None, rates)
     if with_memory:
-        for key, (fn, _) in impls.items():
+        for key, impl in impls.items():
             if "error" not in result["impls"][key]:
-                result["impls"][key]["forward_memory"] = measure.forward_memory(fn, device)
-                result["impls"][key]["saved_tensors"] = measure.saved_tensors(fn)
+                result["impls"][key]["forward_memory"] = measure.forward_memory(impl.fn, device)
+                result["impls"][key]["saved_tensors"] = measure.saved_tensors(impl.fn)
 
     fused = result["impls"].get("fused", {})
     for key, entry in result["impls"].items():
