@@ -1,4 +1,5 @@
-"""``nn.Module`` wrappers: :class:`FixedBranch` (branches only) and :class:`FixedBranchConv2d` (conv + branches)."""
+"""``nn.Module`` wrappers: :class:`FixedBranch` (branches only), :class:`FixedBranchConv2d` (conv + branches) and
+:class:`FixedBranchTranspose` (the adjoint of the branches)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import nn
 from . import ops
 from .plan import BankPlan, bank_plan
 
-__all__ = ["FixedBranch", "FixedBranchConv2d"]
+__all__ = ["FixedBranch", "FixedBranchConv2d", "FixedBranchTranspose"]
 
 
 def _bank_summary(bank: torch.Tensor) -> str:
@@ -118,6 +119,62 @@ class FixedBranch(_PlannedBank, nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return ops.fixed_branch(y, self.bank, self.padding_mode, self.stop_gradient, self.identity, self.order,
                                 self.stride)
+
+    def extra_repr(self) -> str:
+        return f"{_bank_summary(self.bank)}, padding_mode={self.padding_mode!r}" + _options_repr(self)
+
+
+class FixedBranchTranspose(_PlannedBank, nn.Module):
+    """The adjoint of :class:`FixedBranch` with the same options, see :func:`fixedbranch.fixed_branch_transpose`:
+    a synthesis bank (with a wavelet synthesis bank and stride 2, the inverse wavelet transform).
+
+    Has no parameters. The bank is a (non-persistent) buffer, as in :class:`FixedBranch`.
+
+    Args:
+        bank: (K, S1, S2) fixed filters, e.g. ``fixedbranch.filters.wavelet("db2", synthesis=True)``.
+        padding_mode: "zeros", "reflect", "replicate" or "circular" (of the forward operator this is the adjoint of).
+        identity: whether the input holds the identity branch.
+        order: "branch" (``z[:, b*C + c]``) or "channel" (``z[:, c*B + b]``).
+        stride: an int or a pair: the forward's stride.
+
+    Shape:
+        - Input: (N, B*C, H', W'), B = K+1 (K with identity=False); ``forward(z, output_size)`` takes (H, W),
+          required with a stride > 1
+        - Output: (N, C, H, W)
+
+    Example:
+        >>> import fixedbranch as fb
+        >>> inverse = fb.FixedBranchTranspose(fb.filters.wavelet("db2", synthesis=True), "circular",
+        ...                                   identity=False, order="channel", stride=2)
+        >>> inverse(torch.randn(2, 32, 16, 16), output_size=(32, 32)).shape
+        torch.Size([2, 8, 32, 32])
+    """
+
+    def __init__(
+        self,
+        bank: torch.Tensor,
+        padding_mode: str = "zeros",
+        identity: bool = True,
+        order: str = "branch",
+        stride=1,
+    ):
+        super().__init__()
+        _, self.stride = _check_options(
+            "fixedbranch.FixedBranchTranspose", bank, padding_mode, (), identity, order, stride
+        )
+        self.padding_mode, self.identity, self.order = padding_mode, identity, order
+        self.register_buffer("bank", bank.detach().clone(), persistent=False)
+        self.stop_gradient = ()  # (the options' summary reads it)
+        self._plan_bank()
+
+    @property
+    def num_branches(self) -> int:
+        """B: the branches in the input, the identity (unless identity=False) and one per filter."""
+        return self.bank.shape[0] + int(self.identity)
+
+    def forward(self, z: torch.Tensor, output_size=None) -> torch.Tensor:
+        return ops.fixed_branch_transpose(z, self.bank, self.padding_mode, self.identity, self.order, self.stride,
+                                          output_size)
 
     def extra_repr(self) -> str:
         return f"{_bank_summary(self.bank)}, padding_mode={self.padding_mode!r}" + _options_repr(self)

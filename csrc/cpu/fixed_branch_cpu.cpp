@@ -729,6 +729,7 @@ TORCH_LIBRARY_FRAGMENT(fixedbranch, m) {
 TORCH_LIBRARY_IMPL(fixedbranch, CPU, m) {
   m.impl("fixed_branch", &fixed_branch);
   m.impl("_fixed_branch_backward", &fixed_branch_backward);
+  m.impl("fixed_branch_transpose", &fixed_branch_transpose);
 }
 
 }  // namespace fixedbranch

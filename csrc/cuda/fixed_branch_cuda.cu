@@ -558,6 +558,7 @@ const bool registered = register_branch_kernels(c10::DeviceType::CUDA, {&forward
 TORCH_LIBRARY_IMPL(fixedbranch, CUDA, m) {
   m.impl("fixed_branch", &fixed_branch);
   m.impl("_fixed_branch_backward", &fixed_branch_backward);
+  m.impl("fixed_branch_transpose", &fixed_branch_transpose);
 }
 
 }  // namespace fixedbranch
