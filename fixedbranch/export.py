@@ -38,7 +38,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from .reference import PAD_MODE, pad_adjoint, same_padding
+from .reference import PAD_MODE, pad_adjoint, pair, same_padding
 
 __all__ = ["decompositions", "exporting_to_onnx", "fixed_branch", "fixed_branch_conv2d", "fixed_branch_transpose"]
 
@@ -135,13 +135,9 @@ def _pad_functional(y: torch.Tensor, pads: tuple[int, int, int, int], padding_mo
     return torch.cat([y[:, :, :, y.shape[3] - left :], y, y[:, :, :, :right]], dim=3)
 
 
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
 def _fixed_branch(y, bank, padding_mode, stop_gradient, identity, order, stride, pad) -> torch.Tensor:
     stop = set(stop_gradient)
-    stride = _pair(stride)
+    stride = pair(stride)
     n, c = y.shape[0], y.shape[1]
     k, s1, s2 = bank.shape
     bank = bank.detach().to(y.dtype)
@@ -175,7 +171,7 @@ def _fixed_branch(y, bank, padding_mode, stop_gradient, identity, order, stride,
 
 
 def _fixed_branch_transpose(z, bank, padding_mode, identity, order, stride, output_size) -> torch.Tensor:
-    sh, sw = _pair(stride)
+    sh, sw = pair(stride)
     n, bc, zh, zw = z.shape
     k, s1, s2 = bank.shape
     bank = bank.detach().to(z.dtype)
