@@ -25,13 +25,21 @@ bench-quick: $(VENV)/.built
 
 build: $(VENV)/.built
 
-$(VENV)/.deps: Makefile
+# The installed pins, one stamp per set: a stamp whose name encodes $(TORCH) and $(DEPS), so that
+# `make TORCH=torch==2.14.1 test` (or a changed DEPS) finds no stamp, reinstalls and rebuilds the extension against
+# the new torch. The stamp also holds the pins as text.
+PINS := $(TORCH) $(DEPS)
+PINS_ID := $(shell printf '%s' '$(PINS)' | cksum | cut -d' ' -f1)
+DEPS_STAMP := $(VENV)/.deps-$(PINS_ID)
+
+$(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q "$(TORCH)" $(DEPS)
-	touch $@
+	rm -f $(VENV)/.deps-*
+	printf '%s\n' '$(PINS)' > $@
 
-$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+$(VENV)/.built: $(DEPS_STAMP) $(SOURCES)
 	$(PY) -m pip install -q --no-build-isolation -e .
 	touch $@
 
