@@ -61,7 +61,7 @@ LABELS = {
     "module": "`fb.FixedBranch(bank)(y)`",
     "raw_op": "`torch.ops.fixedbranch.fixed_branch` (bank32)",
     "depthwise_cat": "depthwise `F.conv2d` + `torch.cat` (bank32)",
-    "conv_layer": "`fb.FixedBranchConv2d(2, 2, 3, bank, padding=1)(x)`",
+    "conv_layer": "`fb.FixedBranchConv2d(2, 2, 3, bank=bank, padding=1)(x)`",
     "conv_depthwise_cat": "`nn.Conv2d(2, 2, 3, padding=1)` + depthwise conv + cat",
 }
 # (numerator row, denominator row, label): each ratio is given for every column.
@@ -95,7 +95,7 @@ def build_rows(seed: int = 0) -> dict[str, Factory]:
     c = SHAPE[1]
     y0, x0 = torch.randn(SHAPE), torch.randn(SHAPE)
     dw_weight = bank32.unsqueeze(0).expand(c, K, 3, 3).reshape(c * K, 1, 3, 3).contiguous()
-    state = fb.FixedBranchConv2d(c, c, 3, bank, padding=1).state_dict()
+    state = fb.FixedBranchConv2d(c, c, 3, bank=bank, padding=1).state_dict()
 
     def leaf(t: torch.Tensor, rg: bool) -> torch.Tensor:
         return t.clone().requires_grad_(rg)
@@ -135,7 +135,7 @@ def build_rows(seed: int = 0) -> dict[str, Factory]:
         "module": module_factory,
         "raw_op": raw_factory,
         "depthwise_cat": branch_row(depthwise_cat),
-        "conv_layer": layer_row(lambda: fb.FixedBranchConv2d(c, c, 3, bank, padding=1),
+        "conv_layer": layer_row(lambda: fb.FixedBranchConv2d(c, c, 3, bank=bank, padding=1),
                                 lambda m, x: m(x)),
         "conv_depthwise_cat": layer_row(lambda: nn.Conv2d(c, c, 3, padding=1),
                                         lambda m, x: depthwise_cat(m(x))),
