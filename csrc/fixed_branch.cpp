@@ -1,13 +1,24 @@
-// The `fixedbranch` operator library: the schemas, the device-independent entry points (checks, parsing,
-// allocation, device guard, then the device kernel, in the spirit of ATen's DispatchStub) and the composite
-// convolution + branch operator. Kernels live in cpu/ and cuda/, one file per device.
+// The `fixedbranch` operator library: every schema, the device-independent entry points (checks, parsing,
+// allocation, device guard, then the device kernel) and the composite convolution + branch operator, and the
+// registration of every implementation. Kernels live in cpu/ and cuda/, one file per device; the bank plan's and the
+// CPU cost model's diagnostics in bank_plan/ and cpu/cost_model.h.
+//
+// One mechanism registers the device kernels, in the manner of ATen's DispatchStub: a device file only provides its
+// kernels (register_branch_kernels, one static initialiser) and this file registers the one entry point of each
+// operator with the dispatcher for both device keys. Everything a raw operator call must check happens in that entry
+// point whatever the device, so the devices cannot drift apart in what they accept, and a build without the CUDA
+// kernels still answers a CUDA tensor with the operator's own message.
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
 #include <array>
+#include <string>
+#include <vector>
 
+#include "bank_plan/bank_plan.h"
 #include "checks.h"
+#include "cpu/cost_model.h"
 #include "fixed_branch.h"
 
 namespace fixedbranch {
@@ -33,7 +44,9 @@ std::array<BranchKernels, kDevices>& kernel_table() {
 
 const BranchKernels& kernels_for(const char* what, const at::Tensor& t) {
   const int i = device_index(t.device().type());
-  TORCH_CHECK(i >= 0 && kernel_table()[i].forward != nullptr, what, ": no kernel for device ", t.device());
+  TORCH_CHECK(i >= 0 && kernel_table()[i].forward != nullptr, what, ": this build of fixedbranch has no kernels for ",
+              t.device().type(), " tensors (the CUDA kernels are built when setup.py finds a CUDA toolkit and a CUDA "
+              "torch, or with FORCE_CUDA=1)");
   return kernel_table()[i];
 }
 
@@ -45,6 +58,19 @@ bool register_branch_kernels(c10::DeviceType device, BranchKernels kernels) {
   kernel_table()[device_index(device)] = kernels;
   return true;
 }
+
+namespace {
+
+// fixedbranch::_kernel_devices: the device types this build has kernels for ("cpu", and "cuda" when built with them).
+std::vector<std::string> kernel_devices() {
+  std::vector<std::string> devices;
+  for (const auto device : {c10::DeviceType::CPU, c10::DeviceType::CUDA}) {
+    if (kernel_table()[device_index(device)].forward != nullptr) devices.push_back(c10::DeviceTypeName(device, true));
+  }
+  return devices;
+}
+
+}  // namespace
 
 at::Tensor fixed_branch(const at::Tensor& y, const at::Tensor& bank, c10::string_view padding_mode,
                         c10::IntArrayRef stop_gradient, bool identity, c10::string_view order,
@@ -127,6 +153,7 @@ void check_options(const at::Tensor& bank, c10::string_view padding_mode, c10::I
 }  // namespace
 
 TORCH_LIBRARY(fixedbranch, m) {
+  // The operators.
   // stop_gradient does not change the forward; it is an argument so that the registered autograd formula sees it.
   m.def(
       "fixed_branch(Tensor y, Tensor bank, str padding_mode=\"zeros\", int[] stop_gradient=[], bool identity=True, "
@@ -139,9 +166,31 @@ TORCH_LIBRARY(fixedbranch, m) {
       "fixed_branch_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor bank, int[2] stride=1, int[2] padding=0, "
       "int[2] dilation=1, int groups=1, str padding_mode=\"zeros\", int[] stop_gradient=[], bool identity=True, "
       "str order=\"branch\", int[2] filter_stride=1) -> Tensor");
+  // A module's construction-time check of its options (no image yet).
   m.def(
       "_check_options(Tensor bank, str padding_mode, int[] stop_gradient, bool identity, str order, int[2] stride) "
       "-> ()");
+
+  // Diagnostics, off the hot path (bank_plan/bank_plan.h, cpu/cost_model.h). Those without a tensor argument have
+  // one implementation for every dispatch key.
+  m.def("_bank_plan(Tensor bank) -> Tensor");
+  m.def("_bank_plan_reconstruct(Tensor bank) -> Tensor");
+  m.def("_bank_plan_pays_on_cpu(Tensor bank) -> bool");
+  m.def("_bank_plan_columns() -> str[]", &bank_plan_columns);
+  m.def("_bank_plan_tolerances(ScalarType dtype) -> float[]", &bank_plan_tolerances);
+  m.def("_set_factoring(str policy) -> str", &set_factoring);
+  m.def("_kernel_devices() -> str[]", &kernel_devices);
+}
+
+// The device-independent entry points, once for each device key; the kernels come from the table above.
+TORCH_LIBRARY_IMPL(fixedbranch, CPU, m) {
+  m.impl("fixed_branch", &fixed_branch);
+  m.impl("_fixed_branch_backward", &fixed_branch_backward);
+}
+
+TORCH_LIBRARY_IMPL(fixedbranch, CUDA, m) {
+  m.impl("fixed_branch", &fixed_branch);
+  m.impl("_fixed_branch_backward", &fixed_branch_backward);
 }
 
 TORCH_LIBRARY_IMPL(fixedbranch, CompositeImplicitAutograd, m) {
@@ -150,6 +199,9 @@ TORCH_LIBRARY_IMPL(fixedbranch, CompositeImplicitAutograd, m) {
 
 TORCH_LIBRARY_IMPL(fixedbranch, CompositeExplicitAutograd, m) {
   m.impl("fixed_branch_conv2d", &fixed_branch_conv2d);
+  m.impl("_bank_plan", &bank_plan_table);
+  m.impl("_bank_plan_reconstruct", &bank_plan_reconstruct);
+  m.impl("_bank_plan_pays_on_cpu", &bank_plan_pays_on_cpu);
 }
 
 }  // namespace fixedbranch

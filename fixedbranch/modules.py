@@ -33,23 +33,30 @@ def _check_options(owner: str, bank, padding_mode, stop_gradient, identity, orde
 
 
 class _PlannedBank:
-    """Mixin: the bank is decomposed (``fixedbranch.bank_plan``) at construction and whenever ``.to()``, ``.half()``
-    and friends move it to another device or dtype, so the kernels' plan cache is warm before the first call and
-    ``module.plan`` tells how the bank runs."""
+    """Mixin: ``plan_for(dtype)`` and ``plan`` tell how the operator runs the bank for an input of a dtype.
 
-    def _plan_bank(self) -> None:
+    The operator rounds the bank to its input's dtype and plans it in that dtype (``csrc/fixed_branch.cpp``), so the
+    plan depends on the input's dtype, not on the dtype the bank is stored in. The module plans the bank for its
+    compute dtype at construction and whenever ``.to()``, ``.half()`` and friends move it, so the plan cache is warm
+    before the first call."""
+
+    def _compute_dtype(self) -> torch.dtype:
+        raise NotImplementedError
+
+    def plan_for(self, dtype: torch.dtype) -> BankPlan | None:
+        """The plan the operator runs for an input of ``dtype``: the bank rounded to ``dtype``, planned with that
+        dtype's tolerances (see :func:`fixedbranch.bank_plan`); None for a bank on the meta device."""
         # A meta bank has no values to decompose (a model built on "meta" before it is materialised).
-        self._plan = None if self.bank.is_meta else bank_plan(self.bank)
+        return None if self.bank.is_meta else bank_plan(self.bank.detach().to(dtype))
 
     @property
     def plan(self) -> BankPlan | None:
-        """How the filters of the bank are computed, in the bank's current dtype (see :func:`fixedbranch.bank_plan`);
-        None for a bank on the meta device."""
-        return self._plan
+        """``plan_for`` the module's compute dtype (see the class's docstring for which dtype that is)."""
+        return self.plan_for(self._compute_dtype())
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)
-        self._plan_bank()
+        self.plan_for(self._compute_dtype())  # warms the plan cache
         return result
 
 
@@ -108,12 +115,16 @@ class FixedBranch(_PlannedBank, nn.Module):
         )
         self.padding_mode, self.identity, self.order = padding_mode, identity, order
         self.register_buffer("bank", bank.detach().clone(), persistent=False)
-        self._plan_bank()
+        self.plan_for(self._compute_dtype())  # warms the plan cache
 
     @property
     def num_branches(self) -> int:
         """B: the branches in the output, the identity (unless identity=False) and one per filter."""
         return self.bank.shape[0] + int(self.identity)
+
+    def _compute_dtype(self) -> torch.dtype:
+        # No parameters to tell the input's dtype: the default dtype's (plan_for(dtype) gives any other).
+        return torch.get_default_dtype()
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return ops.fixed_branch(y, self.bank, self.padding_mode, self.stop_gradient, self.identity, self.order,
@@ -183,7 +194,7 @@ class FixedBranchConv2d(_PlannedBank, nn.Conv2d):
         self.filter_padding_mode, self.identity, self.order = filter_padding_mode, identity, order
         bank = bank.detach().to(device=self.weight.device, dtype=self.weight.dtype).clone()
         self.register_buffer("bank", bank, persistent=False)
-        self._plan_bank()
+        self.plan_for(self._compute_dtype())  # warms the plan cache
 
     @classmethod
     def from_conv2d(
@@ -213,6 +224,9 @@ class FixedBranchConv2d(_PlannedBank, nn.Conv2d):
     def num_branches(self) -> int:
         """B: the branches in the output, the identity (unless identity=False) and one per filter."""
         return self.bank.shape[0] + int(self.identity)
+
+    def _compute_dtype(self) -> torch.dtype:
+        return self.weight.dtype  # x must have the weight's dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padding = self.padding

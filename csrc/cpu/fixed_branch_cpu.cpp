@@ -23,7 +23,8 @@
 #include <vector>
 
 
-#include "bank_plan.h"
+#include "bank_plan/bank_plan.h"
+#include "cpu/cost_model.h"
 #include "fixed_branch.h"
 #include "output_memory.h"
 
@@ -334,7 +335,7 @@ std::vector<opmath_t> bank_values(const at::Tensor& bank) {
   return std::vector<opmath_t>(b.data_ptr<opmath_t>(), b.data_ptr<opmath_t>() + b.numel());
 }
 
-// The bank as the CPU kernels run it: the filters the plan factors (csrc/bank_plan.h) as column passes shared
+// The bank as the CPU kernels run it: the filters the plan factors (bank_plan/bank_plan.h) as column passes shared
 // across the bank, then a row pass per separable term; the others as direct correlations. Values in opmath_t.
 template <typename opmath_t>
 struct KernelBank {
@@ -348,22 +349,13 @@ struct KernelBank {
   std::vector<opmath_t> term_rows;            // per term, S2 values
 };
 
-// Whether the CPU kernels run factored banks: by the plan's tap count (default), never, or whenever the plan
-// factors a filter. Benchmarks compare the paths; results agree within the tolerances either way.
-std::atomic<int> factoring_policy{static_cast<int>(Factoring::Auto)};
-
 template <typename opmath_t>
 KernelBank<opmath_t> kernel_bank(const at::Tensor& bank) {
   KernelBank<opmath_t> kb;
   const int64_t K = bank.size(0);
   kb.S1 = bank.size(1), kb.S2 = bank.size(2);
   const int64_t taps = kb.S1 * kb.S2;
-  const auto policy = static_cast<Factoring>(factoring_policy.load(std::memory_order_relaxed));
-  std::shared_ptr<const BankPlan> plan;
-  if (policy != Factoring::Never && kb.S1 > 1 && kb.S2 > 1) {
-    plan = plan_bank(bank);
-    if (policy == Factoring::Auto && !plan->pays_on_cpu()) plan = nullptr;
-  }
+  const std::shared_ptr<const BankPlan> plan = cpu_plan(bank);  // null: every filter direct
   const std::vector<opmath_t> w = bank_values<opmath_t>(bank);
   for (int64_t k = 1; k <= K; ++k) {
     if (plan && plan->factored(k - 1)) {
@@ -868,26 +860,6 @@ void backward_cpu(const at::Tensor& grad_output, const at::Tensor& bank, const B
 
 const bool registered = register_branch_kernels(c10::DeviceType::CPU, {&forward_cpu, &backward_cpu});
 
-// fixedbranch::_set_factoring: "auto", "never" or "always"; returns the previous policy.
-std::string set_factoring(c10::string_view policy) {
-  static const char* const names[] = {"auto", "never", "always"};
-  int chosen = -1;
-  for (int i = 0; i < 3; ++i)
-    if (policy == names[i]) chosen = i;
-  TORCH_CHECK_VALUE(chosen >= 0, "fixedbranch._set_factoring: policy must be 'auto', 'never' or 'always', got '",
-                    std::string(policy), "'");
-  return names[factoring_policy.exchange(chosen)];
-}
-
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(fixedbranch, m) {
-  m.def("_set_factoring(str policy) -> str", &set_factoring);
-}
-
-TORCH_LIBRARY_IMPL(fixedbranch, CPU, m) {
-  m.impl("fixed_branch", &fixed_branch);
-  m.impl("_fixed_branch_backward", &fixed_branch_backward);
-}
 
 }  // namespace fixedbranch

@@ -1,0 +1,7 @@
+"""The studies ``python -m benchmarks STUDY`` runs, by name (see benchmarks/__init__.py to add one)."""
+
+from . import suite
+
+STUDIES = {
+    "suite": suite,
+}
