@@ -5,8 +5,9 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 DEPS := ninja pybind11 pytest numpy scipy matplotlib tqdm scikit-learn kornia onnx onnxscript onnxruntime \
-        opencv-python-headless
-SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
+        opencv-python-headless PyWavelets
+SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/bank_plan/*.cpp csrc/bank_plan/*.h csrc/cpu/*.cpp csrc/cpu/*.h \
+           csrc/cuda/*.cu csrc/cuda/*.cuh)
 
 .PHONY: demo test bench bench-quick build clean
 
@@ -32,13 +33,21 @@ bench-quick: $(VENV)/.built
 
 build: $(VENV)/.built
 
-$(VENV)/.deps: Makefile
+# The installed pins, one stamp per set: a stamp whose name encodes $(TORCH) and $(DEPS), so that
+# `make TORCH=torch==2.14.1 test` (or a changed DEPS) finds no stamp, reinstalls and rebuilds the extension against
+# the new torch. The stamp also holds the pins as text.
+PINS := $(TORCH) $(DEPS)
+PINS_ID := $(shell printf '%s' '$(PINS)' | cksum | cut -d' ' -f1)
+DEPS_STAMP := $(VENV)/.deps-$(PINS_ID)
+
+$(DEPS_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q "$(TORCH)" $(DEPS)
-	touch $@
+	rm -f $(VENV)/.deps-*
+	printf '%s\n' '$(PINS)' > $@
 
-$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+$(VENV)/.built: $(DEPS_STAMP) $(SOURCES)
 	$(PY) -m pip install -q --no-build-isolation -e .
 	touch $@
 

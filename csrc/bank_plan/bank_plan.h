@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace fixedbranch {
@@ -45,8 +46,6 @@ constexpr PlanTolerances plan_tolerances(c10::ScalarType dtype) {
 // intermediate row and each factored term reads one back. It keeps a separable form that merely ties with the
 // direct taps (e.g. S1 + S2 = S1 * S2 at 2x2) from being chosen for the extra memory traffic.
 constexpr int64_t kPassOverhead = 1;
-// At most this many plans are cached; the least recently used one is evicted beyond it.
-constexpr size_t kPlanCacheCapacity = 256;
 
 // A bank's factored plan: filter k = sum over its terms of column ⊗ row (column along H, S1 values; row along W,
 // S2 values; F_k[a][b] = sum_t columns[t.column][a] * t.row[b]), or direct correlation.
@@ -59,15 +58,10 @@ struct BankPlan {
   std::vector<int64_t> ranks;                 // per filter: numerical rank of the filter (0 for a zero filter),
                                               // whichever path it runs on
   bool factored(int64_t k) const { return !terms[k].empty(); }
-  int64_t direct_taps() const;    // multiply-adds per output pixel of the direct path for the WHOLE bank: K*S1*S2
-  int64_t plan_taps() const;
-  // Whether the CPU kernels run this plan rather than the direct correlation of every filter (their default). The
-  // plan counts multiply-adds; the kernels differ in what one costs: a direct tap feeds four branches from one load,
-  // a row-pass tap needs a load of its own, and each intermediate row (a column pass, a factored filter's row) is
-  // written and read once more. Weighted so (kRowTapCost, kPassCost in bank_plan.cpp), the estimate picks the faster
-  // path at every bank the benchmarks sweep: direct for 3x3 banks, factored for DCT 5x5/7x7 and Gabor 11x11.
-  bool pays_on_cpu() const;      // multiply-adds per output pixel of this plan:
-                                  //   (#columns used)*S1 + sum over factored filters of terms*S2 + direct filters*S1*S2
+  int64_t direct_taps() const;  // multiply-adds per output pixel of the direct path for the WHOLE bank: K*S1*S2
+  int64_t plan_taps() const;    // multiply-adds per output pixel of this plan:
+                                //   (#columns used)*S1 + sum over factored filters of terms*S2 + direct filters*S1*S2
+  // Which path a device's kernels take is their own cost model's choice (the CPU's: csrc/cpu/cost_model.h).
 };
 
 // The plan of `bank` (K, S1, S2), any float dtype, on the CPU (values read as float64), made with the tolerances
@@ -76,5 +70,16 @@ struct BankPlan {
 // plan is used by some factored filter, numbered in order of first use (filter by filter, term by term). Filters
 // with S1 == 1 or S2 == 1, zero filters and filters with a non-finite tap are direct.
 std::shared_ptr<const BankPlan> plan_bank(const at::Tensor& bank);
+
+// The diagnostic operators (csrc/fixed_branch.cpp registers them; fixedbranch/plan.py reads them). They accept a bank
+// on any device and copy it to the CPU; they are off the hot path.
+//   fixedbranch::_bank_plan: the plan as a (K, kPlanTableColumns.size()) int64 table, one row per filter.
+//   fixedbranch::_bank_plan_reconstruct: the bank rebuilt from its plan, (K, S1, S2) float64 on the CPU.
+//   fixedbranch::_bank_plan_columns: the names of the table's columns, in order.
+//   fixedbranch::_bank_plan_tolerances: a dtype's PlanTolerances as [rank, column_match, reconstruction].
+at::Tensor bank_plan_table(const at::Tensor& bank);
+at::Tensor bank_plan_reconstruct(const at::Tensor& bank);
+std::vector<std::string> bank_plan_columns();
+std::vector<double> bank_plan_tolerances(c10::ScalarType dtype);
 
 }  // namespace fixedbranch
