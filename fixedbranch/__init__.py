@@ -14,6 +14,7 @@ __all__ = [
     "FixedBranchConv2d",
     "FixedBranchTranspose",
     "bank_plan",
+    "blocks",
     "branch_contributions",
     "filters",
     "fixed_branch",
@@ -41,4 +42,4 @@ else:
     from .modules import FixedBranch, FixedBranchConv2d, FixedBranchTranspose
     from .ops import branch_contributions, fixed_branch, fixed_branch_conv2d, fixed_branch_transpose
     from .plan import bank_plan
-    from . import autocast, export  # noqa: F401  (autocast kernels; ONNX lowering)
+    from . import autocast, blocks, export  # noqa: F401  (autocast kernels; the published blocks; ONNX lowering)
