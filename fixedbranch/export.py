@@ -169,7 +169,7 @@ def decompositions() -> dict:
 
     Example:
         >>> import fixedbranch as fb
-        >>> layer = fb.FixedBranchConv2d(3, 4, 3, fb.filters.bank("sobel_x"), padding=1)
+        >>> layer = fb.FixedBranchConv2d(3, 4, 3, bank=fb.filters.bank("sobel_x"), padding=1)
         >>> ep = torch.export.export(layer, (torch.randn(1, 3, 8, 8),))
         >>> lowered = ep.run_decompositions(fb.export.decompositions())
         >>> [str(n.target) for n in lowered.graph.nodes if "fixedbranch" in str(n.target)]
