@@ -17,11 +17,19 @@ demo: $(VENV)/.built
 test: $(VENV)/.built
 	$(PY) -m pytest -q
 
+# Every study's full preset into the committed results (about 25 minutes on 2 cores), then the docs' tables from them.
 bench: $(VENV)/.built
-	$(PY) -m benchmarks --preset full
+	$(PY) -m benchmarks suite --preset full --out benchmarks/results
+	$(PY) -m benchmarks banks --preset full --warm-malloc --out benchmarks/results
+	$(PY) -m benchmarks options --preset full --warm-malloc --out benchmarks/results
+	$(PY) -m benchmarks overhead --preset full --out benchmarks/results
+	$(PY) -m benchmarks allocation --preset full --out benchmarks/results
+	$(PY) -m benchmarks allocation --preset full --warm-malloc --out benchmarks/results
+	$(PY) -m benchmarks docs
 
+# Every study on its quick preset, into bench-out/ (ignored by git).
 bench-quick: $(VENV)/.built
-	$(PY) -m benchmarks --preset quick
+	for study in suite banks options overhead allocation; do $(PY) -m benchmarks $$study || exit 1; done
 
 build: $(VENV)/.built
 

@@ -31,7 +31,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -222,7 +222,7 @@ def plain_impl(label: str, per_metric: dict[str, Callable[[], object]], device: 
 @dataclass
 class Case:
     """One problem. ``build()`` makes its implementations (when the case runs, so only one case's tensors live at
-    a time); the first of them that runs is the check's fallback target. ``bytes_moved`` and ``macs`` per metric
+    a time). ``bytes_moved`` and ``macs`` per metric
     give the bound, ``working_set`` the bytes of the op's output (the copy's size); ``memory`` measures the
     forward's memory too."""
 
@@ -234,7 +234,6 @@ class Case:
     working_set: int | None = None
     memory: bool = False
     budget: Budget | None = None  # instead of the preset's
-    extra: dict = field(default_factory=dict)
 
 
 def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -248,26 +247,31 @@ def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 def check_impls(impls: dict[str, Impl], device: torch.device, dtype: torch.dtype) -> dict:
     """Runs every implementation once (this compiles the compiled ones) and compares its outputs with its ``check``
-    implementation's. Returns an entry per implementation: label and check, compile time, or the error it raised."""
-    entries, results = {}, {}
-    for key, impl in impls.items():
-        entries[key] = {"label": impl.label}
+    implementation's, the check targets first (only their outputs are kept). Returns an entry per implementation:
+    label and check, compile time, or the error it raised."""
+    entries = {key: {"label": impl.label} for key, impl in impls.items()}
+    targets, kept = {impl.check for impl in impls.values()}, {}
+    for key in sorted(impls, key=lambda k: k not in targets):
+        impl = impls[key]
         if impl.outputs is None:
             continue
         try:
             t0 = time.perf_counter()
-            results[key] = impl.outputs()
+            outputs = impl.outputs()
             synchronize(device)
             if impl.compiled:
                 entries[key]["compile_s"] = time.perf_counter() - t0
         except Exception as exc:  # recorded, not fatal: the other implementations still run
             entries[key]["error"] = f"{type(exc).__name__}: {exc}".strip()[:500]
-    for key, impl in impls.items():
-        if key in results and impl.check in results and impl.check != key:
-            errors = [_relative_error(a, e) for a, e in zip(results[key], results[impl.check])]
+            continue
+        if key in targets:
+            kept[key] = outputs
+        if impl.check in kept and impl.check != key:
+            errors = [_relative_error(a, e) for a, e in zip(outputs, kept[impl.check])]
             tol = TOLERANCE[dtype]
             entries[key]["check"] = {"against": impl.check, "max_rel_err": max(errors), "tolerance": tol,
                                      "matched": max(errors) <= tol}
+        del outputs
     return entries
 
 
@@ -314,7 +318,8 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, budget: Budge
                 rows[key]["forward_memory"] = forward_memory(impl.forward_fn, device)
                 rows[key]["saved_tensors"] = saved_tensors(impl.forward_fn)
     log(f"{case.name}: {time.perf_counter() - t0:.1f} s")
-    return {"case": case.name, "params": case.params, "copy": copy, "bound": bounds, "rows": rows, **case.extra}
+    return {"case": case.name, "params": case.params, "bytes_moved": case.bytes_moved, "macs": case.macs,
+            "working_set": case.working_set, "copy": copy, "bound": bounds, "rows": rows}
 
 
 def yardsticks(out_shape: tuple[int, ...], branches: int, device: torch.device, dtype: torch.dtype) -> dict[str, Impl]:

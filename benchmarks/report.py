@@ -165,14 +165,15 @@ def render_block(study_name: str, file_stem: str, view: str | None, doc: Path, s
     """The markdown between one marker pair: the study's docs view of the committed result, and where it is from."""
     path = RESULTS / study_name / f"{file_stem}.json"
     if not path.exists():
-        return (f"_No committed result yet: run `python -m benchmarks {study_name} --preset full --out "
-                f"benchmarks/results` (see benchmarks/__init__.py), then `python -m benchmarks docs`._\n")
+        flags = " --warm-malloc" * ("warm-malloc" in file_stem) + " --device cuda" * file_stem.startswith("cuda")
+        return (f"_No committed result yet: run `python -m benchmarks {study_name} --preset full{flags} --out "
+                f"benchmarks/results`, then `python -m benchmarks docs`._\n")
     result = json.loads(path.read_text())
     study = studies[study_name]
     body = study.docs(result, view) if hasattr(study, "docs") else study.table(result)
-    link = Path("../" * (len(doc.relative_to(ROOT).parts) - 1)) / path.relative_to(ROOT).with_suffix(".md")
-    return f"{body}\n\n_From [`{path.relative_to(ROOT).with_suffix('.md')}`]({link.as_posix()}): " \
-           f"{machine_line(result)}._\n"
+    up, md = "" if doc.parent == ROOT else "../", f"benchmarks/results/{study_name}/{file_stem}"
+    plot_line = f"\n\n![{study_name}]({up}{md}.png)" if view is None and path.with_suffix(".png").exists() else ""
+    return f"{body}\n\n_From [`{md}.md`]({up}{md}.md): {machine_line(result)}._{plot_line}\n"
 
 
 def update_docs(studies: dict, check: bool = False) -> list[str]:
