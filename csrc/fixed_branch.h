@@ -73,6 +73,8 @@ struct BranchArgs {
 // How the CPU kernels run a bank whose plan (csrc/bank_plan.h) factors filters: by the plan's multiply-add count
 // (Auto), never, or always. Set through the operator fixedbranch::_set_factoring (benchmarks compare the paths).
 enum class Factoring : int { Auto = 0, Never = 1, Always = 2 };
+// The policy in effect (the CUDA kernels read the same setting as the CPU kernels).
+Factoring factoring_policy();
 
 // Device kernels. `bank` is already rounded to the operand's dtype and contiguous; `out` / `grad_y` are allocated
 // (non-empty) in the memory format the operator promises. Kernels only compute.

@@ -356,7 +356,7 @@ struct KernelBank {
 
 // Whether the CPU kernels run factored banks: by the plan's tap count (default), never, or whenever the plan
 // factors a filter. Benchmarks compare the paths; results agree within the tolerances either way.
-std::atomic<int> factoring_policy{static_cast<int>(Factoring::Auto)};
+std::atomic<int> factoring_setting{static_cast<int>(Factoring::Auto)};
 
 template <typename opmath_t>
 KernelBank<opmath_t> kernel_bank(const at::Tensor& bank, bool flip) {
@@ -364,7 +364,7 @@ KernelBank<opmath_t> kernel_bank(const at::Tensor& bank, bool flip) {
   const int64_t K = bank.size(0);
   kb.S1 = bank.size(1), kb.S2 = bank.size(2);
   const int64_t taps = kb.S1 * kb.S2;
-  const auto policy = static_cast<Factoring>(factoring_policy.load(std::memory_order_relaxed));
+  const auto policy = static_cast<Factoring>(factoring_setting.load(std::memory_order_relaxed));
   std::shared_ptr<const BankPlan> plan;
   if (policy != Factoring::Never && kb.S1 > 1 && kb.S2 > 1) {
     plan = plan_bank(bank);
@@ -717,10 +717,12 @@ std::string set_factoring(c10::string_view policy) {
     if (policy == names[i]) chosen = i;
   TORCH_CHECK_VALUE(chosen >= 0, "fixedbranch._set_factoring: policy must be 'auto', 'never' or 'always', got '",
                     std::string(policy), "'");
-  return names[factoring_policy.exchange(chosen)];
+  return names[factoring_setting.exchange(chosen)];
 }
 
 }  // namespace
+
+Factoring factoring_policy() { return static_cast<Factoring>(factoring_setting.load(std::memory_order_relaxed)); }
 
 TORCH_LIBRARY_FRAGMENT(fixedbranch, m) {
   m.def("_set_factoring(str policy) -> str", &set_factoring);
