@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 DEPS := ninja pybind11 pytest numpy scipy matplotlib tqdm scikit-learn kornia onnx onnxscript onnxruntime \
-        opencv-python-headless
+        opencv-python-headless PyWavelets
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 
 .PHONY: demo test bench bench-quick build clean
