@@ -24,6 +24,8 @@ GRAD_LAYOUTS = ("contiguous", "channels_last", "transposed", "sliced", "expanded
 # The CUDA kernel generations (FIXEDBRANCH_CUDA_KERNELS): every CUDA test runs under each, so that one GPU run
 # verifies both. The tests/conftest.py fixture `cuda_kernels` and the marker of the same name select one.
 CUDA_KERNELS = ("verified", "next")
+# The environment variable the CUDA operators read on every call to choose their kernel generation.
+CUDA_KERNELS_VARIABLE = "FIXEDBRANCH_CUDA_KERNELS"
 
 
 def cpu_and_cuda():

@@ -1,10 +1,7 @@
 import pytest
 import torch
 
-from .common import CUDA_KERNELS
-
-# The variable the CUDA operators read on every call to choose their kernel generation.
-CUDA_KERNELS_VARIABLE = "FIXEDBRANCH_CUDA_KERNELS"
+from .common import CUDA_KERNELS, CUDA_KERNELS_VARIABLE
 
 
 def pytest_collection_modifyitems(config, items):

@@ -15,8 +15,17 @@ import torch
 import fixedbranch as fb
 from fixedbranch import reference
 
-from .common import DTYPES, ORDERS, PADDING_MODES, assert_close, backward_op, make_grad, pair, to_layout
-from .conftest import CUDA_KERNELS_VARIABLE
+from .common import (
+    CUDA_KERNELS_VARIABLE,
+    DTYPES,
+    ORDERS,
+    PADDING_MODES,
+    assert_close,
+    backward_op,
+    make_grad,
+    pair,
+    to_layout,
+)
 
 pytestmark = pytest.mark.needs_cuda
 

@@ -37,8 +37,11 @@ void forward(const at::Tensor& y, const at::Tensor& bank, const BranchArgs& a, a
   const c10::ScalarType opmath = at::toOpMathType(y.scalar_type());
   // Looked up before `w` takes another handle on the bank: the cache tells a caller's bank from the operator's
   // per-call conversion by its handles (next_plan.cu).
-  const std::shared_ptr<const DevicePlan> plan =
-      bank.size(1) > 1 && bank.size(2) > 1 ? plan_for_bank(bank, opmath) : nullptr;
+  // Banks under 5x5 are memory-bound on a GPU whatever their plan: they run direct without looking it up (and
+  // without the first call's read of the bank), unless the policy forces factoring.
+  const int64_t S1 = bank.size(1), S2 = bank.size(2);
+  const bool may_factor = factoring_policy() == Factoring::Always ? S1 > 1 && S2 > 1 : S1 * S2 >= 25;
+  const std::shared_ptr<const DevicePlan> plan = may_factor ? plan_for_bank(bank, opmath) : nullptr;
   const at::Tensor w = bank.to(opmath).contiguous();
   if (forward_factored(y, plan.get(), w, a, out)) return;
   forward_direct(y, w, a, out);

@@ -6,11 +6,12 @@
 // live and (i, j) was sampled) + the sum of D over the padded positions the padding copied from (i, j).
 //
 // backward_nchw: a thread owns V consecutive columns of one row of dL/dy; backward_cl V consecutive channels of
-// one pixel. Away from the edges (or with zero padding) only the position (i + top, j + left) copies from (i, j):
-// the thread loads, per live branch and filter row, the gradient segment its V outputs read (16-byte vectors at
-// stride 1 in the interior) and folds every tap of every live branch into one register accumulator per lane, so
-// each gradient tile is read once for all branches and dL/dy is written once. Pixels within a filter's reach of
-// an edge under reflect, replicate or circular padding take the full gather (gradient_at).
+// one pixel. The thread loads, per live branch and filter row, the gradient segment its V outputs read (16-byte
+// vectors at stride 1 in the interior) and folds every tap of every live branch into one register accumulator per
+// lane: D at the identity position (i + top, j + left), each gradient tile read once for all branches. Away from
+// the edges (or with zero padding) no other padded position copies from (i, j); lanes within a filter's reach of
+// an edge under reflect, replicate or circular padding add D at their border positions (border_gradient), then
+// every lane adds the identity's gradient and dL/dy is written once.
 // The sums run branch by branch, row by row, column by column, then the identity, as the verified kernels run
 // them, so the two generations agree bit for bit on 3x3 and 5x5 banks.
 #include <ATen/ATen.h>
@@ -64,23 +65,22 @@ __device__ __forceinline__ int64_t padded_position(int e, int64_t i, int64_t n, 
   return pad_source_index(q - before, n, mode) == i ? q : -1;
 }
 
-// dL/dy[i][j] of plane (n, c), the full gather: the adjoint of the padding, then the identity.
+// The sum of D over the padded positions other than the identity position (i + top, j + left) that the padding
+// copied from pixel (i, j): the adjoint of reflect, replicate and circular padding. In the verified kernels' order
+// (rows of positions, then columns), so that D at the identity position plus this sum is their sum bit for bit.
 template <typename scalar_t, typename opmath_t, typename index_t>
-__device__ opmath_t gradient_at(const scalar_t* __restrict__ g, const Params<index_t>& p, const StopMask& stop,
-                                const opmath_t* __restrict__ w, index_t n, index_t c, int64_t i, int64_t j) {
-  opmath_t v = 0;
+__device__ opmath_t border_gradient(const scalar_t* __restrict__ g, const Params<index_t>& p, const StopMask& stop,
+                                    const opmath_t* __restrict__ w, index_t n, index_t c, int64_t i, int64_t j,
+                                    opmath_t v) {
   for (int er = 0; er < p.S1; ++er) {
     const int64_t pr = padded_position(er, i, p.H, p.top, p.mode);
     if (pr < 0) continue;
-    for (int ec = 0; ec < p.S2; ++ec) {
+    for (int ec = er == 0 ? 1 : 0; ec < p.S2; ++ec) {
       const int64_t qc = padded_position(ec, j, p.W, p.left, p.mode);
       if (qc < 0) continue;
       v += padded_gradient(g, p, stop, w, n, c, pr, qc);
     }
   }
-  if (p.identity && !stop.has(0) && i % p.sh == 0 && j % p.sw == 0)
-    v += static_cast<opmath_t>(g[n * p.s_n + p.out_channel(0, c) * p.s_c + index_t(i / p.sh) * p.s_h +
-                                 index_t(j / p.sw) * p.s_w]);
   return v;
 }
 
@@ -112,15 +112,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int l = 0; l < V; ++l) acc[l] = 0;
 
-    const bool border = p.mode != PadMode::Zeros &&
-                        (in_band_rows(p, i) || j0 < p.band_cols || j0 + V > p.W - p.band_cols);
-    if (border) {
-#pragma unroll
-      for (int l = 0; l < V; ++l)
-        if (l < lanes) acc[l] = gradient_at(g, p, stop, w, n, c, int64_t(i), int64_t(j0) + l);
-      store_lanes(o, p.d_w, lanes, p.vec_dst && lanes == V, acc);
-      continue;
-    }
+    // D at the identity position (i + top, j + left) of every lane, every live branch folded in.
     for (int k = 1; k <= p.K; ++k) {
       if (stop.has(k)) continue;
       const scalar_t* gk = g + n * p.s_n + p.out_channel(p.slot(k), c) * p.s_c;
@@ -141,10 +133,15 @@ __global__ void __launch_bounds__(kThreads)
           constexpr int kLoad = SW == 1 ? (kShift + kSpan + V - 1) / V * V : kSpan;
           opmath_t seg[kLoad];
           const index_t base = j0 / SW - kLead / SW - kShift;
-          if (SW == 1 && p.vec_src && base >= 0 && base + kLoad <= p.OW) {
+          bool loaded = false;
+          if constexpr (SW == 1) {
+            if (p.vec_src && base >= 0 && base + kLoad <= p.OW) {
 #pragma unroll
-            for (int q = 0; q < kLoad; q += V) load_vector(row + base + q, seg + q);
-          } else {
+              for (int q = 0; q < kLoad; q += V) load_vector(row + base + q, seg + q);
+              loaded = true;
+            }
+          }
+          if (!loaded) {
 #pragma unroll
             for (int x = 0; x < kLoad; ++x) {
               const index_t col = base + x;
@@ -169,6 +166,15 @@ __global__ void __launch_bounds__(kThreads)
             }
           }
         }
+      }
+    }
+    // Lanes within a filter's reach of an edge: the border positions the padding copied from them.
+    if (p.mode != PadMode::Zeros && (in_band_rows(p, i) || j0 < p.band_cols || j0 + V > p.W - p.band_cols)) {
+#pragma unroll
+      for (int l = 0; l < V; ++l) {
+        const index_t j = j0 + l;
+        if (l < lanes && (in_band_rows(p, i) || j < p.band_cols || j >= p.W - p.band_cols))
+          acc[l] = border_gradient(g, p, stop, w, n, c, int64_t(i), int64_t(j), acc[l]);
       }
     }
     if (p.identity && !stop.has(0) && i % p.sh == 0) {
@@ -204,13 +210,6 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int l = 0; l < V; ++l) acc[l] = 0;
 
-    if (p.mode != PadMode::Zeros && (in_band_rows(p, i) || j < p.band_cols || j >= p.W - p.band_cols)) {
-#pragma unroll
-      for (int l = 0; l < V; ++l)
-        if (l < lanes) acc[l] = gradient_at(g, p, stop, w, n, c0 + l, int64_t(i), int64_t(j));
-      store_lanes(o, p.d_c, lanes, p.vec_dst && lanes == V, acc);
-      continue;
-    }
     for (int k = 1; k <= p.K; ++k) {
       if (stop.has(k)) continue;
       const scalar_t* gk = g + n * p.s_n + p.out_channel(p.slot(k), c0) * p.s_c;
@@ -230,6 +229,11 @@ __global__ void __launch_bounds__(kThreads)
           for (int l = 0; l < V; ++l) acc[l] += wv * v[l];
         }
       }
+    }
+    if (p.mode != PadMode::Zeros && (in_band_rows(p, i) || j < p.band_cols || j >= p.W - p.band_cols)) {
+#pragma unroll
+      for (int l = 0; l < V; ++l)
+        if (l < lanes) acc[l] = border_gradient(g, p, stop, w, n, c0 + l, int64_t(i), int64_t(j), acc[l]);
     }
     if (p.identity && !stop.has(0) && i % p.sh == 0 && j % p.sw == 0) {
       opmath_t v[V];

@@ -155,7 +155,7 @@ int pow2_cover(int64_t v, int cap) {
   return p;
 }
 
-int64_t shared_bytes(const FactoredTile& t, int64_t U, int64_t elem) {
+int64_t tile_shared_bytes(const FactoredTile& t, int64_t U, int64_t elem) {
   return (int64_t(t.tp) * t.rows_in * t.cols_in + U * t.tp * t.th * t.cols_in) * elem;
 }
 
@@ -169,7 +169,7 @@ FactoredTile choose_tile(bool cl, const BranchArgs& a, int64_t S1, int64_t S2, i
   auto fit = [&] {
     t.rows_in = static_cast<int>((t.th - 1) * a.stride_h + S1);
     t.cols_in = static_cast<int>((t.tw - 1) * a.stride_w + S2);
-    return shared_bytes(t, U, elem) <= kSharedLimit;
+    return tile_shared_bytes(t, U, elem) <= kSharedLimit;
   };
   while (!fit()) {
     if (t.th > 1) {
@@ -203,7 +203,7 @@ void launch(const at::Tensor& y, const at::Tensor& w, const BranchArgs& a, const
                         ((a.out_w + t.tw - 1) / t.tw);
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(tiles, sms * 16));
-  const int64_t shared = shared_bytes(t, plan.num_columns, sizeof(opmath_t));
+  const int64_t shared = tile_shared_bytes(t, plan.num_columns, sizeof(opmath_t));
   forward_factored_kernel<scalar_t, index_t><<<blocks, t.tp * t.th * t.tw, shared, at::cuda::getCurrentCUDAStream()>>>(
       y.const_data_ptr<scalar_t>(), w.const_data_ptr<opmath_t>(), out.mutable_data_ptr<scalar_t>(), p, tab, t);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -44,7 +44,8 @@ constexpr size_t kCapacity = 64;
 
 // The CUDA kernels' cost model: the direct kernels are memory-bound up to a few dozen taps per output pixel, so the
 // factored kernel (an extra shared-memory pass, scalar stores) runs only where the plan at least halves the
-// multiply-adds, e.g. DCT and Gaussian banks of 5x5 and up; 3x3 banks stay direct.
+// multiply-adds, e.g. DCT and Gaussian banks of 5x5 and up (next.cu does not even look up the plan of a bank under
+// 5x5 taps unless the policy is "always").
 bool pays_on_cuda(const BankPlan& plan) { return 2 * plan.plan_taps() <= plan.direct_taps(); }
 
 struct Entry {
