@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     x_tr, y_tr, x_te, y_te = load_data(size, limit, args.seed)
     bank = make_bank()
     torch.manual_seed(args.seed)
-    fused = BranchedCNN(fb.FixedBranchConv2d(1, channels, 3, bank, padding=1), size, hidden)
+    fused = BranchedCNN(fb.FixedBranchConv2d(1, channels, 3, bank=bank, padding=1), size, hidden)
     reference = BranchedCNN(ReferenceBranchConv2d(1, channels, 3, bank, padding=1), size, hidden)
     reference.load_state_dict(fused.state_dict())  # same keys: the bank is a non-persistent buffer in both
     runs = [Run("fused", fused, args.lr), Run("reference", reference, args.lr)]

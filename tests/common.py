@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fixedbranch import reference
+from fixedbranch.reference import pair  # noqa: F401  (the tests import it from here)
 
 # docs/design.md's tolerances, relative to the largest magnitude of the expected tensor.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -36,11 +37,6 @@ def cpu_and_cuda():
                      id="cuda" if kernels == "verified" else f"cuda-{kernels}")
         for kernels in CUDA_KERNELS
     )
-
-
-def pair(value) -> tuple[int, int]:
-    """An int or a pair as a pair."""
-    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 def to_layout(t: torch.Tensor, layout: str) -> torch.Tensor:

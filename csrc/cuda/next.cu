@@ -9,13 +9,13 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "cpu/cost_model.h"
 #include "next_host.h"
 #include "next_plan.h"
 
@@ -77,14 +77,14 @@ void backward(const at::Tensor& grad_output, const at::Tensor& bank, const Branc
 
 namespace {
 
-// fixedbranch::_cuda_kernels(): the generation the next call will run, "verified" or "next".
+// fixedbranch::_cuda_kernels (CudaHooks): the generation the next call will run, "verified" or "next".
 std::string cuda_kernels() { return selected_generation() == Generation::Next ? "next" : "verified"; }
 
 __global__ void probe_kernel(int* out) {
   if (out != nullptr) *out = 1;
 }
 
-// fixedbranch::_cuda_error_probe(what): raises the error of each kind that CUDA-side code can raise, from a
+// fixedbranch::_cuda_error_probe (CudaHooks): raises the error of each kind that CUDA-side code can raise, from a
 // translation unit nvcc compiled, so that a build whose exceptions cannot cross into Python (the failure where
 // every TORCH_CHECK became a segfault) shows in tools/gpu_check instead of in a user's program.
 //   "value":  TORCH_CHECK_VALUE (ValueError);  "check": TORCH_CHECK (RuntimeError);
@@ -108,14 +108,10 @@ void cuda_error_probe(c10::string_view what) {
   }
 }
 
+const bool registered = register_cuda_hooks({&cuda_kernels, &cuda_error_probe});
+
 }  // namespace
 
 }  // namespace next
 }  // namespace cuda
-
-TORCH_LIBRARY_FRAGMENT(fixedbranch, m) {
-  m.def("_cuda_kernels() -> str", &cuda::next::cuda_kernels);
-  m.def("_cuda_error_probe(str what) -> ()", &cuda::next::cuda_error_probe);
-}
-
 }  // namespace fixedbranch

@@ -30,7 +30,8 @@
 #include <mutex>
 #include <vector>
 
-#include "bank_plan.h"
+#include "bank_plan/bank_plan.h"
+#include "cpu/cost_model.h"
 #include "fixed_branch.h"
 
 namespace fixedbranch {
