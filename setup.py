@@ -74,7 +74,8 @@ def extensions():
     debug = os.environ.get("DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
-    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = [path for folder in ("csrc", "csrc/bank_plan", "csrc/cpu")
+               for path in sorted(glob.glob(f"{folder}/*.cpp"))]
     # No -std flag: torch's cpp_extension adds the standard its own headers need (C++20 from torch 2.14 on).
     extra_compile_args = {"cxx": opt + openmp + _cpu_isa_flags()}
     define_macros = []

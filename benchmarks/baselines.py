@@ -22,6 +22,7 @@ and bias):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
 
@@ -154,7 +155,7 @@ def layer_impls(
 ) -> dict[str, tuple[Callable, list[torch.Tensor]]]:
     """x -> out callables for one point, each with the parameters whose gradients it computes."""
     channels = conv.out_channels
-    fused = fb.FixedBranchConv2d.from_conv2d(conv, bank, filter_padding_mode=padding_mode)
+    fused = fb.FixedBranchConv2d.from_conv2d(conv, bank=bank, filter_padding_mode=padding_mode)
     fused = fused.to(memory_format=_format_of(conv.weight))
     branches = branch_impls(bank, channels, padding_mode, compile_=False)
     impls: dict[str, tuple[Callable, list[torch.Tensor]]] = {"fused": (fused, [fused.weight, fused.bias])}
@@ -171,3 +172,61 @@ def _format_of(t: torch.Tensor) -> torch.memory_format:
     if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registered operators called directly (no autograd, no Python front end), and the banks the studies use.
+
+
+def raw_forward(y: torch.Tensor, bank: torch.Tensor, padding_mode: str = "zeros", identity: bool = True,
+                order: str = "branch", stride: int = 1) -> Callable[[], torch.Tensor]:
+    """The forward operator as a zero-argument call; ``bank`` must be in y's dtype."""
+    op, yd = torch.ops.fixedbranch.fixed_branch, y.detach()
+    return partial(op, yd, bank, padding_mode, [], identity, order, [stride, stride])
+
+
+def raw_backward(g: torch.Tensor, bank: torch.Tensor, size: tuple[int, int], padding_mode: str = "zeros",
+                 identity: bool = True, order: str = "branch", stride: int = 1) -> Callable[[], torch.Tensor]:
+    """The backward operator (dL/dout -> dL/dy) as a zero-argument call."""
+    op = torch.ops.fixedbranch._fixed_branch_backward
+    return partial(op, g, bank, padding_mode, [], identity, order, [stride, stride], list(size))
+
+
+# The standard point's bank, then the 3x3 filters that extend it for the K sweep: banks of the kind predefined-filter
+# networks use.
+STANDARD_BANK = ("sobel_x", "sobel_y", "laplacian4", "gaussian(3,1.0)")
+_MORE_3X3 = ("scharr_x", "scharr_y", "prewitt_x", "prewitt_y", "laplacian8")
+
+
+def make_bank(k: int, s: int) -> tuple[torch.Tensor, list[str]]:
+    """K dense-enough S x S filters in float64 and their names: the standard four (and more classic ones, then the
+    DCT basis) for 3x3, else Gaussian, LoG and Gabor filters, so that no size gets a mostly-zero bank."""
+    if s == 3:
+        f = fb.filters
+        specs = [f.sobel_x(), f.sobel_y(), f.laplacian4(), f.gaussian(3, 1.0)] + [getattr(f, n)() for n in _MORE_3X3]
+        specs += list(f.dct(3)[1:])
+        names = [*STANDARD_BANK, *_MORE_3X3] + [f"dct3[{i}]" for i in range(1, 9)]
+        if k > len(specs):
+            raise ValueError(f"make_bank: at most {len(specs)} 3x3 filters, got k={k}")
+        return fb.filters.bank(*specs[:k]), names[:k]
+    sigma = max(s / 6.0, 0.5)
+    specs = [fb.filters.gaussian(s, sigma), fb.filters.log(s, sigma)]
+    names = [f"gaussian({s},{sigma:.2f})", f"log({s},{sigma:.2f})"]
+    for i in range(k - 2):
+        theta = math.pi * i / max(k - 2, 1)
+        specs.append(fb.filters.gabor(s, s / 4.0, theta, s / 2.0))
+        names.append(f"gabor({s},theta={theta:.2f})")
+    return fb.filters.bank(*specs[:k]), names[:k]
+
+
+def pass_bytes(itemsize: int, y_numel: int, out_numel: int) -> dict[str, int]:
+    """Fewest bytes each pass must move: forward reads y and writes out; backward reads dL/dout and writes dL/dy."""
+    one = itemsize * (y_numel + out_numel)
+    return {"forward": one, "backward": one, "forward_backward": 2 * one}
+
+
+def plan_macs(bank: torch.Tensor, out_pixels: int) -> dict[str, int]:
+    """Multiply-adds of each pass: the bank plan's taps per output pixel (fixedbranch.bank_plan, planned in the dtype
+    the operators round the bank to) times the output pixels of one branch; the backward's adjoint does as many."""
+    one = fb.bank_plan(bank).plan_taps * out_pixels
+    return {"forward": one, "backward": one, "forward_backward": 2 * one}

@@ -1,230 +1,198 @@
-"""The markdown report (headline tables, sweeps, machine facts, method) and the JSON file."""
+"""The one writer: a run's JSON, markdown and PNG, the cells every table shares, and the docs' benchmark blocks.
+
+A result file is ``<out>/<study>/<stem>.json`` (and ``.md``, ``.png``), ``<stem>`` the device type, then the
+allocator unless it is the default, then the preset unless it is "full": ``banks/cpu.json``,
+``banks/cpu-warm-malloc.json``, ``suite/cpu-quick.json``. The committed results are those under
+``benchmarks/results/``.
+
+Docs. README.md and docs/design.md hold blocks between ``<!-- bench:<study>:<stem>[:<view>] begin -->`` and
+``<!-- bench:<study>:<stem>[:<view>] end -->``. ``python -m benchmarks docs`` rewrites each from the committed
+``benchmarks/results/<study>/<stem>.json`` (the study's ``docs(result, view)``, its table by default), and
+tests/test_benchmarks.py fails when a block differs from what the committed results render.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
-from .baselines import LABELS
-from .presets import SWEEP_LABELS
-
-MB = 1 << 20
-
-
-def fmt_ms(timing: dict | None) -> str:
-    if not timing:
-        return "-"
-    return f"{timing['median_s'] * 1e3:.3g} ± {timing['iqr_s'] * 1e3:.2g}"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = (ROOT / "README.md", ROOT / "docs" / "design.md")
+MARKER = re.compile(r"(<!-- bench:([\w-]+):([\w-]+)(?::([\w-]+))? begin -->\n)(.*?)(<!-- bench:\2:\3(?::\4)? end -->)",
+                    re.S)
+MB = 1e6
 
 
-def fmt_ms_best(timing: dict | None) -> str:
-    """Median and, in parentheses, best repetition, in ms."""
-    if not timing:
-        return "-"
-    return f"{timing['median_s'] * 1e3:.3g} ({timing['min_s'] * 1e3:.3g})"
+def log(msg: str) -> None:
+    """Progress, on stderr: stdout carries the markdown."""
+    print(msg, file=sys.stderr, flush=True)
 
 
-def fmt_num(value, fmt: str, suffix: str = "") -> str:
+def stem(device_type: str, allocator: str, preset: str) -> str:
+    return "-".join([device_type] + ([allocator] if allocator != "default" else []) + ([preset] if preset != "full"
+                                                                                     else []))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cells.
+
+
+def ms(timing: dict | None) -> str:
+    """Best repetition (median), in ms."""
+    return "-" if not timing else f"{timing['min_s'] * 1e3:.3g} ({timing['median_s'] * 1e3:.3g})"
+
+
+def num(value, fmt: str, suffix: str = "") -> str:
     return "-" if value is None else format(value, fmt) + suffix
 
 
-def fmt_matched(entry: dict) -> str:
-    if "error" in entry:
-        return "error"
-    check = entry.get("check")
+def matched(row: dict) -> str:
+    if "error" in row:
+        return "error: " + row["error"][:60].replace("|", "/")
+    check = row.get("check")
     if check is None:
         return "-"
-    return "yes" if check["matched"] else f"NO ({max(check['max_rel_err'].values()):.1e})"
+    return "yes" if check["matched"] else f"NO ({check['max_rel_err']:.1e})"
 
 
-def _mem(entry: dict) -> str:
-    mem = entry.get("forward_memory")
-    return "-" if not mem else f"{mem['peak_bytes'] / MB:.1f}"
+def pct(case: dict, row: dict, metric: str) -> str:
+    """``% of the bound`` of a row with the bound's kind: ``74% copy``."""
+    value = row.get("pct_bound", {}).get(metric)
+    return "-" if value is None else f"{value:.0f}% {case['bound'][metric]['kind']}"
 
 
-def _load(avg) -> str:
-    return "-" if not avg else f"{avg[0]:.2f}"
+def ratio(row: dict, base: dict | None, metric: str) -> str:
+    """Time of ``base`` over time of ``row`` (best repetitions): the row's speed-up over ``base``."""
+    a, b = row.get("times", {}).get(metric), (base or {}).get("times", {}).get(metric)
+    return "-" if not a or not b else f"{b['min_s'] / a['min_s']:.2f}×"
 
 
-def _point_title(point: dict) -> str:
-    return (f"{point['dtype']}, N={point['n']}, C={point['c']}, {point['h']}x{point['w']}, K={point['k']} "
-            f"{point['s']}x{point['s']} filters, {point['padding_mode']} padding, {point['memory_format']}")
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def _speedups(sp: dict) -> str:
-    if not sp:
-        return "-"
-    return " / ".join(fmt_num(sp.get(m), ".2f", "x") for m in ("forward", "backward", "forward_backward"))
-
-
-def _branch_row(label: str, entry: dict, memory: str, matched: str) -> str:
-    pct = entry.get("pct_copy_bound", {})
-    gbs = entry.get("bytes_per_s", {}).get("forward")
-    return (
-        f"| {label} | {fmt_ms(entry.get('forward'))} | {fmt_num(gbs and gbs / 1e9, '.3g')} "
-        f"| {fmt_num(pct.get('forward'), '.1f')} | {fmt_ms(entry.get('backward'))} "
-        f"| {fmt_num(pct.get('backward'), '.1f')} "
-        f"| {fmt_ms(entry.get('forward_backward'))} | {fmt_num(pct.get('forward_backward'), '.1f')} "
-        f"| {_speedups(entry.get('fused_speedup'))} | {memory} | {matched} |"
-    )
-
-
-def branch_table(res: dict) -> list[str]:
-    lines = [
-        f"Branch stage, {_point_title(res['point'])}; bank {', '.join(res['bank'])}. Times in ms, median ± IQR; "
-        "% = percent of the copy bound; speed-up = time of the row / time of fused (forward / backward / fwd+bwd).",
-        "",
-        "| implementation | forward | fwd GB/s | fwd % | backward | bwd % | forward+backward | fwd+bwd % "
-        "| fused speed-up | fwd peak MB | output matches fused |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for entry in res["impls"].values():
-        if "error" in entry:
-            lines.append(f"| {entry['label']} | error: {entry['error'][:80]} |" + " |" * 9)
-        else:
-            lines.append(_branch_row(entry["label"], entry, _mem(entry), fmt_matched(entry)))
-    if res.get("fused_op_alone"):
-        lines.append(_branch_row("fused operators alone (no autograd)", res["fused_op_alone"], "", ""))
-    cb = res["copy_bound_s"]
-    lines.append(
-        f"| copy bound ({res['bytes_moved']['forward'] / MB:.1f} MiB per pass) | {cb['forward'] * 1e3:.3g} | | 100 "
-        f"| {cb['backward'] * 1e3:.3g} | 100 | {cb['forward_backward'] * 1e3:.3g} | 100 | | | |"
-    )
-    return lines
-
-
-def layer_table(res: dict) -> list[str]:
-    p = res["point"]
-    lines = [
-        f"Layer (conv {p['in_channels']}->{p['c']} 3x3 + branches), {_point_title(p)}. Times in ms, median ± IQR.",
-        "",
-        "| implementation | forward | backward | forward+backward | fused speed-up fwd+bwd | fwd peak MB "
-        "| held for backward MB (new) | output and grads match fused |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for entry in res["impls"].values():
-        if "error" in entry:
-            lines.append(f"| {entry['label']} | error: {entry['error'][:80]} |" + " |" * 6)
-            continue
-        saved = entry.get("saved_tensors")
-        sp = entry.get("fused_speedup", {})
-        lines.append(
-            f"| {entry['label']} | {fmt_ms(entry.get('forward'))} | {fmt_ms(entry.get('backward'))} "
-            f"| {fmt_ms(entry.get('forward_backward'))} | {fmt_num(sp.get('forward_backward'), '.2f', 'x')} "
-            f"| {_mem(entry)} "
-            f"| {fmt_num(saved and saved['new_bytes'] / MB, '.1f')} | {fmt_matched(entry)} |"
-        )
-    return lines
-
-
-def sweep_table(sweep: dict) -> list[str]:
-    labels = {}
-    for res in sweep["results"]:
-        labels.update({k: e["label"] for k, e in res["impls"].items()})
-    keys = [k for k in LABELS if k in labels]
-    metric = "forward_backward" if any("forward_backward" in e for r in sweep["results"] for e in r["impls"].values()) \
-        else "forward"
-    lines = [
-        f"Sweep over {SWEEP_LABELS[sweep['param']]}: {metric.replace('_', '+')} time in ms (median); fused % of the "
-        f"copy bound, {metric.replace('_', '+')} through autograd and forward, backward of the operators alone; "
-        "`-` = not measured at this point.",
-        "",
-        f"| {sweep['param']} | MiB per pass | " + " | ".join(labels[k] for k in keys)
-        + " | fused % | operators alone % |",
-        "|---" * (len(keys) + 4) + "|",
-    ]
-    for value, res in zip(sweep["values"], sweep["results"]):
-        cells = []
-        for k in keys:
-            e = res["impls"].get(k, {})
-            cells.append(f"{e[metric]['median_s'] * 1e3:.3g}" if metric in e else ("error" if "error" in e else "-"))
-        pct = res["impls"].get("fused", {}).get("pct_copy_bound", {})
-        alone = res.get("fused_op_alone", {}).get("pct_copy_bound", {})
-        lines.append(
-            f"| {value} | {res['bytes_moved']['forward'] / MB:.1f} | " + " | ".join(cells)
-            + f" | {fmt_num(pct.get(metric), '.0f')} "
-            + f"| {fmt_num(alone.get('forward'), '.0f')}, {fmt_num(alone.get('backward'), '.0f')} |"
-        )
-    return lines
-
-
-def machine_lines(results: dict, extra: tuple[tuple[str, str], ...] = ()) -> list[str]:
-    """The machine table: device, versions, copy bandwidth (when measured), allocator, load; ``extra`` rows go
-    before the date."""
-    m, s, cb = results["machine"], results["settings"], results.get("copy_bandwidth")
-    rows = [
-        ("device", m.get("gpu_name", m["cpu_model"]) if s["device"].startswith("cuda") else m["cpu_model"]),
-        ("CPU", f"{m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['physical_cores']} physical cores"),
-        ("torch", f"{m['torch_version']} ({m['torch_parallel_backend']}), {m['torch_threads']} threads"),
-        ("kornia / python", f"{m['kornia_version']} / {m['python_version']}"),
-    ]
-    if m.get("fixedbranch_source"):
-        rows.append(("fixedbranch source", m["fixedbranch_source"]))
-    if cb:
-        best = f", best {cb['best_bytes_per_s'] / 1e9:.1f} GB/s" if "best_bytes_per_s" in cb else ""
-        rows.append(("copy bandwidth", f"{cb['bytes_per_s'] / 1e9:.1f} GB/s{best} (dst.copy_(src), "
-                                       f"{cb['tensor_bytes'] / MB:.0f} MiB tensors, read + write bytes); into a fresh "
-                                       f"allocation: {cb['fresh_alloc_bytes_per_s'] / 1e9:.1f} GB/s"))
-    rows += [
-        ("memory allocator", m.get("allocator", "-")),
-        ("preset / dtype", f"{s['preset']} / {s['dtype']}"),
-        ("wall time", f"{results['wall_time_s']:.0f} s"),
-        ("load average (1 min) at start / end", f"{_load(m.get('load_average_1_5_15'))} / "
-                                                f"{_load(m.get('load_average_at_end'))}"),
-        ("CPU busy with other work just before the run", fmt_num(m.get("cpu_busy_fraction_before_run"), ".0%")),
-        *extra,
-        ("date (UTC)", m["date_utc"]),
-    ]
-    if "gpu_name" in m:
-        rows.insert(1, ("GPU", f"{m['gpu_name']}, sm_{m['gpu_capability'].replace('.', '')}, "
-                               f"{m['gpu_multiprocessors']} SMs, CUDA {m['cuda_version']}"))
-    return ["| machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+def machine_line(result: dict) -> str:
+    m, r, rates = result["machine"], result["machine"]["revision"], result["rates"]
+    rev = f"{r['commit']}{' + uncommitted changes' if r['dirty'] else ''}" if r["commit"] else "no git"
+    return (f"{m.get('gpu_name') or m['cpu_model']} ({m['cpu_isa'] or m['torch_cpu_capability']}, {m['logical_cpus']} "
+            f"CPUs), {result['settings']['threads']} threads, torch {m['torch_version']}, {m['allocator']} allocator, "
+            f"{result['settings']['dtype']}; torch.mm {rates['fma_per_s'] / 1e9:.1f} G multiply-adds/s, DRAM copy "
+            f"{rates['dram_bytes_per_s'] / 1e9:.1f} GB/s; revision {rev}, {m['date_utc']} UTC, preset "
+            f"{result['preset']}")
 
 
 METHOD = """\
-Method. Times are the median and inter-quartile range over repetitions of a block of back-to-back calls (warm-up
-excluded; CUDA: events around the block after a synchronize); the best repetition is in the JSON (`min_s`). Forward
-runs with autograd recording (inputs require grad), backward is `torch.autograd.grad` alone (its forward untimed),
-forward+backward both. Before timing, every implementation's output and gradients are compared with the fused op's
-(max |difference| over max |fused|, at the tolerance of the dtype). Copy bound: the fewest bytes a pass must move
-(forward: read y, write the K+1 maps; backward: read the K+1 gradient maps, write dL/dy; itemsize x elements) over
-the bandwidth of a plain `dst.copy_(src)` measured in the same run on tensors larger than the caches (a
-memory-bandwidth bound: a problem small enough to stay in the last-level cache can beat it, >100%). Peak memory:
-bytes allocated during the forward above what existed before (CUDA: max_memory_allocated; CPU: the allocation events
-of torch.profiler(profile_memory=True) replayed in order); held for backward: the storages autograd saved
-(saved_tensors_hooks) that did not exist before the forward. torch.compile runs are compiled (forward and backward)
-before timing; compile time is in the JSON. The implementations of a point are timed in turn, repetition by
-repetition, so that a change of the machine's load hits them alike; still, on a machine with few cores any other
-busy process slows every multi-threaded kernel (a parallel region waits for its slowest thread's time slice): read
-the load rows above before trusting small differences. The memory allocator row says whether freed memory is kept
-(warm) or returned to the system, in which case every new output pays page faults (python -m benchmarks
---warm-malloc reruns under glibc settings that keep it and writes into the warm-malloc subfolder)."""
+Times: best repetition (median in parentheses) of blocks of back-to-back calls, the rows of a case timed in turn,
+repetition by repetition. Every row's output and gradients were compared with the eager reference's
+(fixedbranch.reference) before timing. % = percent of the bound, max(copy bound, compute bound), from best
+repetitions, its kind named: the copy bound is the time `dst.copy_(src)` takes to move the bytes the pass must move,
+src as large as the case's output, timed in turn with the rows; the compute bound is the bank plan's multiply-adds at
+torch.mm's rate in the same run. The machine line gives the DRAM copy (256 MiB) beside it. Compare ratios within one
+run, never times across runs."""
 
 
-def to_markdown(results: dict) -> str:
-    dev = results["machine"].get("gpu_name") if results["settings"]["device"].startswith("cuda") else None
-    lines = [f"# fixedbranch benchmarks: {dev or results['machine']['cpu_model']}", ""]
-    lines += machine_lines(results) + [""]
-    lines += ["## Headline: branch stage", ""]
-    for res in results["standard"]:
-        if res["stage"] == "branch":
-            lines += branch_table(res) + [""]
-    lines += ["## Headline: layer", ""]
-    for res in results["standard"]:
-        if res["stage"] == "layer":
-            lines += layer_table(res) + [""]
-    if results["sweeps"]:
-        lines += ["## Sweeps (branch stage)", ""]
-        for sweep in results["sweeps"]:
-            lines += sweep_table(sweep) + [""]
-    lines += [METHOD, ""]
-    return "\n".join(lines)
+# ---------------------------------------------------------------------------------------------------------------
+# Files.
 
 
-def write(results: dict, out_dir: Path, stem: str, markdown: str | None = None) -> dict[str, Path]:
-    """Writes ``<stem>.json`` and ``<stem>.md`` (``markdown``, by default the suite's report of ``results``)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(results, indent=1, default=str) + "\n")
-    paths["md"].write_text(to_markdown(results) if markdown is None else markdown)
+def to_markdown(result: dict, study) -> str:
+    title = f"# {result['study']}: {result['machine'].get('gpu_name') or result['machine']['cpu_model']}"
+    return "\n\n".join([title, study.__doc__.strip(), study.table(result), machine_line(result), METHOD]) + "\n"
+
+
+def plot(result: dict, path: Path) -> Path:
+    """% of the bound per case and row (where the rows have one), else the best time, one panel per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "pct_bound" if any("pct_bound" in r for c in result["cases"] for r in c["rows"].values()) else "times"
+    metrics = list(dict.fromkeys(m for c in result["cases"] for r in c["rows"].values() for m in r.get(key, {})))
+    rows = list(dict.fromkeys(k for c in result["cases"] for k, r in c["rows"].items() if key in r))
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(8, 0.5 * len(result["cases"]) * len(rows) ** 0.5), 4 *
+                                                                 len(metrics)), squeeze=False)
+    width = 0.8 / max(len(rows), 1)
+    for ax, metric in zip(axes[:, 0], metrics):
+        for j, row in enumerate(rows):
+            xs, ys = [], []
+            for i, case in enumerate(result["cases"]):
+                value = case["rows"].get(row, {}).get(key, {}).get(metric)
+                if value is not None:
+                    xs.append(i + (j - (len(rows) - 1) / 2) * width)
+                    ys.append(value if key == "pct_bound" else value["min_s"] * 1e3)
+            label = next(c["rows"][row]["label"] for c in result["cases"] if row in c["rows"])
+            ax.bar(xs, ys, width, label=label)
+        ax.set_yscale("log")
+        ax.set_ylabel("% of the bound" if key == "pct_bound" else "ms (best)")
+        ax.set_title(metric.replace("_", " "))
+        ax.set_xticks(range(len(result["cases"])))
+        ax.set_xticklabels([c["case"] for c in result["cases"]], rotation=30, ha="right", fontsize=7)
+        if key == "pct_bound":
+            ax.axhline(100, color="gray", lw=1, ls=":")
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=3)
+    fig.suptitle(f"{result['study']} on {result['machine'].get('gpu_name') or result['machine']['cpu_model']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write(result: dict, study, out: Path) -> list[Path]:
+    folder = out / result["study"]
+    folder.mkdir(parents=True, exist_ok=True)
+    base = folder / stem(result["settings"]["device_type"], result["machine"]["allocator"], result["preset"])
+    markdown = to_markdown(result, study)
+    paths = [base.with_suffix(".json"), base.with_suffix(".md")]
+    paths[0].write_text(json.dumps(result, indent=1, default=str) + "\n")
+    paths[1].write_text(markdown)
+    paths.append(plot(result, base.with_suffix(".png")))
+    print(markdown)
+    log("wrote " + ", ".join(str(p) for p in paths))
     return paths
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Docs.
+
+
+def render_block(study_name: str, file_stem: str, view: str | None, doc: Path, studies: dict) -> str:
+    """The markdown between one marker pair: the study's docs view of the committed result, and where it is from."""
+    path = RESULTS / study_name / f"{file_stem}.json"
+    if not path.exists():
+        flags = " --warm-malloc" * ("warm-malloc" in file_stem) + " --device cuda" * file_stem.startswith("cuda")
+        return (f"_No committed result yet: run `python -m benchmarks {study_name} --preset full{flags} --out "
+                f"benchmarks/results`, then `python -m benchmarks docs`._\n")
+    result = json.loads(path.read_text())
+    study = studies[study_name]
+    body = study.docs(result, view) if hasattr(study, "docs") else study.table(result)
+    up, md = "" if doc.parent == ROOT else "../", f"benchmarks/results/{study_name}/{file_stem}"
+    plot_line = f"\n\n![{study_name}]({up}{md}.png)" if view is None and path.with_suffix(".png").exists() else ""
+    return f"{body}\n\n_From [`{md}.md`]({up}{md}.md): {machine_line(result)}._{plot_line}\n"
+
+
+def update_docs(studies: dict, check: bool = False) -> list[str]:
+    """Rewrites every benchmark block of the docs from the committed results; with ``check``, rewrites nothing and
+    returns the blocks that differ (as ``file: marker``)."""
+    stale = []
+    for doc in DOCS:
+        if not doc.exists():
+            continue
+        text = doc.read_text()
+
+        def fill(m: re.Match) -> str:
+            begin, study_name, file_stem, view, old, end = m.groups()
+            new = render_block(study_name, file_stem, view, doc, studies)
+            if new != old:
+                stale.append(f"{doc.relative_to(ROOT)}: {begin.strip()}")
+            return begin + new + end
+
+        new_text = MARKER.sub(fill, text)
+        if not check and new_text != text:
+            doc.write_text(new_text)
+    return stale

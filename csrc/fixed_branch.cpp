@@ -1,13 +1,24 @@
-// The `fixedbranch` operator library: the schemas, the device-independent entry points (checks, parsing,
-// allocation, device guard, then the device kernel, in the spirit of ATen's DispatchStub) and the composite
-// convolution + branch operator. Kernels live in cpu/ and cuda/, one file per device.
+// The `fixedbranch` operator library: every schema, the device-independent entry points (checks, parsing,
+// allocation, device guard, then the device kernel) and the composite convolution + branch operator, and the
+// registration of every implementation. Kernels live in cpu/ and cuda/, one file per device; the bank plan's and the
+// CPU cost model's diagnostics in bank_plan/ and cpu/cost_model.h.
+//
+// One mechanism registers the device kernels, in the manner of ATen's DispatchStub: a device file only provides its
+// kernels (register_branch_kernels, one static initialiser) and this file registers the one entry point of each
+// operator with the dispatcher for both device keys. Everything a raw operator call must check happens in that entry
+// point whatever the device, so the devices cannot drift apart in what they accept, and a build without the CUDA
+// kernels still answers a CUDA tensor with the operator's own message.
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
 #include <array>
+#include <string>
+#include <vector>
 
+#include "bank_plan/bank_plan.h"
 #include "checks.h"
+#include "cpu/cost_model.h"
 #include "fixed_branch.h"
 
 namespace fixedbranch {
@@ -33,7 +44,9 @@ std::array<BranchKernels, kDevices>& kernel_table() {
 
 const BranchKernels& kernels_for(const char* what, const at::Tensor& t) {
   const int i = device_index(t.device().type());
-  TORCH_CHECK(i >= 0 && kernel_table()[i].forward != nullptr, what, ": no kernel for device ", t.device());
+  TORCH_CHECK(i >= 0 && kernel_table()[i].forward != nullptr, what, ": this build of fixedbranch has no kernels for ",
+              t.device().type(), " tensors (the CUDA kernels are built when setup.py finds a CUDA toolkit and a CUDA "
+              "torch, or with FORCE_CUDA=1)");
   return kernel_table()[i];
 }
 
@@ -45,6 +58,19 @@ bool register_branch_kernels(c10::DeviceType device, BranchKernels kernels) {
   kernel_table()[device_index(device)] = kernels;
   return true;
 }
+
+namespace {
+
+// fixedbranch::_kernel_devices: the device types this build has kernels for ("cpu", and "cuda" when built with them).
+std::vector<std::string> kernel_devices() {
+  std::vector<std::string> devices;
+  for (const auto device : {c10::DeviceType::CPU, c10::DeviceType::CUDA}) {
+    if (kernel_table()[device_index(device)].forward != nullptr) devices.push_back(c10::DeviceTypeName(device, true));
+  }
+  return devices;
+}
+
+}  // namespace
 
 at::Tensor fixed_branch(const at::Tensor& y, const at::Tensor& bank, c10::string_view padding_mode,
                         c10::IntArrayRef stop_gradient, bool identity, c10::string_view order,
@@ -65,11 +91,12 @@ at::Tensor fixed_branch(const at::Tensor& y, const at::Tensor& bank, c10::string
   return out;
 }
 
-at::Tensor fixed_branch_backward(const at::Tensor& grad_output, const at::Tensor& bank, c10::string_view padding_mode,
-                                 c10::IntArrayRef stop_gradient, bool identity, c10::string_view order,
-                                 c10::IntArrayRef stride, c10::IntArrayRef input_size) {
-  constexpr const char* what = "fixedbranch._fixed_branch_backward";
-  const at::Tensor& g = grad_output;
+namespace {
+
+// The backward's checks, told in the name of `what`: the operator's, or branch_contributions' (_check_backward_args).
+BranchArgs check_backward_args(const char* what, const at::Tensor& g, const at::Tensor& bank,
+                               c10::string_view padding_mode, c10::IntArrayRef stop_gradient, bool identity,
+                               c10::string_view order, c10::IntArrayRef stride, c10::IntArrayRef input_size) {
   check_float_tensor(what, "grad_output", g, 4, "(N, B*C, H', W')");
   check_bank(what, bank, g, "grad_output");
   const int64_t branches = bank.size(0) + (identity ? 1 : 0);
@@ -81,8 +108,20 @@ at::Tensor fixed_branch_backward(const at::Tensor& grad_output, const at::Tensor
                                                                 input_size[1]},
                                             bank, padding_mode, stop_gradient, identity, order, stride);
   TORCH_CHECK_VALUE(g.size(2) == args.out_h && g.size(3) == args.out_w, what, ": grad_output is ", g.size(2), "x",
-                    g.size(3), " but input_size (", args.H, ", ", args.W, ") with stride (", args.stride_h, ", ",
-                    args.stride_w, ") gives ", args.out_h, "x", args.out_w);
+                    g.size(3), " but input_size (", args.H, ", ", args.W, ") with stride ",
+                    echo_pair({args.stride_h, args.stride_w}), " gives ", args.out_h, "x", args.out_w);
+  return args;
+}
+
+}  // namespace
+
+at::Tensor fixed_branch_backward(const at::Tensor& grad_output, const at::Tensor& bank, c10::string_view padding_mode,
+                                 c10::IntArrayRef stop_gradient, bool identity, c10::string_view order,
+                                 c10::IntArrayRef stride, c10::IntArrayRef input_size) {
+  constexpr const char* what = "fixedbranch._fixed_branch_backward";
+  const at::Tensor& g = grad_output;
+  const BranchArgs args =
+      check_backward_args(what, g, bank, padding_mode, stop_gradient, identity, order, stride, input_size);
   const BranchKernels& kernels = kernels_for(what, g);
   at::Tensor grad_y = at::empty({args.N, args.C, args.H, args.W}, g.options().memory_format(g.suggest_memory_format()));
   if (grad_y.numel() == 0) return grad_y;
@@ -116,17 +155,29 @@ at::Tensor fixed_branch_conv2d(const at::Tensor& x, const at::Tensor& weight, co
   return branch_op.call(y, bank, padding_mode, stop_gradient, identity, order, filter_stride);
 }
 
-// The options alone, for a module to check at construction: the operator's own checks, before any image.
+// The options alone, for a module to check at construction: the operator's own checks, before any image, told in
+// the caller's names (the module's, and its argument names: filter_padding_mode, filter_stride).
 void check_options(const at::Tensor& bank, c10::string_view padding_mode, c10::IntArrayRef stop_gradient,
-                   bool identity, c10::string_view order, c10::IntArrayRef stride) {
-  constexpr const char* what = "fixedbranch.fixed_branch";
-  check_bank(what, bank, bank, "itself");  // (no operand yet: the device rule holds trivially)
-  parse_branch_args(what, "y", {0, 0, -1, -1}, bank, padding_mode, stop_gradient, identity, order, stride);
+                   bool identity, c10::string_view order, c10::IntArrayRef stride, c10::string_view caller,
+                   c10::string_view padding_mode_name, c10::string_view stride_name) {
+  const std::string what(caller), mode_name(padding_mode_name), stride_arg(stride_name);
+  check_bank(what.c_str(), bank, bank, "itself");  // (no operand yet: the device rule holds trivially)
+  parse_branch_args(what.c_str(), "y", {0, 0, -1, -1}, bank, padding_mode, stop_gradient, identity, order, stride,
+                    stride_arg.c_str(), mode_name.c_str());
+}
+
+// The backward's checks alone, told in the caller's name: branch_contributions runs the backward once per branch.
+void check_backward_options(const at::Tensor& grad_output, const at::Tensor& bank, c10::string_view padding_mode,
+                            bool identity, c10::string_view order, c10::IntArrayRef stride,
+                            c10::IntArrayRef input_size, c10::string_view caller) {
+  const std::string what(caller);
+  check_backward_args(what.c_str(), grad_output, bank, padding_mode, {}, identity, order, stride, input_size);
 }
 
 }  // namespace
 
 TORCH_LIBRARY(fixedbranch, m) {
+  // The operators.
   // stop_gradient does not change the forward; it is an argument so that the registered autograd formula sees it.
   m.def(
       "fixed_branch(Tensor y, Tensor bank, str padding_mode=\"zeros\", int[] stop_gradient=[], bool identity=True, "
@@ -139,17 +190,48 @@ TORCH_LIBRARY(fixedbranch, m) {
       "fixed_branch_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor bank, int[2] stride=1, int[2] padding=0, "
       "int[2] dilation=1, int groups=1, str padding_mode=\"zeros\", int[] stop_gradient=[], bool identity=True, "
       "str order=\"branch\", int[2] filter_stride=1) -> Tensor");
+  // The checks alone, told in the caller's names: a module's options at construction (no image yet), and
+  // branch_contributions' arguments before it runs the backward once per branch.
   m.def(
-      "_check_options(Tensor bank, str padding_mode, int[] stop_gradient, bool identity, str order, int[2] stride) "
-      "-> ()");
+      "_check_options(Tensor bank, str padding_mode, int[] stop_gradient, bool identity, str order, int[2] stride, "
+      "str caller=\"fixedbranch.fixed_branch\", str padding_mode_name=\"padding_mode\", "
+      "str stride_name=\"stride\") -> ()");
+  m.def(
+      "_check_backward_options(Tensor grad_output, Tensor bank, str padding_mode, bool identity, str order, "
+      "int[2] stride, int[2] input_size, str caller) -> ()");
+
+  // Diagnostics, off the hot path (bank_plan/bank_plan.h, cpu/cost_model.h). Those without a tensor argument have
+  // one implementation for every dispatch key.
+  m.def("_bank_plan(Tensor bank) -> Tensor");
+  m.def("_bank_plan_reconstruct(Tensor bank) -> Tensor");
+  m.def("_bank_plan_pays_on_cpu(Tensor bank) -> bool");
+  m.def("_bank_plan_columns() -> str[]", &bank_plan_columns);
+  m.def("_bank_plan_tolerances(ScalarType dtype) -> float[]", &bank_plan_tolerances);
+  m.def("_set_factoring(str policy) -> str", &set_factoring);
+  m.def("_kernel_devices() -> str[]", &kernel_devices);
+}
+
+// The device-independent entry points, once for each device key; the kernels come from the table above.
+TORCH_LIBRARY_IMPL(fixedbranch, CPU, m) {
+  m.impl("fixed_branch", &fixed_branch);
+  m.impl("_fixed_branch_backward", &fixed_branch_backward);
+}
+
+TORCH_LIBRARY_IMPL(fixedbranch, CUDA, m) {
+  m.impl("fixed_branch", &fixed_branch);
+  m.impl("_fixed_branch_backward", &fixed_branch_backward);
 }
 
 TORCH_LIBRARY_IMPL(fixedbranch, CompositeImplicitAutograd, m) {
   m.impl("_check_options", &check_options);
+  m.impl("_check_backward_options", &check_backward_options);
 }
 
 TORCH_LIBRARY_IMPL(fixedbranch, CompositeExplicitAutograd, m) {
   m.impl("fixed_branch_conv2d", &fixed_branch_conv2d);
+  m.impl("_bank_plan", &bank_plan_table);
+  m.impl("_bank_plan_reconstruct", &bank_plan_reconstruct);
+  m.impl("_bank_plan_pays_on_cpu", &bank_plan_pays_on_cpu);
 }
 
 }  // namespace fixedbranch

@@ -70,10 +70,6 @@ struct BranchArgs {
   bool plain() const { return identity && order == Order::Branch && !strided(); }
 };
 
-// How the CPU kernels run a bank whose plan (csrc/bank_plan.h) factors filters: by the plan's multiply-add count
-// (Auto), never, or always. Set through the operator fixedbranch::_set_factoring (benchmarks compare the paths).
-enum class Factoring : int { Auto = 0, Never = 1, Always = 2 };
-
 // Device kernels. `bank` is already rounded to the operand's dtype and contiguous; `out` / `grad_y` are allocated
 // (non-empty) in the memory format the operator promises. Kernels only compute.
 using ForwardKernel = void (*)(const at::Tensor& y, const at::Tensor& bank, const BranchArgs& args, at::Tensor& out);
@@ -85,8 +81,9 @@ struct BranchKernels {
   BackwardKernel backward = nullptr;
 };
 
-// Each device file registers its kernels once (a static initialiser) and registers the entry points below for
-// its dispatch key; the entry points look the kernels up by the operand's device type.
+// Each device file registers its kernels here once (a static initialiser) and nowhere else; fixed_branch.cpp
+// registers the entry points below with the dispatcher for the CPU and CUDA keys, and they look the kernels up by
+// the operand's device type.
 bool register_branch_kernels(c10::DeviceType device, BranchKernels kernels);
 
 // The device-independent entry points of fixedbranch::fixed_branch and fixedbranch::_fixed_branch_backward: check

@@ -13,6 +13,7 @@ __all__ = [
     "FixedBranch",
     "FixedBranchConv2d",
     "bank_plan",
+    "blocks",
     "branch_contributions",
     "filters",
     "fixed_branch",
@@ -39,4 +40,4 @@ else:
     from .modules import FixedBranch, FixedBranchConv2d
     from .ops import branch_contributions, fixed_branch, fixed_branch_conv2d
     from .plan import bank_plan
-    from . import autocast, export  # noqa: F401  (autocast kernels; ONNX lowering)
+    from . import autocast, blocks, export  # noqa: F401  (autocast kernels; the published blocks; ONNX lowering)

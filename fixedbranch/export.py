@@ -35,7 +35,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from .reference import PAD_MODE, same_padding
+from .reference import PAD_MODE, pair, same_padding
 
 __all__ = ["decompositions", "exporting_to_onnx", "fixed_branch", "fixed_branch_conv2d"]
 
@@ -111,13 +111,9 @@ def _pad_functional(y: torch.Tensor, pads: tuple[int, int, int, int], padding_mo
     return torch.cat([y[:, :, :, y.shape[3] - left :], y, y[:, :, :, :right]], dim=3)
 
 
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
 def _fixed_branch(y, bank, padding_mode, stop_gradient, identity, order, stride, pad) -> torch.Tensor:
     stop = set(stop_gradient)
-    stride = _pair(stride)
+    stride = pair(stride)
     n, c = y.shape[0], y.shape[1]
     k, s1, s2 = bank.shape
     bank = bank.detach().to(y.dtype)
@@ -173,7 +169,7 @@ def decompositions() -> dict:
 
     Example:
         >>> import fixedbranch as fb
-        >>> layer = fb.FixedBranchConv2d(3, 4, 3, fb.filters.bank("sobel_x"), padding=1)
+        >>> layer = fb.FixedBranchConv2d(3, 4, 3, bank=fb.filters.bank("sobel_x"), padding=1)
         >>> ep = torch.export.export(layer, (torch.randn(1, 3, 8, 8),))
         >>> lowered = ep.run_decompositions(fb.export.decompositions())
         >>> [str(n.target) for n in lowered.graph.nodes if "fixedbranch" in str(n.target)]

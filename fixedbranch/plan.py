@@ -2,38 +2,24 @@
 (a column pass along H shared across the bank, then a row pass along W) or as a direct correlation, and what that
 costs in multiply-adds per output pixel.
 
-The plan is made once per bank content and dtype by the C++ extension (``csrc/bank_plan.cpp``): per filter an SVD in
+The plan is made once per bank content and dtype by the C++ extension (``csrc/bank_plan/``): per filter an SVD in
 float64, the numerical rank at a relative tolerance, column factors that agree to a tolerance shared across the bank,
 rows re-solved against the shared columns and verified to rebuild the filter to a tolerance of its largest tap, and,
 of all choices of filters to factor, the one with the fewest multiply-adds per pixel (counting one extra tap per
 intermediate pass; a tie goes direct). Filters of one row or one column, zero filters and filters with a non-finite
 tap run direct.
 
-The three tolerances (rank, column match, reconstruction; ``PlanTolerances`` in ``csrc/bank_plan.h``) are one value
-chosen by the bank's dtype, the dtype the operators round it to (the input's), so pass the bank in that dtype:
+The three tolerances (rank, column match, reconstruction; ``PlanTolerances`` in ``csrc/bank_plan/bank_plan.h``,
+whose comments say why they are what they are) are chosen by the bank's dtype, the dtype the operators round it to
+(the input's), so pass the bank in that dtype. :func:`plan_tolerances` reads them from the extension: float64's sit
+a hundred times under float64's equivalence tolerance; float32 and the half types (computed in float32) share one
+set, above the rounding that float32 leaves in a separable filter and ten times under float32's tolerance.
 
-=================  =====  ===============================================================================
-dtype              tol    why
-=================  =====  ===============================================================================
-float64            1e-12  a hundred times under float64's 1e-10
-float32            1e-6   above the ~1e-8 that rounding to float32 leaves in a separable filter, so a rounded
-                          DCT, Gaussian or Sobel bank keeps its float64 plan; ten times under float32's 1e-5
-float16, bfloat16  1e-6   computed in float32: the half-rounded bank is the filter applied, and only its
-                          exactly low-rank filters (to float32 precision) are factored
-=================  =====  ===============================================================================
-
-``torch.ops.fixedbranch._bank_plan(bank)`` returns a (K, 5) int64 table, one row per filter (the layout is
-``PlanTableColumn`` in ``csrc/bank_plan.cpp``):
-
-====  ===========  =============================================================================================
-col   name         meaning
-====  ===========  =============================================================================================
-0     factored     1 if the filter runs factored, 0 if direct
-1     terms        its number of separable terms (0 when direct)
-2     first        column index of its first term, -1 when direct
-3     new columns  column passes whose first user (in filter order) it is; they sum to the plan's column count
-4     rank         its numerical rank (0 for a zero filter, -1 with a non-finite tap), whichever path it runs on
-====  ===========  =============================================================================================
+``torch.ops.fixedbranch._bank_plan(bank)`` returns a (K, len(columns)) int64 table, one row per filter, whose
+columns ``torch.ops.fixedbranch._bank_plan_columns()`` names (``PlanTableColumn`` in
+``csrc/bank_plan/diagnostics.cpp`` says what each holds): factored (1 or 0), terms, first_column, new_columns (the
+column passes whose first user it is), rank and taps (the multiply-adds per pixel it adds, its new columns' passes
+included: they sum to the plan's).
 
 ``torch.ops.fixedbranch._bank_plan_reconstruct(bank)`` returns the (K, S1, S2) float64 bank rebuilt from the plan.
 Both plan the bank in its own dtype, accept a bank on any device (copying it to the CPU) and are diagnostics, off the
@@ -46,10 +32,26 @@ import dataclasses
 
 import torch
 
-__all__ = ["BankPlan", "bank_plan"]
+__all__ = ["BankPlan", "bank_plan", "plan_tolerances"]
 
-# Columns of the table returned by torch.ops.fixedbranch._bank_plan (PlanTableColumn in csrc/bank_plan.cpp).
-_FACTORED, _TERMS, _FIRST_COLUMN, _NEW_COLUMNS, _RANK = range(5)
+# The table's columns by name, as the extension names them.
+_COLUMN = {name: i for i, name in enumerate(torch.ops.fixedbranch._bank_plan_columns())}
+
+
+def plan_tolerances(dtype: torch.dtype) -> dict[str, float]:
+    """The tolerances a bank of ``dtype`` is planned with, as the extension states them.
+
+    Returns:
+        ``{"rank": ..., "column_match": ..., "reconstruction": ...}``: singular values at or under ``rank`` times
+        the largest are dropped; two unit column factors within ``column_match`` in every entry are shared; a
+        factored filter must rebuild to within ``reconstruction`` of its largest tap, or it runs direct.
+
+    Example:
+        >>> plan_tolerances(torch.float64)["reconstruction"] < plan_tolerances(torch.float32)["reconstruction"]
+        True
+    """
+    rank, column_match, reconstruction = torch.ops.fixedbranch._bank_plan_tolerances(dtype)
+    return {"rank": rank, "column_match": column_match, "reconstruction": reconstruction}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +66,7 @@ class BankPlan:
         columns: number of distinct column passes the factored filters share.
         direct_taps: multiply-adds per output pixel of the direct path for the whole bank, K·S1·S2.
         plan_taps: multiply-adds per output pixel of this plan: columns·S1 + S2 per separable term + S1·S2 per
-            direct filter.
+            direct filter (counted by the extension).
         cpu_path: "factored" if the CPU kernels run this plan, "direct" if they correlate every filter directly
             (their estimate of what a row-pass tap and an intermediate pass cost says the plan does not pay).
     """
@@ -106,7 +108,8 @@ def bank_plan(bank: torch.Tensor) -> BankPlan:
         A frozen :class:`BankPlan`.
 
     Raises:
-        RuntimeError: ``bank`` is not 3-D, not floating point, or empty (the message names the argument).
+        TypeError: ``bank`` is not a tensor.
+        ValueError: ``bank`` is not 3-D, not floating point, or empty (the message names the argument).
 
     Example:
         >>> from fixedbranch import filters
@@ -117,19 +120,17 @@ def bank_plan(bank: torch.Tensor) -> BankPlan:
           2: direct         rank 2
     """
     if not isinstance(bank, torch.Tensor):
-        raise TypeError(f"bank: expected a torch.Tensor, got {type(bank).__name__}")
+        raise TypeError(f"fixedbranch.bank_plan: expected bank to be a torch.Tensor, got {type(bank).__name__}")
     table = torch.ops.fixedbranch._bank_plan.default(bank.detach()).tolist()
     k, s1, s2 = (int(n) for n in bank.shape)
-    filters = tuple(f"separable({row[_TERMS]})" if row[_FACTORED] else "direct" for row in table)
-    columns = sum(row[_NEW_COLUMNS] for row in table)
-    plan_taps = columns * s1 + sum(row[_TERMS] * s2 if row[_FACTORED] else s1 * s2 for row in table)
+    factored, terms = _COLUMN["factored"], _COLUMN["terms"]
     return BankPlan(
         shape=(k, s1, s2),
         dtype=bank.dtype,
-        filters=filters,
-        ranks=tuple(row[_RANK] for row in table),
-        columns=columns,
+        filters=tuple(f"separable({row[terms]})" if row[factored] else "direct" for row in table),
+        ranks=tuple(row[_COLUMN["rank"]] for row in table),
+        columns=sum(row[_COLUMN["new_columns"]] for row in table),
         direct_taps=k * s1 * s2,
-        plan_taps=plan_taps,
+        plan_taps=sum(row[_COLUMN["taps"]] for row in table),
         cpu_path="factored" if torch.ops.fixedbranch._bank_plan_pays_on_cpu.default(bank.detach()) else "direct",
     )

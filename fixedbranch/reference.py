@@ -21,6 +21,7 @@ import torch.nn.functional as F
 __all__ = [
     "PADDING_MODES",
     "ORDERS",
+    "pair",
     "same_padding",
     "strided_size",
     "fixed_branch",
@@ -47,8 +48,9 @@ def strided_size(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
+def pair(value) -> tuple[int, int]:
+    """An int or a pair as a pair: ``3`` -> ``(3, 3)``, ``(1, 2)`` -> ``(1, 2)``."""
+    return (value, value) if isinstance(value, int) else (value[0], value[1])
 
 
 def _branch(y: torch.Tensor, filt: torch.Tensor, padding_mode: str, stride: tuple[int, int]) -> torch.Tensor:
@@ -89,7 +91,7 @@ def fixed_branch(
         memory format.
     """
     stop = set(stop_gradient)
-    stride = _pair(stride)
+    stride = pair(stride)
     bank = bank.detach()
     parts = []
     if identity:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fixedbranch import reference
+from fixedbranch.reference import pair  # noqa: F401  (the tests import it from here)
 
 # docs/design.md's tolerances, relative to the largest magnitude of the expected tensor.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -24,11 +25,6 @@ GRAD_LAYOUTS = ("contiguous", "channels_last", "transposed", "sliced", "expanded
 def cpu_and_cuda():
     """Device parameters: "cpu" always, "cuda" marked needs_cuda (skipped, visibly, without a GPU)."""
     return ("cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda))
-
-
-def pair(value) -> tuple[int, int]:
-    """An int or a pair as a pair."""
-    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 def to_layout(t: torch.Tensor, layout: str) -> torch.Tensor:

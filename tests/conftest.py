@@ -1,14 +1,27 @@
 import pytest
 import torch
 
+# The reason every CUDA case is skipped with on a machine without a GPU; the summary counts the skips by it.
+NO_GPU = "needs a CUDA device"
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    skip = pytest.mark.skip(reason=NO_GPU)
     for item in items:
         if "needs_cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    # One line that says what the "s" in the progress are, so that a run without a GPU does not look incomplete.
+    cuda = sum(1 for report in terminalreporter.stats.get("skipped", []) if NO_GPU in str(report.longrepr))
+    if cuda:
+        terminalreporter.write_line(
+            f"{cuda} CUDA cases skipped: no CUDA device here (torch.cuda.is_available() is False); "
+            "the same tests run them on a machine with a GPU"
+        )
 
 
 def pytest_configure(config):

@@ -1,6 +1,6 @@
-"""The bank plan (csrc/bank_plan.cpp, fixedbranch/plan.py): which filters run as shared separable terms, what that
-costs, and that the plan rebuilds every bank to its dtype's tolerance of its largest tap (1e-12 in float64, 1e-6 in
-float32 and the half types), so that a float32-rounded bank keeps its float64 plan."""
+"""The bank plan (csrc/bank_plan/, fixedbranch/plan.py): which filters run as shared separable terms, what that
+costs, and that the plan rebuilds every bank to its dtype's tolerance of its largest tap (plan_tolerances), so that a
+float32-rounded bank keeps its float64 plan; a module's plan is the one the operator runs for its input's dtype."""
 
 import doctest
 import math
@@ -12,15 +12,17 @@ import torch.nn.functional as F
 
 import fixedbranch
 from fixedbranch import filters
-from fixedbranch.plan import BankPlan, bank_plan
+from fixedbranch.plan import BankPlan, bank_plan, plan_tolerances
 
 from .common import HALF_DTYPES, TOLERANCE, cpu_and_cuda
 
 _ops = torch.ops.fixedbranch
 
-# The plan's reconstruction bound per bank dtype (PlanTolerances in csrc/bank_plan.h), relative to each filter's
-# largest tap.
-RECONSTRUCTION_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-6, torch.bfloat16: 1e-6}
+# The plan's reconstruction bound per bank dtype, relative to each filter's largest tap, as the extension states it.
+RECONSTRUCTION_TOLERANCE = {
+    dtype: plan_tolerances(dtype)["reconstruction"]
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+}
 
 
 def _outer(column, row):
@@ -195,7 +197,7 @@ def test_dct_columns_are_shared_in_first_use_order():
     # Basis (u, v) sits at u * n + v and its column (along H) is the u-th cosine: filter u * n + v uses column u.
     n = 5
     table = _ops._bank_plan(filters.dct(n))
-    assert table.shape == (n * n, 5) and table.dtype == torch.int64
+    assert table.shape == (n * n, len(_ops._bank_plan_columns())) and table.dtype == torch.int64
     assert table[:, 0].tolist() == [1] * n * n
     assert table[:, 1].tolist() == [1] * n * n
     assert table[:, 2].tolist() == [i // n for i in range(n * n)]
@@ -205,7 +207,8 @@ def test_dct_columns_are_shared_in_first_use_order():
 
 def test_table_layout_of_direct_filters():
     table = _ops._bank_plan(filters.bank("sobel_x", "laplacian4"))
-    assert table.tolist() == [[1, 1, 0, 1, 1], [0, 0, -1, 0, 2]]
+    # sobel_x: one term (3 taps) and its new column (3 taps); laplacian4: 9 direct taps.
+    assert table.tolist() == [[1, 1, 0, 1, 1, 6], [0, 0, -1, 0, 2, 9]]
 
 
 def _permutation_bank(seed, k, s1, s2, max_rank):
@@ -433,21 +436,23 @@ def test_any_device(device):
     [
         (torch.zeros(3, 3), "expected bank to have 3 dimensions (K, S1, S2), got 2"),
         (torch.zeros(1, 1, 3, 3), "expected bank to have 3 dimensions (K, S1, S2), got 4"),
-        (torch.zeros(1, 3, 3, dtype=torch.int64), "expected bank to be a floating-point tensor, got Long"),
-        (torch.zeros(1, 3, 3, dtype=torch.complex64), "expected bank to be a floating-point tensor, got ComplexFloat"),
+        (torch.zeros(1, 3, 3, dtype=torch.int64),
+         "expected bank to be float64, float32, float16 or bfloat16, got Long"),
+        (torch.zeros(1, 3, 3, dtype=torch.complex64),
+         "expected bank to be float64, float32, float16 or bfloat16, got ComplexFloat"),
         (torch.zeros(0, 3, 3), "expected a non-empty bank (K, S1, S2 >= 1), got shape [0, 3, 3]"),
         (torch.zeros(2, 0, 3), "expected a non-empty bank (K, S1, S2 >= 1), got shape [2, 0, 3]"),
     ],
 )
 def test_bad_bank(bank, message):
-    for call in (bank_plan, _ops._bank_plan, _ops._bank_plan_reconstruct):
-        with pytest.raises(RuntimeError) as info:
+    for call in (bank_plan, _ops._bank_plan, _ops._bank_plan_reconstruct, _ops._bank_plan_pays_on_cpu):
+        with pytest.raises(ValueError) as info:
             call(bank)
         assert "fixedbranch.bank_plan: " + message in str(info.value)
 
 
 def test_not_a_tensor():
-    with pytest.raises(TypeError, match="bank: expected a torch.Tensor, got list"):
+    with pytest.raises(TypeError, match="fixedbranch.bank_plan: expected bank to be a torch.Tensor, got list"):
         bank_plan([[[1.0]]])
 
 
@@ -468,3 +473,51 @@ def test_docstring_examples():
     result = doctest.testmod(plan, extraglobs={"torch": torch, "fb": fixedbranch})
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_tolerances_and_columns_come_from_the_extension():
+    assert plan_tolerances(torch.float64) == {"rank": 1e-12, "column_match": 1e-12, "reconstruction": 1e-12}
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        assert plan_tolerances(dtype) == plan_tolerances(torch.float32)
+    with pytest.raises(ValueError, match="fixedbranch.bank_plan: expected a floating-point dtype, got Long"):
+        plan_tolerances(torch.int64)
+    names = _ops._bank_plan_columns()
+    table = _ops._bank_plan(filters.dct(5))
+    assert table.shape == (25, len(names))
+    plan = bank_plan(filters.dct(5))
+    assert plan.plan_taps == int(table[:, names.index("taps")].sum()) == 5 * 5 + 25 * 5
+
+
+def _nearly_separable_bank():
+    # Rank 1 to float32's tolerance but full rank to float64's: the plans of the two dtypes differ.
+    bank = filters.dct(7)
+    return bank + 1e-9 * torch.randn(bank.shape, generator=torch.Generator().manual_seed(0), dtype=bank.dtype)
+
+
+@pytest.mark.parametrize("kind", ["FixedBranch", "FixedBranchConv2d"])
+def test_module_plan_is_the_plan_the_operator_runs(kind):
+    bank = _nearly_separable_bank()
+    assert bank_plan(bank).cpu_path == "direct" and bank_plan(bank.float()).cpu_path == "factored"
+    if kind == "FixedBranch":
+        module = fixedbranch.FixedBranch(bank)
+        run = module
+    else:
+        module = fixedbranch.FixedBranchConv2d(2, 2, 1, bank=bank, dtype=torch.float64)
+        run = module
+    x = torch.randn(1, 2, 12, 12, generator=torch.Generator().manual_seed(1))
+    for dtype in (torch.float64, torch.float32):
+        plan = module.plan_for(dtype)
+        assert plan == bank_plan(bank.to(dtype))
+        # The plan says which path runs: forcing the direct path changes the output exactly when it is factored.
+        if kind == "FixedBranchConv2d":
+            module.to(dtype)
+            assert module.plan == plan
+        xd = x.to(dtype)
+        previous = _ops._set_factoring("never")
+        try:
+            direct = run(xd)
+        finally:
+            _ops._set_factoring(previous)
+        assert torch.equal(run(xd), direct) == (plan.cpu_path == "direct"), (dtype, plan)
+    if kind == "FixedBranch":
+        assert module.plan == module.plan_for(torch.get_default_dtype())

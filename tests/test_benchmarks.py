@@ -1,9 +1,8 @@
-"""The benchmark programs end to end on their quick presets: every baseline computes what the fused op computes
-(checked by each program before it times anything), and the JSON, markdown and PNG are written. No timing is
-asserted.
+"""Every study end to end on its quick preset, in a temporary folder: the result schema, every row checked against
+the reference before timing, the bound's kind on every bounded row, the three files, and nothing else on stdout than
+the markdown. And the docs' benchmark blocks are what the committed results render. No timing is asserted.
 
-The four programs run at once, as subprocesses (the suite with its torch.compile baselines on 2 threads, the others
-on 1), so that the module takes about as long as the slowest of them."""
+The studies run at once, as subprocesses on one thread each, so that the module takes about as long as the slowest."""
 
 import json
 import subprocess
@@ -12,158 +11,155 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-IMPLS = {"fused", "reference", "stacked", "compile_reference", "compile_shifted", "kornia"}
-pytestmark = pytest.mark.slow
+from benchmarks import report
+from benchmarks.studies import STUDIES
 
-RUNS = {
-    "suite": ["benchmarks", "--preset", "quick"],
-    # --warm-malloc restarts the program under the warm allocator and writes into the warm-malloc/ subfolder.
-    "options": ["benchmarks.options", "--preset", "quick", "--threads", "1", "--warm-malloc"],
-    "banks": ["benchmarks.banks", "--preset", "quick", "--threads", "1", "--no-compile"],
-    "blocks": ["benchmarks.blocks", "--preset", "quick", "--threads", "1"],
-}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     procs = {}
-    logs = tmp_path_factory.mktemp("logs")
-    for name, args in RUNS.items():
+    for name in STUDIES:
         out = tmp_path_factory.mktemp(name)
         # Into files, not pipes: a pipe nobody reads yet would stall its writer once full.
-        with open(logs / f"{name}.out", "w") as stdout, open(logs / f"{name}.err", "w") as stderr:
-            proc = subprocess.Popen([sys.executable, "-m", *args, "--out", str(out)], cwd=ROOT, stdout=stdout,
-                                    stderr=stderr)
-        procs[name] = (out, proc)
-    done = {}
-    for name, (out, proc) in procs.items():
-        returncode = proc.wait(timeout=1200)
-        done[name] = (out, (logs / f"{name}.out").read_text(), returncode, (logs / f"{name}.err").read_text())
-    return done
+        with open(out / "stdout", "w") as stdout, open(out / "stderr", "w") as stderr:
+            procs[name] = out, subprocess.Popen([sys.executable, "-m", "benchmarks", name, "--out", str(out),
+                                                 "--threads", "1"], cwd=ROOT, stdout=stdout, stderr=stderr)
+    return {name: (out, proc.wait(timeout=1200)) for name, (out, proc) in procs.items()}
 
 
-def _result(runs, name, subfolder=""):
-    out, stdout, returncode, stderr = runs[name]
-    assert returncode == 0, stderr[-4000:]
-    folder = out / subfolder
-    names = sorted(p.name for p in folder.iterdir() if p.is_file())
-    stems = {Path(n).stem for n in names}
-    assert len(stems) == 1 and stems.pop().startswith("cpu-"), names
-    assert {Path(n).suffix for n in names} == {".json", ".md", ".png"}, names
-    png = next(folder.glob("*.png")).read_bytes()
-    assert png.startswith(b"\x89PNG") and len(png) > 10_000
-    return json.loads(next(folder.glob("*.json")).read_text()), stdout, names
+def result_of(runs, name: str) -> tuple[dict, str]:
+    out, returncode = runs[name]
+    assert returncode == 0, (out / "stderr").read_text()[-4000:]
+    files = sorted(p.name for p in (out / name).iterdir())
+    assert files == ["cpu-quick.json", "cpu-quick.md", "cpu-quick.png"], files
+    assert (out / name / "cpu-quick.png").read_bytes().startswith(b"\x89PNG")
+    stdout = (out / "stdout").read_text()
+    assert stdout == (out / name / "cpu-quick.md").read_text() + "\n"  # the markdown, no profiler or compiler noise
+    result = json.loads((out / name / "cpu-quick.json").read_text())
+    assert {"schema", "study", "preset", "settings", "machine", "rates", "cases", "wall_time_s"} <= result.keys()
+    assert result["study"] == name and result["preset"] == "quick" and result["settings"]["threads"] == 1
+    assert result["machine"]["revision"]["commit"] and result["machine"]["revision"]["dirty"] in (True, False)
+    assert result["rates"]["fma_per_s"] > 0 and result["rates"]["dram_bytes_per_s"] > 0
+    for case in result["cases"]:
+        for key, row in case["rows"].items():
+            assert "error" not in row, (case["case"], key, row["error"])
+            if "check" in row:
+                assert row["check"]["matched"], (case["case"], key, row["check"])
+            for metric, value in row.get("pct_bound", {}).items():
+                assert value > 0 and case["bound"][metric]["kind"] in ("copy", "compute"), (case["case"], key)
+    return result, stdout
 
 
-def _all_points(results):
-    yield from results["standard"]
-    for sweep in results["sweeps"]:
-        yield from sweep["results"]
+def checked(case: dict) -> set[str]:
+    """The rows of a case whose output and gradients were compared with the reference."""
+    return {key for key, row in case["rows"].items() if row.get("check", {}).get("against")}
 
 
-def test_suite_files_are_named_by_device_and_written(runs):
-    _, stdout, names = _result(runs, "suite")
-    assert names[0].endswith("-quick.json"), names
-    assert "## Headline: branch stage" in stdout and "| fused |" in stdout and "| FixedBranchConv2d |" in stdout
-    assert "| memory allocator | default:" in stdout
-
-
-def test_suite_json_holds_machine_settings_and_every_measurement(runs):
-    results, _, _ = _result(runs, "suite")
-    assert {"machine", "settings", "copy_bandwidth", "standard", "sweeps", "wall_time_s"} <= results.keys()
-    assert {"cpu_model", "logical_cpus", "torch_version", "torch_threads", "allocator"} <= results["machine"].keys()
-    assert results["copy_bandwidth"]["bytes_per_s"] > 0
-    assert [r["stage"] for r in results["standard"]] == ["branch", "layer"]
-    assert {s["param"] for s in results["sweeps"]} == {"k", "c", "h", "s", "n"}
-    for res in results["standard"]:
-        assert set(res["impls"]) == IMPLS, res["stage"]
-        for key, entry in res["impls"].items():
-            assert {"forward", "backward", "forward_backward", "forward_memory", "saved_tensors"} <= entry.keys(), key
-            if key != "fused":
-                assert set(entry["fused_speedup"]) == {"forward", "backward", "forward_backward"}
-    branch = results["standard"][0]
-    assert {"bytes_moved", "copy_bound_s"} <= branch.keys()
-    assert {"bytes_per_s", "pct_copy_bound"} <= branch["impls"]["fused"].keys()
-    # The registered operators timed on their own, forward and backward.
-    assert {"forward", "backward"} <= branch["fused_op_alone"].keys()
-    layer = results["standard"][1]["impls"]
+def test_suite(runs):
+    result, stdout = result_of(runs, "suite")
+    names = [c["case"] for c in result["cases"]]
+    assert names[:2] == ["branch, contiguous", "layer, contiguous"]
+    branch, layer = result["cases"][:2]
+    impls = {"fused", "stacked", "kornia", "compile_reference", "compile_shifted", "operators"}
+    assert checked(branch) == impls and "reference" in branch["rows"]
+    assert checked(layer) == {"fused", "stacked", "kornia"}  # the quick preset compiles the branch stage only
+    for metric in ("forward", "backward", "forward_backward"):
+        assert metric in branch["rows"]["fused"]["pct_bound"] and metric in layer["rows"]["fused"]["times"]
     # The fused layer keeps nothing new alive for backward: it saves only x, the weight and the bank.
-    assert layer["fused"]["saved_tensors"]["new_bytes"] == 0
-    assert layer["reference"]["saved_tensors"]["new_bytes"] > 0
+    assert layer["rows"]["fused"]["saved_tensors"]["new_bytes"] == 0
+    assert layer["rows"]["reference"]["saved_tensors"]["new_bytes"] > 0
+    assert all(checked(c) for c in result["cases"][2:])
+    assert "| fused |" in stdout and "| FixedBranchConv2d |" in stdout and "**Sweeps**" in stdout
 
 
-def test_suite_every_baseline_matched_the_fused_op_before_timing(runs):
-    results, _, _ = _result(runs, "suite")
-    checked = 0
-    for res in _all_points(results):
-        assert res["compared_against"] == "fused"
-        for key, entry in res["impls"].items():
-            assert "error" not in entry, (res["point"], key, entry.get("error"))
-            assert entry["check"]["matched"], (res["point"], key, entry["check"])
-            checked += 1
-    assert checked >= 2 * len(IMPLS)
+def test_banks(runs):
+    from benchmarks.studies import banks
+
+    result, stdout = result_of(runs, "banks")
+    seen = {(c["params"]["bank"], c["params"]["stride"]) for c in result["cases"]}
+    assert seen == {(b, 1) for b in banks.BANKS} | {(b, 2) for b in banks.STRIDED}
+    for case in result["cases"]:
+        p = case["params"]
+        assert {"operators", "fill", "sum"} <= case["rows"].keys() and "operators" in checked(case), case["case"]
+        for metric in ("forward", "backward"):
+            b = case["bound"][metric]
+            assert b["s"] == max(b["copy_s"], b["compute_s"]) and b["dram_copy_s"] > 0, (case["case"], b)
+            assert metric in case["rows"]["operators"]["pct_bound"]
+        # A plan never costs more multiply-adds than the direct correlation; where it costs fewer, both paths run.
+        assert p["plan_taps"] <= p["direct_taps"] == p["k"] * p["s"][0] * p["s"][1]
+        assert ({"direct", "factored"} <= checked(case)) == (p["stride"] == 1 and p["plan_taps"] < p["direct_taps"])
+    dct7 = next(c for c in result["cases"] if c["params"]["bank"] == "DCT 7x7")
+    assert dct7["params"]["plan_taps"] * 4 < dct7["params"]["direct_taps"]
+    assert sum("kornia" in checked(c) for c in result["cases"]) == len(banks.BANKS)
+    assert "| fused operators |" in stdout and "out.fill_(1)" in stdout
 
 
-def test_options_rows_match_their_counterparts_and_run_under_the_warm_allocator(runs):
-    from benchmarks import options
+def test_options(runs):
+    from benchmarks.studies import options
 
-    results, stdout, names = _result(runs, "options", "warm-malloc")
-    assert names[0].endswith("-options-quick.json"), names
-    assert results["machine"]["allocator"].startswith("warm"), results["machine"]["allocator"]
-    assert "## Output layout, contiguous" in stdout and f"## Stride {options.STRIDE}, contiguous" in stdout
-    expected = {f"layout/{impl}/{key}" for key in options.LAYOUTS for impl in ("fused", "reference")}
-    expected |= {f"stride/{key}" for key in options.STRIDED}
-    for res in results["results"]:
-        assert set(res["impls"]) == expected
-        for key, entry in res["impls"].items():
-            assert "error" not in entry, (key, entry.get("error"))
-            assert entry["check"]["matched"], (key, entry["check"])
-            assert set(entry["pct_copy_bound_best"]) == set(options.METRICS), key
-        impls = res["impls"]
-        # Without the identity the output, and so the copy bound, has K maps instead of K+1.
-        k = results["point"]["k"]
-        full, short = (impls[f"layout/fused/{key}"]["bytes_moved"]["forward"] for key in ("default", "no_identity"))
-        itemsize_y = full - short  # one map: numel(y) * itemsize
-        assert full == (k + 2) * itemsize_y and short == (k + 1) * itemsize_y
-        assert impls["layout/fused/default"]["ratio"]["forward"] == 1.0
+    result, _ = result_of(runs, "options")
+    assert [c["params"]["option"] for c in result["cases"]] == list(options.OPTIONS)
+    for case in result["cases"]:
+        assert "fused" in checked(case) and set(case["rows"]["fused"]["pct_bound"]) == set(options.METRICS)
+    # Without the identity the output, and so the copy bound, has K maps instead of K+1; stride 2 a quarter of them.
+    no_identity, channel, _, stride = (c["working_set"] for c in result["cases"])
+    assert no_identity * 5 == channel * 4 and stride * 4 == channel and "subsample" in checked(result["cases"][3])
 
 
-def test_banks_cover_every_bank_with_direct_factored_and_baselines(runs):
-    from benchmarks import banks
+def test_overhead(runs):
+    from benchmarks.studies import overhead
 
-    results, stdout, names = _result(runs, "banks")
-    assert names[0].endswith("-banks-quick.json"), names
-    assert results["matmul"]["fma_per_s"] > 0 and results["copy_bandwidth"]["best_bytes_per_s"] > 0
-    assert [b["bank"] for b in results["banks"]] == list(banks.BANKS)
-    for b in results["banks"]:
-        assert set(b["impls"]) == {"direct", "factored", "reference", "kornia"}, b["bank"]
-        k, s1, s2 = b["shape"]
-        # A plan never costs more multiply-adds than the direct correlation (a tie goes direct).
-        assert b["plan"]["direct_taps"] == k * s1 * s2 and b["plan"]["plan_taps"] <= k * s1 * s2
-        assert b["auto"] in ("direct", "factored") or b["auto"].startswith("either"), b["auto"]
-        for key, entry in b["impls"].items():
-            assert "error" not in entry, (b["bank"], key, entry.get("error"))
-            assert entry["check"]["matched"], (b["bank"], key, entry["check"])
-            for kind in ("pct_copy_bound_best", "pct_roofline_best"):
-                assert set(entry[kind]) == set(banks.METRICS), (b["bank"], key, kind)
-            # The roofline is never below the copy bound, so its percentage is never below the copy bound's.
-            assert entry["pct_roofline_best"]["forward"] >= entry["pct_copy_bound_best"]["forward"] * (1 - 1e-9)
-    # The DCT 7x7 basis is separable filter by filter: its plan needs far fewer taps than the direct correlation.
-    dct7 = next(b for b in results["banks"] if b["bank"] == "DCT 7x7")
-    assert dct7["plan"]["plan_taps"] * 4 < dct7["plan"]["direct_taps"]
-    assert "| DCT 7x7 | fused, factored |" in stdout
+    result, stdout = result_of(runs, "overhead")
+    rows = result["cases"][0]["rows"]
+    assert checked(result["cases"][0]) == {"fixed_branch", "fixed_branch_f32", "module", "raw_op", "depthwise_cat",
+                                          "conv_layer", "conv_depthwise_cat"}
+    assert set(rows["module"]["times"]) == set(overhead.METRICS) and rows["fixed_branch"]["times"]["forward"]["reps"] == 3
+    for _, _, label in overhead.RATIOS:
+        assert f"| {label} |" in stdout
 
 
-def test_blocks_time_both_formulations_after_their_checks(runs):
-    from benchmarks import blocks
+def test_allocation(runs):
+    result, stdout = result_of(runs, "allocation")
+    for case in result["cases"]:
+        assert checked(case) == {"fused"}
+        assert set(case["rows"]["fused"]["times"]) == {"forward", "backward", "forward_backward"}
+        assert case["rows"]["fused"]["times"]["forward"]["iters"] == 1  # one call a repetition: every output fresh
+    assert "| forward / clone |" in stdout
 
-    results, stdout, names = _result(runs, "blocks")
-    assert names[0].endswith("-blocks-quick.json"), names
-    assert [b["block"] for b in results["blocks"]] == list(blocks.BLOCKS)
-    for b in results["blocks"]:
-        assert b["check"]["matched"], b["check"]
-        assert len(b["rows"]) == 4 * len(b["cases"]), b["rows"]
-        for row in b["rows"]:
-            assert min(row["best_s"].values()) > 0 and row["speedup_best"] > 0 and row["speedup_median"] > 0
-    assert "| harmonic (DCT) |" in stdout and "| pre-defined filters |" in stdout
+
+def test_docs_blocks_render_every_study(runs, monkeypatch):
+    """Each study's docs block, from its quick result: the table, its source and the machine line."""
+    doc = report.ROOT / "README.md"  # only its place is read: the links are relative to it
+    for name in STUDIES:
+        monkeypatch.setattr(report, "RESULTS", runs[name][0])
+        for view in [None] + (["rates"] if name == "banks" else []) + (["sweeps"] if name == "suite" else []):
+            block = report.render_block(name, "cpu-quick", view, doc, STUDIES)
+            assert "|---|" in block or view == "rates", (name, view)
+            assert "torch.mm" in block and f"(benchmarks/results/{name}/cpu-quick.md)" in block, (name, view)
+
+def test_blocks(runs):
+    result, stdout = result_of(runs, "blocks")
+    from benchmarks.studies import blocks
+
+    assert [c["case"] for c in result["cases"]] == list(blocks.CASES)
+    for case in result["cases"]:
+        assert checked(case) == {"blocks"}, case["case"]
+        for row in case["rows"].values():
+            assert set(row["times"]) == {"forward_nograd", "forward_backward"}, case["case"]
+    paths = {c["case"]: c["params"]["fused"] for c in result["cases"]}
+    assert paths["harmonic 3x3 block"] and paths["PFM, f=16"] and not paths["PFM, f=1"]
+    assert not paths["harmonic 3x3, use_bn=False"] and not paths["harmonic 3x3, dilation 2"]
+    assert "| harmonic 3x3 block |" in stdout
+
+
+def test_docs_blocks_render_the_committed_results():
+    stale = report.update_docs(STUDIES, check=True)
+    assert not stale, f"run `python -m benchmarks docs`: {stale}"
+
+
+def test_docs_blocks_name_known_studies():
+    for doc in report.DOCS:
+        for match in report.MARKER.finditer(doc.read_text()):
+            assert match.group(2) in STUDIES or match.group(2) in {"blocks", "wavelets"}, match.group(1)

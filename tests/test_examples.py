@@ -5,6 +5,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+import fixedbranch  # noqa: F401  (registers the operators)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("seed*.py"))
@@ -76,4 +79,7 @@ def test_module_main_reports_the_build():
     labels = {line.split(":")[0].strip(): line.split(":", 1)[1].strip() for line in result.stdout.splitlines()[1:]
               if line.startswith("  ") and not line.startswith("   ")}
     assert labels["CPU kernels"].startswith("yes"), result.stdout
+    # What the extension was built with, not what the dispatcher routes (the entry points serve every device).
+    built_with_cuda = "cuda" in torch.ops.fixedbranch._kernel_devices()
+    assert labels["CUDA kernels"].startswith("yes") == built_with_cuda, result.stdout
     assert {"package", "extension", "CUDA kernels", "torch", "CUDA device", "threads"} <= labels.keys()

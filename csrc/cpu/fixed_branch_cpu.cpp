@@ -23,7 +23,8 @@
 #include <vector>
 
 
-#include "bank_plan.h"
+#include "bank_plan/bank_plan.h"
+#include "cpu/cost_model.h"
 #include "fixed_branch.h"
 #include "output_memory.h"
 
@@ -55,7 +56,7 @@ struct View {
 };
 
 // Copies npix pixels of Cv values, read `v.sW` apart (channels `v.sC` apart), to dst with `step` pixels between
-// consecutive ones (step > 1 leaves the gaps alone: the strided backward's zero-inserted gradient).
+// consecutive ones (step > 1 leaves the gaps alone: the identity's adjoint at a stride).
 template <typename scalar_t, typename opmath_t>
 void copy_pixels(const scalar_t* src, const View& v, int64_t npix, int64_t step, opmath_t* dst) {
   if (v.Cv == 1) {
@@ -149,21 +150,16 @@ void stage_rows_strided(const scalar_t* base, const View& v, int64_t row0, int64
   }
 }
 
-// Stages rows row0 .. row0+nrows-1 of the zero-inserted gradient gd (gd[i*sh][j*sw] = g[i][j], 0 elsewhere; v
-// describes g) with lpad zero columns before and the row zero-extended to `width` pixels: what the adjoint of a
-// strided correlation gathers from.
+// Rows row0 .. row0+nrows-1 of the identity's adjoint, W pixels of Cv values: g (described by v) where the row and
+// column are multiples of the stride (y[::sh, ::sw] is the identity branch), 0 elsewhere.
 template <typename scalar_t, typename opmath_t>
-void stage_dilated_rows(const scalar_t* base, const View& v, int64_t sh, int64_t sw, int64_t row0, int64_t nrows,
-                        int64_t lpad, int64_t width, opmath_t* dst) {
-  const int64_t row_len = width * v.Cv;
+void identity_adjoint_rows(const scalar_t* base, const View& v, int64_t sh, int64_t sw, int64_t row0, int64_t nrows,
+                           int64_t W, opmath_t* dst) {
+  const int64_t row_len = W * v.Cv;
   for (int64_t t = 0; t < nrows; ++t, dst += row_len) {
     const int64_t r = row0 + t;
-    if (sw != 1 || r < 0 || r % sh != 0 || r / sh >= v.H) std::fill(dst, dst + row_len, opmath_t(0));
-    if (r < 0 || r % sh != 0 || r / sh >= v.H) continue;
-    std::fill(dst, dst + lpad * v.Cv, opmath_t(0));
-    const int64_t filled = lpad + (v.W - 1) * sw + 1;
-    if (sw == 1) std::fill(dst + filled * v.Cv, dst + row_len, opmath_t(0));
-    copy_pixels(base + (r / sh) * v.sH, v, v.W, sw, dst + lpad * v.Cv);
+    if (sw != 1 || r % sh != 0) std::fill(dst, dst + row_len, opmath_t(0));
+    if (r % sh == 0) copy_pixels(base + (r / sh) * v.sH, v, v.W, sw, dst);
   }
 }
 
@@ -334,14 +330,13 @@ Tiling make_tiling(int64_t C, int64_t rows, int64_t tile_row_values, int64_t row
 }
 
 template <typename opmath_t>
-std::vector<opmath_t> bank_values(const at::Tensor& bank, bool flip) {
-  const at::Tensor b = (flip ? bank.flip({1, 2}) : bank).to(at::CppTypeToScalarType<opmath_t>::value).contiguous();
+std::vector<opmath_t> bank_values(const at::Tensor& bank) {
+  const at::Tensor b = bank.to(at::CppTypeToScalarType<opmath_t>::value).contiguous();
   return std::vector<opmath_t>(b.data_ptr<opmath_t>(), b.data_ptr<opmath_t>() + b.numel());
 }
 
-// The bank as the CPU kernels run it: the filters the plan factors (csrc/bank_plan.h) as column passes shared
-// across the bank, then a row pass per separable term; the others as direct correlations. Values in opmath_t,
-// flipped for the backward (the adjoint correlates with the flipped filter: flipped columns and rows).
+// The bank as the CPU kernels run it: the filters the plan factors (bank_plan/bank_plan.h) as column passes shared
+// across the bank, then a row pass per separable term; the others as direct correlations. Values in opmath_t.
 template <typename opmath_t>
 struct KernelBank {
   int64_t S1 = 0, S2 = 0;
@@ -354,23 +349,14 @@ struct KernelBank {
   std::vector<opmath_t> term_rows;            // per term, S2 values
 };
 
-// Whether the CPU kernels run factored banks: by the plan's tap count (default), never, or whenever the plan
-// factors a filter. Benchmarks compare the paths; results agree within the tolerances either way.
-std::atomic<int> factoring_policy{static_cast<int>(Factoring::Auto)};
-
 template <typename opmath_t>
-KernelBank<opmath_t> kernel_bank(const at::Tensor& bank, bool flip) {
+KernelBank<opmath_t> kernel_bank(const at::Tensor& bank) {
   KernelBank<opmath_t> kb;
   const int64_t K = bank.size(0);
   kb.S1 = bank.size(1), kb.S2 = bank.size(2);
   const int64_t taps = kb.S1 * kb.S2;
-  const auto policy = static_cast<Factoring>(factoring_policy.load(std::memory_order_relaxed));
-  std::shared_ptr<const BankPlan> plan;
-  if (policy != Factoring::Never && kb.S1 > 1 && kb.S2 > 1) {
-    plan = plan_bank(bank);
-    if (policy == Factoring::Auto && !plan->pays_on_cpu()) plan = nullptr;
-  }
-  const std::vector<opmath_t> w = bank_values<opmath_t>(bank, flip);
+  const std::shared_ptr<const BankPlan> plan = cpu_plan(bank);  // null: every filter direct
+  const std::vector<opmath_t> w = bank_values<opmath_t>(bank);
   for (int64_t k = 1; k <= K; ++k) {
     if (plan && plan->factored(k - 1)) {
       kb.factored.push_back(k);
@@ -383,7 +369,6 @@ KernelBank<opmath_t> kernel_bank(const at::Tensor& bank, bool flip) {
   auto put = [&](const std::vector<double>& v, std::vector<opmath_t>& dst) {
     const size_t at = dst.size();
     for (const double x : v) dst.push_back(static_cast<opmath_t>(x));
-    if (flip) std::reverse(dst.begin() + at, dst.end());
   };
   kb.num_columns = static_cast<int64_t>(plan->columns.size());
   for (const auto& column : plan->columns) put(column, kb.columns);
@@ -445,7 +430,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
   const SamePad& pad = a.pad;
   const RowLayout layout = row_layout(W + S2 - 1, a.stride_w);
   const bool cl = is_channels_last(out);
-  const KernelBank<opmath_t> kb = kernel_bank<opmath_t>(bank, /*flip=*/false);
+  const KernelBank<opmath_t> kb = kernel_bank<opmath_t>(bank);
   const int64_t Kd = static_cast<int64_t>(kb.direct.size()), U = kb.num_columns;
   // A task's tile holds its staged rows and, for a factored bank, the U column passes of one row.
   const Tiling tl = make_tiling(C, Ho, layout.values(), sh + (U > 0 ? U : 0), S1 - 1, cl, sizeof(opmath_t));
@@ -533,33 +518,187 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
   });
 }
 
-// Rows i0 .. i1 of dL/dy, gathered: the identity's gradient plus, for every live filter, the adjoint of its padded
-// (strided) correlation, which correlates the zero-inserted, zero-extended gradient with the flipped filter.
+// The backward gathers: every element of dL/dy sums the taps that reach it, so each task writes only its own rows,
+// with no atomics, and the result does not depend on the blocking or the thread count.
+//
+// Polyphase: the adjoint of a stride-(sh, sw) correlation sends g_k[o][x] to padded pixel (o*sh + a, x*sw + b) with
+// weight F_k[a][b]. Padded row p gathers only the rows o with a = p - o*sh in [0, S1); padded column q = rho + sw*m
+// (phase rho) gathers only the taps b = rho + sw*d, from x = m - d. So each phase is a plain correlation of the
+// gradient as stored (never zero-inserted) with its own taps, and the phases are interleaved when stored.
+
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t ceil_div(int64_t a, int64_t b) { return floor_div(a + b - 1, b); }
+
+// One gather pass: L sources, each a set of staged rows o (pointers at pixel x = 0), and their S1 x S2 taps.
+template <typename opmath_t>
+struct Gather {
+  const opmath_t* const* rows;  // rows[l * n_rows + (o - o_first)]
+  int64_t L, o_first, n_rows;
+  const opmath_t* w;  // w[(l * S1 + a) * S2 + b]
+  int64_t S1, S2, sh;
+};
+
+// dst[r][e] (+)= sum_l sum_o sum_t w[l][a][b[t]] * rows(l, o)[shift + e - dcv[t]] for e in [0, len), where
+// a = p0 + r - o*sh must lie in [0, S1), for the nr <= R padded rows p0 .. p0+nr-1 at once.
+//
+// Register-blocked across rows and branches: one load of a source vector feeds every output row it reaches (S1 of
+// them at stride 1), and all sources and taps of an output vector are summed in registers before the one store. A
+// 3x3 K=4 backward thus loads (S1+R-1)/R source vectors per row tap instead of S1, and stores each output once.
+// Rows must be readable kSlack elements past shift + len.
+template <int R, int U, bool kAccumulate, typename opmath_t>
+void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_t* b, const int64_t* dcv, int64_t nt,
+                 int64_t shift, opmath_t* const* dst, int64_t len) {
+  using Vec = at::vec::Vectorized<opmath_t>;
+  constexpr int64_t V = Vec::size();
+  static_assert(U * V <= kSlack<opmath_t>, "slack too small for one step");
+  const int64_t o_lo = std::max(g.o_first, ceil_div(p0 - g.S1 + 1, g.sh));
+  const int64_t o_hi = std::min(g.o_first + g.n_rows, floor_div(p0 + nr - 1, g.sh) + 1);
+  auto step = [&](int64_t e, Vec (&acc)[R][U]) {
+    for (int64_t l = 0; l < g.L; ++l) {
+      for (int64_t o = o_lo; o < o_hi; ++o) {
+        const opmath_t* row = g.rows[l * g.n_rows + (o - g.o_first)] + shift + e;
+        const int64_t a0 = p0 - o * g.sh;  // row tap of output row r: a0 + r
+        const int64_t r_lo = std::max<int64_t>(0, -a0), r_hi = std::min<int64_t>(nr, g.S1 - a0);
+        const opmath_t* wl = g.w + (l * g.S1 + a0) * g.S2;
+        for (int64_t t = 0; t < nt; ++t) {
+          const opmath_t* s = row - dcv[t];
+          Vec in[U];
+          for (int u = 0; u < U; ++u) in[u] = Vec::loadu(s + u * V);
+          for (int r = 0; r < R; ++r) {
+            if (r < r_lo || r >= r_hi) continue;
+            const Vec wv(wl[r * g.S2 + b[t]]);
+            for (int u = 0; u < U; ++u) acc[r][u] = at::vec::fmadd(wv, in[u], acc[r][u]);
+          }
+        }
+      }
+    }
+  };
+  int64_t e = 0;
+  for (; e + U * V <= len; e += U * V) {
+    Vec acc[R][U];
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < U; ++u) acc[r][u] = kAccumulate && r < nr ? Vec::loadu(dst[r] + e + u * V) : Vec(0);
+    step(e, acc);
+    for (int r = 0; r < nr && r < R; ++r)
+      for (int u = 0; u < U; ++u) acc[r][u].store(dst[r] + e + u * V);
+  }
+  if (e == len) return;
+  // The tail runs full vectors over the slack and keeps only its len - e values.
+  const int64_t n = len - e;
+  alignas(64) opmath_t buf[R][U * V];
+  Vec acc[R][U];
+  for (int r = 0; r < R; ++r) {
+    std::fill(buf[r], buf[r] + U * V, opmath_t(0));
+    if (kAccumulate && r < nr) std::copy(dst[r] + e, dst[r] + len, buf[r]);
+    for (int u = 0; u < U; ++u) acc[r][u] = Vec::loadu(buf[r] + u * V);
+  }
+  step(e, acc);
+  for (int r = 0; r < nr && r < R; ++r) {
+    for (int u = 0; u < U; ++u) acc[r][u].store(buf[r] + u * V);
+    std::copy(buf[r], buf[r] + n, dst[r] + e);
+  }
+}
+
+template <typename opmath_t>
+void gather_rows_any(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_t* b, const int64_t* dcv,
+                     int64_t nt, int64_t shift, opmath_t* const* dst, int64_t len, bool accumulate) {
+  constexpr int64_t V = at::vec::Vectorized<opmath_t>::size();
+  const bool one = nr == 1, short_run = len < 2 * V;
+  switch ((one ? 1 : 0) + (short_run ? 2 : 0) + (accumulate ? 4 : 0)) {
+    case 0: gather_rows<4, 2, false>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
+    case 1: gather_rows<1, 4, false>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
+    case 2: gather_rows<4, 1, false>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
+    case 3: gather_rows<1, 1, false>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
+    case 4: gather_rows<4, 2, true>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
+    case 5: gather_rows<1, 4, true>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
+    case 6: gather_rows<4, 1, true>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
+    default: gather_rows<1, 1, true>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
+  }
+}
+
+// The column taps of each phase: phase rho of a stride-sw pass over S2 taps gathers taps b = rho + sw*d from x = m - d
+// (pixel offsets d*cv).
+struct Phases {
+  int64_t sw;
+  std::vector<std::vector<int64_t>> b, dcv;
+};
+
+Phases make_phases(int64_t S2, int64_t sw, int64_t cv) {
+  Phases ph{sw, std::vector<std::vector<int64_t>>(sw), std::vector<std::vector<int64_t>>(sw)};
+  for (int64_t rho = 0; rho < sw; ++rho)
+    for (int64_t d = 0; rho + sw * d < S2; ++d) {
+      ph.b[rho].push_back(rho + sw * d);
+      ph.dcv[rho].push_back(d * cv);
+    }
+  return ph;
+}
+
+// Padded rows p0 .. p0+nr-1 (nr <= 4), padded columns [qa, qb), of one gather pass into dst[r] (column q at
+// (q - qa)*cv): at stride 1 in place, else phase by phase through `phase_buf` (4 rows of `phase_pitch`), interleaved.
+template <typename opmath_t>
+void gather_columns(const Gather<opmath_t>& g, const Phases& ph, int64_t cv, int64_t p0, int64_t nr, int64_t qa,
+                    int64_t qb, opmath_t* const* dst, bool accumulate, opmath_t* phase_buf, int64_t phase_pitch) {
+  const int64_t sw = ph.sw;
+  if (sw == 1) {
+    gather_rows_any(g, p0, nr, ph.b[0].data(), ph.dcv[0].data(), static_cast<int64_t>(ph.b[0].size()), qa * cv, dst,
+                    (qb - qa) * cv, accumulate);
+    return;
+  }
+  opmath_t* pb[4];
+  for (int64_t r = 0; r < nr; ++r) pb[r] = phase_buf + r * phase_pitch;
+  for (int64_t rho = 0; rho < sw; ++rho) {
+    const int64_t mb = ceil_div(qa - rho, sw), nm = ceil_div(qb - rho, sw) - mb;
+    if (nm <= 0) continue;
+    const int64_t nt = static_cast<int64_t>(ph.b[rho].size());
+    if (nt == 0 && accumulate) continue;
+    if (nt > 0) gather_rows_any(g, p0, nr, ph.b[rho].data(), ph.dcv[rho].data(), nt, mb * cv, pb, nm * cv, false);
+    for (int64_t r = 0; r < nr; ++r) {
+      opmath_t* d = dst[r] + (rho + sw * mb - qa) * cv;
+      const opmath_t* s = pb[r];
+      const int64_t step = sw * cv;
+      if (nt == 0) {
+        for (int64_t k = 0; k < nm; ++k) std::fill(d + k * step, d + k * step + cv, opmath_t(0));
+      } else if (cv == 1) {
+        if (accumulate) {
+          for (int64_t k = 0; k < nm; ++k) d[k * step] += s[k];
+        } else {
+          for (int64_t k = 0; k < nm; ++k) d[k * step] = s[k];
+        }
+      } else {
+        for (int64_t k = 0; k < nm; ++k)
+          for (int64_t c = 0; c < cv; ++c) d[k * step + c] = (accumulate ? d[k * step + c] : opmath_t(0)) + s[k * cv + c];
+      }
+    }
+  }
+}
+
+// Rows i0 .. i1 of dL/dy: the identity's gradient plus, for every live filter, the adjoint of its padded strided
+// correlation (polyphase, above). A factored filter's adjoint is the transpose of its forward: each term's row pass
+// transposed (a stride-sw row gather of g_k, summed per column u into h_u) and then column u's pass transposed (a
+// stride-sh row gather of h_u), so the bank's column passes stay shared.
 template <typename scalar_t>
 void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchArgs& a, at::Tensor& grad_y) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t C = a.C, H = a.H, W = a.W, sh = a.stride_h, sw = a.stride_w;
+  const int64_t C = a.C, H = a.H, W = a.W, Ho = a.out_h, Wo = a.out_w, sh = a.stride_h, sw = a.stride_w;
   const int64_t S1 = bank.size(1), S2 = bank.size(2), taps = S1 * S2;
   const SamePad& pad = a.pad;
   const PadMode mode = a.mode;
-  const int64_t pw = W + S2 - 1;        // width of the padded image: the adjoint's columns
-  const int64_t gw = W + 2 * (S2 - 1);  // width of a staged gradient row, zero-extended on both sides
-  const KernelBank<opmath_t> kb = kernel_bank<opmath_t>(bank, /*flip=*/true);
-  // Live filters (whose gradient reaches y) are staged, the direct ones first. A factored filter's terms are
-  // grouped by column: group u sums the row passes of every live term on column u, and the adjoint is one column
-  // pass per group over those sums (the transpose of the forward's column-then-row order).
+  const int64_t pw = W + S2 - 1;  // width of the padded image: the adjoint's columns
+  const KernelBank<opmath_t> kb = kernel_bank<opmath_t>(bank);
+  // Live filters (whose gradient reaches y) are staged, the direct ones first.
   std::vector<int64_t> live;
-  std::vector<opmath_t> wl;  // the live direct filters' flipped taps
+  std::vector<opmath_t> wl;  // the live direct filters' taps
   for (size_t j = 0; j < kb.direct.size(); ++j) {
     if (a.stopped[kb.direct[j]]) continue;
     live.push_back(kb.direct[j]);
     wl.insert(wl.end(), kb.direct_weights.begin() + j * taps, kb.direct_weights.begin() + (j + 1) * taps);
   }
   const int64_t Ld = static_cast<int64_t>(live.size());
+  // Group u sums the transposed row passes of every live term on column u.
   struct Group {
     int64_t column;
     std::vector<int64_t> sources;  // staged slices (indices into live)
-    std::vector<opmath_t> rows;    // their flipped rows, S2 each
+    std::vector<opmath_t> rows;    // their rows, S2 each
   };
   std::vector<Group> groups;
   for (int64_t u = 0; u < kb.num_columns; ++u) {
@@ -577,78 +716,98 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     }
     if (!grp.sources.empty()) groups.push_back(std::move(grp));
   }
-  std::vector<opmath_t> group_columns;  // flipped column of each group, S1 each
+  std::vector<opmath_t> group_columns;  // column of each group, S1 each
   for (const Group& grp : groups)
     group_columns.insert(group_columns.end(), kb.columns.begin() + grp.column * S1,
                          kb.columns.begin() + (grp.column + 1) * S1);
   const int64_t L = static_cast<int64_t>(live.size()), G = static_cast<int64_t>(groups.size());
+  // A staged gradient row: E zero pixels (the widest phase's reach to the left), the Wo pixels, zeros up to the last
+  // column any phase reads.
+  const int64_t E = (S2 - 1) / sw, Wg = E + std::max(Wo, ceil_div(pw, sw));
   const bool cl = is_channels_last(grad_y);
-  const Tiling tl = make_tiling(C, H, std::max<int64_t>(L, 1) * gw + G * pw + W, 1, S1 - 1, cl, sizeof(opmath_t));
-  const RowLayout g_layout = row_layout(gw, 1);
-  const std::vector<int64_t> off_full = tap_offsets(S1, S2, g_layout, tl.cv);
-  const std::vector<int64_t> off_tail = tap_offsets(S1, S2, g_layout, C % tl.cv == 0 ? tl.cv : C % tl.cv);
+  const Tiling tl =
+      make_tiling(C, H, (std::max<int64_t>(L, 1) * Wg + G * pw) / sh + W + pw, 1, (S1 - 1) / sh, cl, sizeof(opmath_t));
+  const int64_t max_rows = (tl.rows + S1 - 2) / sh + 2;  // gradient rows one run of padded rows reads
   const bool identity_live = a.identity && !a.stopped[0];
+  const int64_t cv_tail = C % tl.cv == 0 ? tl.cv : C % tl.cv;
+  const Phases g_phases_full = make_phases(S2, sw, tl.cv), g_phases_tail = make_phases(S2, sw, cv_tail);
+  const Phases h_phases_full = make_phases(1, 1, tl.cv), h_phases_tail = make_phases(1, 1, cv_tail);
 
   const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
   scalar_t* gy_ptr = grad_y.mutable_data_ptr<scalar_t>();
   const int64_t slot_gsC = a.channel_step() * g.stride(1);
+  constexpr int64_t kRows = 4;  // the gather's row block
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(W, a.K + 1), [&](int64_t begin, int64_t end) {
-    const int64_t stage_size = (tl.rows + S1 - 1) * gw * tl.cv;
-    const int64_t sums_size = (tl.rows + S1 - 1) * pw * tl.cv + kSlack<opmath_t>;
-    std::vector<opmath_t> stage(L * stage_size + kSlack<opmath_t>);  // rows of every live g_k, zero-extended
-    std::vector<opmath_t> sums(G * sums_size);                       // each group's row-pass sums
-    std::vector<opmath_t> acc(tl.rows * W * tl.cv);                  // this task's rows of dL/dy
-    std::vector<opmath_t> adj(pw * tl.cv);                           // one row of the padded-image adjoint
-    std::vector<const opmath_t*> src(std::max(L, G));
-    std::vector<int64_t> col_off(S1), row_off(S2);
+    const int64_t g_pitch = Wg * tl.cv, h_pitch = pw * tl.cv;
+    std::vector<opmath_t> stage(L * max_rows * g_pitch + kSlack<opmath_t>);  // rows of every live g_k
+    std::vector<opmath_t> h(G * max_rows * h_pitch + kSlack<opmath_t>);      // each group's transposed row passes
+    std::vector<opmath_t> acc(tl.rows * W * tl.cv);                          // this task's rows of dL/dy
+    std::vector<opmath_t> adj(kRows * h_pitch);                              // padded rows, border columns included
+    const int64_t phase_pitch = ceil_div(pw, sw) * tl.cv + kSlack<opmath_t>;
+    std::vector<opmath_t> phase_buf(kRows * phase_pitch);
+    std::vector<const opmath_t*> g_rows(L * max_rows), h_rows(G * max_rows), term_rows;
     for (int64_t id = begin; id < end; ++id) {
       const Task t = locate(tl, id, C, H);
       const int64_t cv = t.cv;
-      const int64_t* off = (cv == tl.cv ? off_full : off_tail).data();
-      for (int64_t r = 0; r < S1; ++r) col_off[r] = r * pw * cv;
-      for (int64_t b = 0; b < S2; ++b) row_off[b] = b * cv;
-      const View v{a.out_h, a.out_w, g.stride(2), g.stride(3), slot_gsC, cv};
+      const Phases& g_phases = cv == tl.cv ? g_phases_full : g_phases_tail;
+      const Phases& h_phases = cv == tl.cv ? h_phases_full : h_phases_tail;
+      const View v{Ho, Wo, g.stride(2), g.stride(3), slot_gsC, cv};
       auto g_slot = [&](int64_t b) { return g_ptr + t.n * g.stride(0) + a.channel(b, t.c0) * g.stride(1); };
-      // Stages rows [p0 - S1 + 1, p1) of every live g_k (what rows [p0, p1) of the adjoint read), and each group's
-      // row-pass sums over them.
-      auto stage_live = [&](int64_t p0, int64_t p1) {
-        const int64_t nrows = p1 - p0 + S1 - 1;
-        for (int64_t l = 0; l < L; ++l)
-          stage_dilated_rows(g_slot(a.slot(live[l])), v, sh, sw, p0 - (S1 - 1), nrows, S2 - 1, gw,
-                             stage.data() + l * stage_size);
-        for (int64_t q = 0; q < G; ++q) {
-          const Group& grp = groups[q];
-          for (int64_t r = 0; r < nrows; ++r) {
-            for (size_t e = 0; e < grp.sources.size(); ++e)
-              src[e] = stage.data() + grp.sources[e] * stage_size + r * gw * cv;
-            correlate_sum<false>(src.data(), static_cast<int64_t>(grp.sources.size()), row_off.data(),
-                                 grp.rows.data(), S2, sums.data() + q * sums_size + r * pw * cv, pw * cv);
+
+      // Padded rows [p0, p1) into `put(p, row)` (row: padded columns [qa, qb)), or added in place into acc.
+      auto run_rows = [&](int64_t p0, int64_t p1, int64_t qa, int64_t qb, bool in_place, auto&& put) {
+        const int64_t o0 = std::max<int64_t>(0, ceil_div(p0 - S1 + 1, sh));
+        const int64_t o1 = std::min(Ho, floor_div(p1 - 1, sh) + 1);
+        const int64_t nO = std::max<int64_t>(0, o1 - o0);
+        for (int64_t l = 0; l < L; ++l) {
+          const scalar_t* base = g_slot(a.slot(live[l]));
+          for (int64_t o = o0; o < o1; ++o) {
+            opmath_t* row = stage.data() + (l * max_rows + (o - o0)) * g_pitch;
+            std::fill(row, row + E * cv, opmath_t(0));
+            copy_pixels(base + o * g.stride(2), v, Wo, 1, row + E * cv);
+            std::fill(row + (E + Wo) * cv, row + Wg * cv, opmath_t(0));
+            g_rows[l * nO + (o - o0)] = row + E * cv;
           }
+        }
+        // h_u[o][q] for every padded column q, one row at a time.
+        for (int64_t u = 0; u < G; ++u) {
+          const Group& grp = groups[u];
+          const int64_t ns = static_cast<int64_t>(grp.sources.size());
+          term_rows.resize(ns);
+          for (int64_t o = o0; o < o1; ++o) {
+            for (int64_t e = 0; e < ns; ++e) term_rows[e] = g_rows[grp.sources[e] * nO + (o - o0)];
+            opmath_t* hrow = h.data() + (u * max_rows + (o - o0)) * h_pitch;
+            h_rows[u * nO + (o - o0)] = hrow;
+            const Gather<opmath_t> pass{term_rows.data(), ns, o, 1, grp.rows.data(), 1, S2, 1};
+            gather_columns(pass, g_phases, cv, o, 1, 0, pw, &hrow, false, phase_buf.data(), phase_pitch);
+          }
+        }
+        const Gather<opmath_t> direct{g_rows.data(), Ld, o0, nO, wl.data(), S1, S2, sh};
+        const Gather<opmath_t> columns{h_rows.data(), G, o0, nO, group_columns.data(), S1, 1, sh};
+        for (int64_t p = p0; p < p1; p += kRows) {
+          const int64_t nr = std::min(kRows, p1 - p);
+          opmath_t* dst[kRows];
+          for (int64_t r = 0; r < nr; ++r)
+            dst[r] = in_place ? acc.data() + ((p + r - pad.top - t.i0) * W - pad.left) * cv + qa * cv
+                              : adj.data() + r * h_pitch;
+          bool accumulate = in_place;
+          if (Ld > 0) {
+            gather_columns(direct, g_phases, cv, p, nr, qa, qb, dst, accumulate, phase_buf.data(), phase_pitch);
+            accumulate = true;
+          }
+          if (G > 0) gather_columns(columns, h_phases, cv, p, nr, qa, qb, dst, accumulate, phase_buf.data(), phase_pitch);
+          if (!in_place)
+            for (int64_t r = 0; r < nr; ++r) put(p + r, dst[r]);
         }
       };
-      // adj[q] for padded columns q in [q0, q0 + n) of staged row r: the sum over live branches of F_k^T g_k.
-      auto adjoint = [&](int64_t r, int64_t q0, int64_t n, opmath_t* dst, bool accumulate) {
-        if (Ld > 0) {
-          for (int64_t l = 0; l < Ld; ++l) src[l] = stage.data() + l * stage_size + (r * gw + q0) * cv;
-          if (accumulate) {
-            correlate_sum<true>(src.data(), Ld, off, wl.data(), taps, dst, n * cv);
-          } else {
-            correlate_sum<false>(src.data(), Ld, off, wl.data(), taps, dst, n * cv);
-          }
-          accumulate = true;
-        }
-        if (G > 0) {
-          for (int64_t q = 0; q < G; ++q) src[q] = sums.data() + q * sums_size + (r * pw + q0) * cv;
-          if (accumulate) {
-            correlate_sum<true>(src.data(), G, col_off.data(), group_columns.data(), S1, dst, n * cv);
-          } else {
-            correlate_sum<false>(src.data(), G, col_off.data(), group_columns.data(), S1, dst, n * cv);
-          }
-        }
-      };
-      // Padded columns outside the image send their value to the column the padding copied (reflect etc.).
-      auto fold_border_columns = [&](const opmath_t* row, opmath_t* dst) {
+      // Padded row p's adjoint (all pw columns) added to the image row the padding copied it from, border columns to
+      // the columns they copied (reflect etc.).
+      auto fold = [&](int64_t p, const opmath_t* row) {
+        const int64_t i = pad_source_index(p - pad.top, H, mode);
+        if (i < t.i0 || i >= t.i1) return;
+        opmath_t* dst = acc.data() + (i - t.i0) * W * cv;
+        at::vec::map2([](auto x, auto y) { return x + y; }, dst, dst, row + pad.left * cv, W * cv);
         for (int64_t q = 0; q < pw; ++q) {
           if (q == pad.left) q += W;
           if (q >= pw) break;
@@ -659,31 +818,23 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
       };
 
       if (identity_live) {
-        stage_dilated_rows(g_slot(0), v, sh, sw, t.i0, t.i1 - t.i0, 0, W, acc.data());
+        identity_adjoint_rows(g_slot(0), v, sh, sw, t.i0, t.i1 - t.i0, W, acc.data());
       } else {
-        std::fill(acc.begin(), acc.end(), opmath_t(0));
+        std::fill(acc.begin(), acc.begin() + (t.i1 - t.i0) * W * cv, opmath_t(0));
       }
       if (L > 0) {
-        // Adjoint rows i + top of the block's own rows i: the interior columns accumulate straight into acc.
-        stage_live(t.i0 + pad.top, t.i1 + pad.top);
-        for (int64_t i = t.i0; i < t.i1; ++i) {
-          opmath_t* dst = acc.data() + (i - t.i0) * W * cv;
-          adjoint(i - t.i0, pad.left, W, dst, /*accumulate=*/true);
-          if (mode == PadMode::Zeros) continue;
-          adjoint(i - t.i0, 0, pw, adj.data(), /*accumulate=*/false);
-          fold_border_columns(adj.data(), dst);
-        }
-        // Border rows of the padded image whose source row lies in this block.
-        for (int64_t p = 0; mode != PadMode::Zeros && p < H + S1 - 1; ++p) {
-          if (p == pad.top) p += H;
-          if (p >= H + S1 - 1) break;
-          const int64_t i = pad_source_index(p - pad.top, H, mode);
-          if (i < t.i0 || i >= t.i1) continue;
-          stage_live(p, p + 1);
-          adjoint(0, 0, pw, adj.data(), /*accumulate=*/false);
-          opmath_t* dst = acc.data() + (i - t.i0) * W * cv;
-          at::vec::map2([](auto x, auto y) { return x + y; }, dst, dst, adj.data() + pad.left * cv, W * cv);
-          fold_border_columns(adj.data(), dst);
+        const int64_t p0 = t.i0 + pad.top, p1 = t.i1 + pad.top;
+        if (mode == PadMode::Zeros) {
+          run_rows(p0, p1, pad.left, pad.left + W, /*in_place=*/true, fold);
+        } else {
+          run_rows(p0, p1, 0, pw, /*in_place=*/false, fold);
+          // Border rows of the padded image whose source row lies in this block.
+          for (int64_t p = 0; p < H + S1 - 1; ++p) {
+            if (p == pad.top) p += H;
+            if (p >= H + S1 - 1) break;
+            const int64_t i = pad_source_index(p - pad.top, H, mode);
+            if (i >= t.i0 && i < t.i1) run_rows(p, p + 1, 0, pw, /*in_place=*/false, fold);
+          }
         }
       }
       scalar_t* gy_base = gy_ptr + t.n * grad_y.stride(0) + t.c0 * grad_y.stride(1);
@@ -709,26 +860,6 @@ void backward_cpu(const at::Tensor& grad_output, const at::Tensor& bank, const B
 
 const bool registered = register_branch_kernels(c10::DeviceType::CPU, {&forward_cpu, &backward_cpu});
 
-// fixedbranch::_set_factoring: "auto", "never" or "always"; returns the previous policy.
-std::string set_factoring(c10::string_view policy) {
-  static const char* const names[] = {"auto", "never", "always"};
-  int chosen = -1;
-  for (int i = 0; i < 3; ++i)
-    if (policy == names[i]) chosen = i;
-  TORCH_CHECK_VALUE(chosen >= 0, "fixedbranch._set_factoring: policy must be 'auto', 'never' or 'always', got '",
-                    std::string(policy), "'");
-  return names[factoring_policy.exchange(chosen)];
-}
-
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(fixedbranch, m) {
-  m.def("_set_factoring(str policy) -> str", &set_factoring);
-}
-
-TORCH_LIBRARY_IMPL(fixedbranch, CPU, m) {
-  m.impl("fixed_branch", &fixed_branch);
-  m.impl("_fixed_branch_backward", &fixed_branch_backward);
-}
 
 }  // namespace fixedbranch

@@ -430,8 +430,6 @@ void launch_tiled(const at::Tensor& src, const at::Tensor& w, at::Tensor& dst, c
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Runs the forward (src = y, dst = out) or the backward (src = grad_output, dst = grad_y) on w, the bank in
-// opmath_t. C is the channel count of y.
 // One thread per pixel (of the band, or of the image), a grid-stride loop over a capped grid.
 template <bool kForward, bool kBand, typename scalar_t>
 void launch_direct(const at::Tensor& src, const at::Tensor& w, at::Tensor& dst, const Geometry<int64_t>& g) {
@@ -554,10 +552,5 @@ const bool registered = register_branch_kernels(c10::DeviceType::CUDA, {&forward
 
 }  // namespace
 }  // namespace cuda
-
-TORCH_LIBRARY_IMPL(fixedbranch, CUDA, m) {
-  m.impl("fixed_branch", &fixed_branch);
-  m.impl("_fixed_branch_backward", &fixed_branch_backward);
-}
 
 }  // namespace fixedbranch

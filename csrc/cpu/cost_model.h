@@ -1,0 +1,29 @@
+// The CPU kernels' cost model: whether they run a bank's plan (csrc/bank_plan/bank_plan.h) factored or correlate
+// every filter directly. The plan counts multiply-adds; the CPU kernels differ in what one costs (cost_model.cpp).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+#include <memory>
+#include <string>
+
+#include "bank_plan/bank_plan.h"
+
+namespace fixedbranch {
+
+// Whether the CPU kernels run `plan` rather than the direct correlation of every filter (their default).
+bool pays_on_cpu(const BankPlan& plan);
+
+// The plan the CPU kernels run for `bank` (rounded to the compute dtype, on the CPU), or null where they correlate
+// every filter directly: by pays_on_cpu, unless fixedbranch::_set_factoring forced a path.
+std::shared_ptr<const BankPlan> cpu_plan(const at::Tensor& bank);
+
+// fixedbranch::_set_factoring: "auto" (pays_on_cpu decides), "never" or "always" (whenever the plan factors a
+// filter); returns the previous policy. Benchmarks compare the paths; results agree within the tolerances either way.
+std::string set_factoring(c10::string_view policy);
+
+// fixedbranch::_bank_plan_pays_on_cpu, a diagnostic: pays_on_cpu of the plan of `bank` (any device).
+bool bank_plan_pays_on_cpu(const at::Tensor& bank);
+
+}  // namespace fixedbranch
