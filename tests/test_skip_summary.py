@@ -1,14 +1,13 @@
 """The test run's summary says why the CUDA cases were skipped (tests/conftest.py)."""
 
-import pathlib
-
 import torch
 
 pytest_plugins = ["pytester"]
 
 
 def test_summary_counts_the_cuda_skips(pytester):
-    pytester.makeconftest((pathlib.Path(__file__).parent / "conftest.py").read_text())
+    # The suite's own hooks (tests is a package: pytest put the repository root on sys.path to import it).
+    pytester.makeconftest("from tests.conftest import pytest_collection_modifyitems, pytest_terminal_summary\n")
     pytester.makeini("[pytest]\nmarkers =\n    needs_cuda: needs a CUDA device\n")
     pytester.makepyfile(
         """
