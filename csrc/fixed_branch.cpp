@@ -61,6 +61,30 @@ bool register_branch_kernels(c10::DeviceType device, BranchKernels kernels) {
 
 namespace {
 
+CudaHooks& cuda_hooks() {
+  static CudaHooks hooks;
+  return hooks;
+}
+
+// fixedbranch::_cuda_kernels: the CUDA kernel generation the next call runs, or "none" in a build without CUDA.
+std::string cuda_kernels() { return cuda_hooks().kernels != nullptr ? cuda_hooks().kernels() : "none"; }
+
+// fixedbranch::_cuda_error_probe: raises the CUDA-side error `what` names (CudaHooks).
+void cuda_error_probe(c10::string_view what) {
+  TORCH_CHECK(cuda_hooks().error_probe != nullptr,
+              "fixedbranch._cuda_error_probe: this build of fixedbranch has no CUDA kernels");
+  cuda_hooks().error_probe(what);
+}
+
+}  // namespace
+
+bool register_cuda_hooks(CudaHooks hooks) {
+  cuda_hooks() = hooks;
+  return true;
+}
+
+namespace {
+
 // fixedbranch::_kernel_devices: the device types this build has kernels for ("cpu", and "cuda" when built with them).
 std::vector<std::string> kernel_devices() {
   std::vector<std::string> devices;
@@ -255,6 +279,8 @@ TORCH_LIBRARY(fixedbranch, m) {
   m.def("_bank_plan_tolerances(ScalarType dtype) -> float[]", &bank_plan_tolerances);
   m.def("_set_factoring(str policy) -> str", &set_factoring);
   m.def("_kernel_devices() -> str[]", &kernel_devices);
+  m.def("_cuda_kernels() -> str", &cuda_kernels);
+  m.def("_cuda_error_probe(str what) -> ()", &cuda_error_probe);
 }
 
 // The device-independent entry points, once for each device key; the kernels come from the table above.

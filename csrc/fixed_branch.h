@@ -11,6 +11,7 @@
 #include <c10/util/string_view.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace fixedbranch {
@@ -86,6 +87,15 @@ struct BranchKernels {
 // registers the entry points below with the dispatcher for the CPU and CUDA keys, and they look the kernels up by
 // the operand's device type.
 bool register_branch_kernels(c10::DeviceType device, BranchKernels kernels);
+
+// What a CUDA build adds besides its kernels, registered once by cuda/next.cu (a CPU-only build has none): the
+// CUDA kernel generation the next call will run ("verified" or "next", FIXEDBRANCH_CUDA_KERNELS), and a probe that
+// raises each kind of error CUDA-side code can raise (fixedbranch::_cuda_error_probe, tools/gpu_errors.py).
+struct CudaHooks {
+  std::string (*kernels)() = nullptr;
+  void (*error_probe)(c10::string_view what) = nullptr;
+};
+bool register_cuda_hooks(CudaHooks hooks);
 
 // The device-independent entry points of fixedbranch::fixed_branch and fixedbranch::_fixed_branch_backward: check
 // every argument, parse once, allocate, return early on empty tensors, guard the device, run the device kernel.

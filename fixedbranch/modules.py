@@ -51,8 +51,10 @@ def _bank_mismatch(theirs, ours: torch.Tensor) -> str:
     return ""
 
 
-class _PlannedBank:
-    """Mixin: ``plan_for(dtype)`` and ``plan`` tell how the operator runs the bank for an input of a dtype.
+class _BankModule:
+    """Mixin of the modules that hold a fixed bank: how the operator runs it, and its record in a checkpoint.
+
+    ``plan_for(dtype)`` and ``plan`` tell how the operator runs the bank for an input of a dtype.
 
     The operator rounds the bank to its input's dtype and plans it in that dtype (``csrc/fixed_branch.cpp``), so the
     plan depends on the input's dtype, not on the dtype the bank is stored in. The module plans the bank for its
@@ -119,7 +121,7 @@ def _options_repr(module) -> str:
     return "".join(", " + p for p in parts)
 
 
-class FixedBranch(_PlannedBank, nn.Module):
+class FixedBranch(_BankModule, nn.Module):
     """Fixed-filter branches: ``cat([y, F_1*y, ..., F_K*y], 1)``, see :func:`fixedbranch.fixed_branch`.
 
     Has no parameters. The bank is a (non-persistent) buffer: it follows ``.to()``, ``.half()`` and devices,
@@ -179,7 +181,7 @@ class FixedBranch(_PlannedBank, nn.Module):
         return f"{_bank_summary(self.bank)}, padding_mode={self.padding_mode!r}" + _options_repr(self)
 
 
-class FixedBranchTranspose(_PlannedBank, nn.Module):
+class FixedBranchTranspose(_BankModule, nn.Module):
     """The adjoint of :class:`FixedBranch` with the same options, see :func:`fixedbranch.fixed_branch_transpose`:
     a synthesis bank (with a wavelet synthesis bank and stride 2, the inverse wavelet transform).
 
@@ -238,7 +240,7 @@ class FixedBranchTranspose(_PlannedBank, nn.Module):
         return f"{_bank_summary(self.bank)}, padding_mode={self.padding_mode!r}" + _options_repr(self)
 
 
-class FixedBranchConv2d(_PlannedBank, nn.Conv2d):
+class FixedBranchConv2d(_BankModule, nn.Conv2d):
     """Drop-in for ``nn.Conv2d`` followed by fixed-filter branches, fused into one autograd node.
 
     **The output has** ``out_channels_total`` **channels**, ``num_branches * out_channels``: ``out_channels`` keeps
