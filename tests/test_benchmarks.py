@@ -154,6 +154,19 @@ def test_blocks(runs):
     assert "| harmonic 3x3 block |" in stdout
 
 
+def test_wavelets(runs):
+    result, stdout = result_of(runs, "wavelets")
+    names = [c["case"] for c in result["cases"]]
+    assert names == ["transform db1", "inverse db1", "transform db2", "inverse db2", "WTConv2d, 1 level",
+                     "WTConv2d, 2 levels"]
+    for case in result["cases"]:
+        assert checked(case) == ({"blocks"} if case["case"].startswith("WTConv2d") else {"fused"}), case["case"]
+        assert "forward_backward" in case["rows"]["reference"]["times"]
+    assert all("forward_backward" in c["rows"]["fused"]["pct_bound"] for c in result["cases"][:4])
+    assert all("forward_backward" in c["rows"]["convs"]["times"] for c in result["cases"][4:])
+    assert "| transform db1 |" in stdout
+
+
 def test_docs_blocks_render_the_committed_results():
     stale = report.update_docs(STUDIES, check=True)
     assert not stale, f"run `python -m benchmarks docs`: {stale}"
