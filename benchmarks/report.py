@@ -173,7 +173,8 @@ def render_block(study_name: str, file_stem: str, view: str | None, doc: Path, s
     body = study.docs(result, view) if hasattr(study, "docs") else study.table(result)
     up, md = "" if doc.parent == ROOT else "../", f"benchmarks/results/{study_name}/{file_stem}"
     plot_line = f"\n\n![{study_name}]({up}{md}.png)" if view is None and path.with_suffix(".png").exists() else ""
-    return f"{body}\n\n_From [`{md}.md`]({up}{md}.md): {machine_line(result)}._{plot_line}\n"
+    return (f"{body}\n\n_ms: best repetition (median); %: of the bound, max(copy bound, compute bound), its kind "
+            f"named. From [`{md}.md`]({up}{md}.md): {machine_line(result)}._{plot_line}\n")
 
 
 def update_docs(studies: dict, check: bool = False) -> list[str]:

@@ -63,15 +63,16 @@ def _ms(row: dict, metric: str, stat: str = "median_s") -> float:
 
 def table(result: dict) -> str:
     header = ["output", "forward ms", "clone ms", "forward / clone", "backward ms", "clone dL/dout ms",
-              "backward / clone dL/dout", "fwd+bwd ms", "clones out + dL/dy ms", "fwd+bwd / clones", "matches reference"]
+              "backward / clone dL/dout", "fwd+bwd ms", "clones out + dL/dy ms", "fwd+bwd / clones",
+              "matches reference"]
     rows = []
     for case in result["cases"]:
         r = case["rows"]
-        f, clone_out, clone_g = r["fused"], _ms(r["clone_out"], "forward"), _ms(r["clone_g"], "backward")
+        fwd, bwd, both = (_ms(r["fused"], m) for m in ("forward", "backward", "forward_backward"))
+        clone_out, clone_g = _ms(r["clone_out"], "forward"), _ms(r["clone_g"], "backward")
         clones = clone_out + _ms(r["clone_dy"], "backward")
-        rows.append([case["case"], f"{_ms(f, 'forward'):.1f}", f"{clone_out:.1f}", f"{_ms(f, 'forward') / clone_out:.2f}×",
-                     f"{_ms(f, 'backward'):.1f}", f"{clone_g:.1f}", f"{_ms(f, 'backward') / clone_g:.2f}×",
-                     f"{_ms(f, 'forward_backward'):.1f}", f"{clones:.1f}",
-                     f"{_ms(f, 'forward_backward') / clones:.2f}×", report.matched(f)])
+        rows.append([case["case"], f"{fwd:.1f}", f"{clone_out:.1f}", f"{fwd / clone_out:.2f}×", f"{bwd:.1f}",
+                     f"{clone_g:.1f}", f"{bwd / clone_g:.2f}×", f"{both:.1f}", f"{clones:.1f}",
+                     f"{both / clones:.2f}×", report.matched(r["fused"])])
     return ("Medians over single calls (the median, not the best: a fresh output's page faults are the point).\n\n"
             + report.table(header, rows))
