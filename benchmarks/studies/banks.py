@@ -109,7 +109,7 @@ def _bound(case: dict, metric: str) -> str:
 
 
 def table(result: dict, rows_shown: tuple[str, ...] | None = None) -> str:
-    header = ["case", "path (taps of direct)", "row", "forward ms", "fwd % of bound", "fwd % DRAM", "backward ms",
+    header = ["case", "CPU path (plan taps of direct)", "row", "forward ms", "fwd % of bound", "fwd % DRAM", "backward ms",
               "bwd % of bound", "bwd % DRAM", "bound ms fwd, bwd", "matches reference"]
     rows = []
     for case in result["cases"]:
