@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEPS := ninja pybind11 pytest numpy scipy matplotlib tqdm scikit-learn kornia onnx onnxscript onnxruntime \
         opencv-python-headless PyWavelets
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/bank_plan/*.cpp csrc/bank_plan/*.h csrc/cpu/*.cpp csrc/cpu/*.h \
-           csrc/cuda/*.cu csrc/cuda/*.cuh)
+           csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h)
 
 .PHONY: demo test bench bench-quick build clean
 

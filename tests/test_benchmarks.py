@@ -141,6 +141,20 @@ def test_docs_blocks_render_every_study(runs, monkeypatch):
             assert "|---|" in block or view == "rates", (name, view)
             assert "torch.mm" in block and f"(benchmarks/results/{name}/cpu-quick.md)" in block, (name, view)
 
+def test_blocks(runs):
+    result, stdout = result_of(runs, "blocks")
+    from benchmarks.studies import blocks
+
+    assert [c["case"] for c in result["cases"]] == list(blocks.CASES)
+    for case in result["cases"]:
+        assert checked(case) == {"blocks"}, case["case"]
+        for row in case["rows"].values():
+            assert set(row["times"]) == {"forward_nograd", "forward_backward"}, case["case"]
+    paths = {c["case"]: c["params"]["fused"] for c in result["cases"]}
+    assert paths["harmonic 3x3 block"] and paths["PFM, f=16"] and not paths["PFM, f=1"]
+    assert not paths["harmonic 3x3, use_bn=False"] and not paths["harmonic 3x3, dilation 2"]
+    assert "| harmonic 3x3 block |" in stdout
+
 
 def test_docs_blocks_render_the_committed_results():
     stale = report.update_docs(STUDIES, check=True)

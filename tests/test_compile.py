@@ -164,6 +164,7 @@ def test_functional_ops_compile_fullgraph(options):
 
 
 @pytest.mark.needs_cuda
+@pytest.mark.usefixtures("cuda_kernels")  # under both CUDA kernel generations
 @pytest.mark.parametrize("options", [OPTIONS["default"], OPTIONS["combined"]], ids=["default", "combined"])
 def test_cuda_graphs_reduce_overhead(options):
     # CUDA graphs replay the captured kernels: a kernel launched on the wrong stream, or one that allocates outside

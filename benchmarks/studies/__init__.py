@@ -1,11 +1,12 @@
 """The studies ``python -m benchmarks STUDY`` runs, by name (see benchmarks/__init__.py to add one)."""
 
-from . import allocation, banks, options, overhead, suite
+from . import allocation, banks, blocks, options, overhead, suite
 
 STUDIES = {
     "suite": suite,
     "banks": banks,
     "options": options,
+    "blocks": blocks,
     "overhead": overhead,
     "allocation": allocation,
 }
