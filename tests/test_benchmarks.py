@@ -37,6 +37,7 @@ def result_of(runs, name: str) -> tuple[dict, str]:
     assert (out / name / "cpu-quick.png").read_bytes().startswith(b"\x89PNG")
     stdout = (out / "stdout").read_text()
     assert stdout == (out / name / "cpu-quick.md").read_text() + "\n"  # the markdown, no profiler or compiler noise
+    assert "USDT" not in (out / "stderr").read_text()
     result = json.loads((out / name / "cpu-quick.json").read_text())
     assert {"schema", "study", "preset", "settings", "machine", "rates", "cases", "wall_time_s"} <= result.keys()
     assert result["study"] == name and result["preset"] == "quick" and result["settings"]["threads"] == 1
@@ -115,7 +116,8 @@ def test_overhead(runs):
     rows = result["cases"][0]["rows"]
     assert checked(result["cases"][0]) == {"fixed_branch", "fixed_branch_f32", "module", "raw_op", "depthwise_cat",
                                           "conv_layer", "conv_depthwise_cat"}
-    assert set(rows["module"]["times"]) == set(overhead.METRICS) and rows["fixed_branch"]["times"]["forward"]["reps"] == 3
+    assert set(rows["module"]["times"]) == set(overhead.METRICS)
+    assert rows["fixed_branch"]["times"]["forward"]["reps"] == 3
     for _, _, label in overhead.RATIOS:
         assert f"| {label} |" in stdout
 
