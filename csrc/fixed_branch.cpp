@@ -155,6 +155,45 @@ at::Tensor fixed_branch_backward(const at::Tensor& grad_output, const at::Tensor
   return grad_y;
 }
 
+// The adjoint of fixed_branch is its backward with no branch stopped: the same device kernel computes both, so the
+// transpose has exactly the backward's arithmetic (and its determinism) on every device.
+at::Tensor fixed_branch_transpose(const at::Tensor& z, const at::Tensor& bank, c10::string_view padding_mode,
+                                  bool identity, c10::string_view order, c10::IntArrayRef stride,
+                                  c10::OptionalIntArrayRef output_size) {
+  constexpr const char* what = "fixedbranch.fixed_branch_transpose";
+  check_float_tensor(what, "z", z, 4, "(N, B*C, H', W')");
+  check_bank(what, bank, z, "z");
+  const int64_t branches = bank.size(0) + (identity ? 1 : 0);
+  TORCH_CHECK_VALUE(z.size(1) % branches == 0, what, ": expected z's ", z.size(1),
+                    " channels to be a multiple of the ", branches, " branches (", bank.size(0), " filters",
+                    identity ? " and the identity" : "", ")");
+  const int64_t N = z.size(0), C = z.size(1) / branches;
+  // The options first (an image size of -1 skips the size rules), so that a bad stride is reported as such.
+  const bool strided = parse_branch_args(what, "output_size", {N, C, -1, -1}, bank, padding_mode,
+                                         /*stop_gradient=*/{}, identity, order, stride)
+                           .strided();
+  TORCH_CHECK_VALUE(output_size.has_value() || !strided, what, ": output_size (the (H, W) of fixed_branch's input) ",
+                    "is required with stride ", echo_pair(stride), ": z's size does not determine it");
+  if (output_size.has_value()) {
+    TORCH_CHECK_VALUE(output_size->size() == 2 && (*output_size)[0] >= 0 && (*output_size)[1] >= 0, what,
+                      ": expected output_size to be a pair (H, W) of non-negative ints, got ", *output_size);
+  }
+  const int64_t H = output_size.has_value() ? (*output_size)[0] : z.size(2);
+  const int64_t W = output_size.has_value() ? (*output_size)[1] : z.size(3);
+  const BranchArgs args = parse_branch_args(what, "output_size", {N, C, H, W}, bank, padding_mode,
+                                            /*stop_gradient=*/{}, identity, order, stride);
+  TORCH_CHECK_VALUE(z.size(2) == args.out_h && z.size(3) == args.out_w, what, ": z is ", z.size(2), "x", z.size(3),
+                    " but output_size (", args.H, ", ", args.W, ") with stride ",
+                    echo_pair({args.stride_h, args.stride_w}), " gives ", args.out_h, "x", args.out_w);
+  const BranchKernels& kernels = kernels_for(what, z);
+  at::Tensor y = at::empty({args.N, args.C, args.H, args.W}, z.options().memory_format(z.suggest_memory_format()));
+  if (y.numel() == 0) return y;
+  const c10::OptionalDeviceGuard device_guard(z.device());
+  const at::Tensor bank_z = bank.to(z.scalar_type()).contiguous();
+  kernels.backward(z, bank_z, args, y);
+  return y;
+}
+
 namespace {
 
 // Conv (ATen's, so every backend and algorithm choice stays PyTorch's) followed by the fused branch operator. The
@@ -210,6 +249,11 @@ TORCH_LIBRARY(fixedbranch, m) {
   m.def(
       "_fixed_branch_backward(Tensor grad_output, Tensor bank, str padding_mode, int[] stop_gradient, bool identity, "
       "str order, int[2] stride, SymInt[2] input_size) -> Tensor");
+  // The adjoint of fixed_branch (same bank and options): z in fixed_branch's output layout -> (N, C, H, W). output_size
+  // is that (H, W), which a stride keeps z's size from determining.
+  m.def(
+      "fixed_branch_transpose(Tensor z, Tensor bank, str padding_mode=\"zeros\", bool identity=True, "
+      "str order=\"branch\", int[2] stride=1, SymInt[2]? output_size=None) -> Tensor");
   m.def(
       "fixed_branch_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor bank, int[2] stride=1, int[2] padding=0, "
       "int[2] dilation=1, int groups=1, str padding_mode=\"zeros\", int[] stop_gradient=[], bool identity=True, "
@@ -241,11 +285,13 @@ TORCH_LIBRARY(fixedbranch, m) {
 TORCH_LIBRARY_IMPL(fixedbranch, CPU, m) {
   m.impl("fixed_branch", &fixed_branch);
   m.impl("_fixed_branch_backward", &fixed_branch_backward);
+  m.impl("fixed_branch_transpose", &fixed_branch_transpose);
 }
 
 TORCH_LIBRARY_IMPL(fixedbranch, CUDA, m) {
   m.impl("fixed_branch", &fixed_branch);
   m.impl("_fixed_branch_backward", &fixed_branch_backward);
+  m.impl("fixed_branch_transpose", &fixed_branch_transpose);
 }
 
 TORCH_LIBRARY_IMPL(fixedbranch, CompositeImplicitAutograd, m) {

@@ -7,6 +7,7 @@
 #include <c10/core/DeviceType.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/ArrayRef.h>
+#include <c10/util/OptionalArrayRef.h>
 #include <c10/util/string_view.h>
 
 #include <cstdint>
@@ -104,5 +105,9 @@ at::Tensor fixed_branch(const at::Tensor& y, const at::Tensor& bank, c10::string
 at::Tensor fixed_branch_backward(const at::Tensor& grad_output, const at::Tensor& bank, c10::string_view padding_mode,
                                  c10::IntArrayRef stop_gradient, bool identity, c10::string_view order,
                                  c10::IntArrayRef stride, c10::IntArrayRef input_size);
+// fixedbranch::fixed_branch_transpose, the adjoint of fixed_branch: the backward kernel with no branch stopped.
+at::Tensor fixed_branch_transpose(const at::Tensor& z, const at::Tensor& bank, c10::string_view padding_mode,
+                                  bool identity, c10::string_view order, c10::IntArrayRef stride,
+                                  c10::OptionalIntArrayRef output_size);
 
 }  // namespace fixedbranch

@@ -12,7 +12,7 @@ Conventions, shared by every constructor:
 - Sampled filters (:func:`gaussian`, :func:`log`, :func:`gabor`) use the centred grid ``i - (size - 1) / 2``:
   for odd sizes the centre is a pixel, for even sizes it falls between the two middle pixels.
 
-Needs only torch.
+Needs only torch; :func:`wavelet` also needs PyWavelets, the source of its coefficients.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ __all__ = [
     "gabor",
     "dct",
     "lbcnn",
+    "wavelet",
     "bank",
 ]
 
@@ -600,6 +601,93 @@ def lbcnn(
     signs = torch.bernoulli(torch.full((n, nonzero), 0.5, dtype=torch.float64), generator=gen) * 2 - 1
     weights = torch.zeros(n, numel, dtype=torch.float64).scatter_(1, positions, signs)
     return _out(fn, weights.reshape(n, size, size), dtype, device)
+
+
+# --------------------------------------------------------------------------------------------------- wavelets
+
+
+def wavelet(
+    name: str,
+    *,
+    synthesis: bool = False,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The four filters of one level of a separable 2-D discrete wavelet transform, from PyWavelets' coefficients.
+
+    With ``h = (h_lo, h_hi)`` a pair of 1-D filters of length L, filter ``k`` is the outer product::
+
+        filter[k][i, j] = h[k % 2][i] * h[k // 2][j]      (i the row, j the column)
+
+    so filter 0 is low-pass both ways (``pywt.dwt2``'s approximation ``cA``), filter 1 high-pass down the rows
+    (its horizontal detail ``cH``), filter 2 high-pass along the rows (``cV``) and filter 3 both (``cD``). The
+    analysis bank has ``h = (dec_lo, dec_hi)`` reversed, because the branches correlate where a filter bank
+    convolves; the synthesis bank has ``h = (rec_lo, rec_hi)`` as they are, since the transpose of a correlation
+    is a convolution. This is the convention of WTConv's
+    ``create_2d_wavelet_filter``, so that, for even image sizes,
+
+    - ``fixed_branch(x, wavelet(name), identity=False, order="channel", stride=2)`` is its wavelet transform
+      (channel ``4c + k`` holds subband k of channel c), and
+    - ``fixed_branch_transpose(z, wavelet(name, synthesis=True), identity=False, order="channel", stride=2,
+      output_size=(H, W))`` its inverse.
+
+    L is even for every discrete wavelet, and the "same" padding's top row count ``(L - 1) // 2 = L // 2 - 1`` is
+    exactly the padding WTConv gives ``F.conv2d`` (docs/design.md, "Wavelet banks"). With
+    ``padding_mode="circular"`` the transform is periodic and the inverse reconstructs the image exactly (to the
+    precision of the coefficients), for orthogonal and biorthogonal wavelets alike.
+
+    Args:
+        name: a discrete wavelet PyWavelets knows (``pywt.wavelist(kind="discrete")``): ``"haar"``, ``"db1"`` ..
+            ``"db38"``, ``"sym2"`` .., ``"coif1"`` .., ``"bior1.1"`` .., ``"rbio1.1"`` .., ``"dmey"``.
+        synthesis: the synthesis (reconstruction) bank instead of the analysis (decomposition) bank.
+        dtype: floating-point dtype of the result (the coefficients are PyWavelets' float64 values, rounded once).
+        device: device of the result.
+
+    Returns:
+        Tensor of shape (4, L, L).
+
+    Raises:
+        ImportError: PyWavelets is not installed.
+        TypeError: ``name`` is not a string, ``synthesis`` not a bool, ``dtype`` not a floating-point dtype.
+        ValueError: ``name`` is not a discrete wavelet (a continuous one such as ``"morl"``, or unknown).
+
+    Example:
+        >>> wavelet("haar")
+        tensor([[[ 0.5000,  0.5000],
+                 [ 0.5000,  0.5000]],
+        <BLANKLINE>
+                [[ 0.5000,  0.5000],
+                 [-0.5000, -0.5000]],
+        <BLANKLINE>
+                [[ 0.5000, -0.5000],
+                 [ 0.5000, -0.5000]],
+        <BLANKLINE>
+                [[ 0.5000, -0.5000],
+                 [-0.5000,  0.5000]]], dtype=torch.float64)
+        >>> wavelet("db2", synthesis=True).shape
+        torch.Size([4, 4, 4])
+    """
+    fn = "fixedbranch.filters.wavelet"
+    if not isinstance(name, str):
+        raise TypeError(f"{fn}: expected name to be a string such as 'db2', got {type(name).__name__}")
+    if not isinstance(synthesis, bool):
+        raise TypeError(f"{fn}: expected synthesis to be a bool, got {type(synthesis).__name__}")
+    _check_dtype(dtype)
+    try:
+        import pywt
+    except ImportError as error:
+        raise ImportError(f"{fn}: needs PyWavelets for the coefficients (pip install PyWavelets)") from error
+    if name not in pywt.wavelist(kind="discrete"):
+        kind = "a continuous wavelet" if name in pywt.wavelist(kind="continuous") else "not a wavelet PyWavelets knows"
+        raise ValueError(
+            f"{fn}: expected name to be a discrete (orthogonal or biorthogonal) wavelet, e.g. 'haar', 'db2', 'sym4', "
+            f"'coif1', 'bior2.2', 'rbio1.3' (pywt.wavelist(kind='discrete')); got {name!r}, {kind}"
+        )
+    w = pywt.Wavelet(name)
+    lo, hi = (w.rec_lo, w.rec_hi) if synthesis else (w.dec_lo[::-1], w.dec_hi[::-1])
+    h = torch.tensor([lo, hi], dtype=torch.float64)  # (2, L)
+    filters = torch.stack([torch.outer(h[k % 2], h[k // 2]) for k in range(4)])
+    return _out(filters, dtype, device)
 
 
 # --------------------------------------------------------------------------------------------------- bank

@@ -1,4 +1,5 @@
-"""``nn.Module`` wrappers: :class:`FixedBranch` (branches only) and :class:`FixedBranchConv2d` (conv + branches)."""
+"""``nn.Module`` wrappers: :class:`FixedBranch` (branches only), :class:`FixedBranchConv2d` (conv + branches) and
+:class:`FixedBranchTranspose` (the adjoint of the branches)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from . import ops
 from .arguments import check_bank, check_pair, stop_list
 from .plan import BankPlan, bank_plan
 
-__all__ = ["FixedBranch", "FixedBranchConv2d"]
+__all__ = ["FixedBranch", "FixedBranchConv2d", "FixedBranchTranspose"]
 
 
 def _bank_summary(bank: torch.Tensor) -> str:
@@ -50,8 +51,10 @@ def _bank_mismatch(theirs, ours: torch.Tensor) -> str:
     return ""
 
 
-class _PlannedBank:
-    """Mixin: ``plan_for(dtype)`` and ``plan`` tell how the operator runs the bank for an input of a dtype.
+class _BankModule:
+    """Mixin of the modules that hold a fixed bank: how the operator runs it, and its record in a checkpoint.
+
+    ``plan_for(dtype)`` and ``plan`` tell how the operator runs the bank for an input of a dtype.
 
     The operator rounds the bank to its input's dtype and plans it in that dtype (``csrc/fixed_branch.cpp``), so the
     plan depends on the input's dtype, not on the dtype the bank is stored in. The module plans the bank for its
@@ -118,7 +121,7 @@ def _options_repr(module) -> str:
     return "".join(", " + p for p in parts)
 
 
-class FixedBranch(_PlannedBank, nn.Module):
+class FixedBranch(_BankModule, nn.Module):
     """Fixed-filter branches: ``cat([y, F_1*y, ..., F_K*y], 1)``, see :func:`fixedbranch.fixed_branch`.
 
     Has no parameters. The bank is a (non-persistent) buffer: it follows ``.to()``, ``.half()`` and devices,
@@ -178,7 +181,66 @@ class FixedBranch(_PlannedBank, nn.Module):
         return f"{_bank_summary(self.bank)}, padding_mode={self.padding_mode!r}" + _options_repr(self)
 
 
-class FixedBranchConv2d(_PlannedBank, nn.Conv2d):
+class FixedBranchTranspose(_BankModule, nn.Module):
+    """The adjoint of :class:`FixedBranch` with the same options, see :func:`fixedbranch.fixed_branch_transpose`:
+    a synthesis bank (with a wavelet synthesis bank and stride 2, the inverse wavelet transform).
+
+    Has no parameters. The bank is a (non-persistent) buffer, as in :class:`FixedBranch`.
+
+    Args:
+        bank: (K, S1, S2) fixed filters, e.g. ``fixedbranch.filters.wavelet("db2", synthesis=True)``.
+        padding_mode: "zeros", "reflect", "replicate" or "circular" (of the forward operator this is the adjoint of).
+        identity: whether the input holds the identity branch.
+        order: "branch" (``z[:, b*C + c]``) or "channel" (``z[:, c*B + b]``).
+        stride: an int or a pair: the forward's stride.
+
+    Shape:
+        - Input: (N, B*C, H', W'), B = K+1 (K with identity=False); ``forward(z, output_size)`` takes (H, W),
+          required with a stride > 1
+        - Output: (N, C, H, W)
+
+    Example:
+        >>> import fixedbranch as fb
+        >>> inverse = fb.FixedBranchTranspose(fb.filters.wavelet("db2", synthesis=True), "circular",
+        ...                                   identity=False, order="channel", stride=2)
+        >>> inverse(torch.randn(2, 32, 16, 16), output_size=(32, 32)).shape
+        torch.Size([2, 8, 32, 32])
+    """
+
+    def __init__(
+        self,
+        bank: torch.Tensor,
+        padding_mode: str = "zeros",
+        identity: bool = True,
+        order: str = "branch",
+        stride=1,
+    ):
+        super().__init__()
+        _, self.stride = _check_options(
+            "fixedbranch.FixedBranchTranspose", bank, padding_mode, (), identity, order, stride
+        )
+        self.padding_mode, self.identity, self.order = padding_mode, identity, order
+        self.register_buffer("bank", bank.detach().clone(), persistent=False)
+        self.stop_gradient = ()  # (the options' summary reads it)
+        self.plan_for(self._compute_dtype())  # warms the plan cache
+
+    @property
+    def num_branches(self) -> int:
+        """B: the branches in the input, the identity (unless identity=False) and one per filter."""
+        return self.bank.shape[0] + int(self.identity)
+
+    def _compute_dtype(self) -> torch.dtype:
+        return torch.get_default_dtype()  # as FixedBranch: no parameters to tell the input's dtype
+
+    def forward(self, z: torch.Tensor, output_size=None) -> torch.Tensor:
+        return ops.fixed_branch_transpose(z, self.bank, self.padding_mode, self.identity, self.order, self.stride,
+                                          output_size)
+
+    def extra_repr(self) -> str:
+        return f"{_bank_summary(self.bank)}, padding_mode={self.padding_mode!r}" + _options_repr(self)
+
+
+class FixedBranchConv2d(_BankModule, nn.Conv2d):
     """Drop-in for ``nn.Conv2d`` followed by fixed-filter branches, fused into one autograd node.
 
     **The output has** ``out_channels_total`` **channels**, ``num_branches * out_channels``: ``out_channels`` keeps

@@ -19,13 +19,28 @@ from . import export as _export
 from .arguments import check_bank, check_int, check_pair, check_tensor, stop_list
 from .reference import pair, strided_size
 
-__all__ = ["fixed_branch", "fixed_branch_conv2d", "branch_contributions"]
+__all__ = ["fixed_branch", "fixed_branch_conv2d", "fixed_branch_transpose", "branch_contributions"]
 
 _ops = torch.ops.fixedbranch
 # The overloads themselves: calling the packet (torch.ops.fixedbranch.fixed_branch) resolves the overload per call.
 _fixed_branch_op = _ops.fixed_branch.default
 _fixed_branch_conv2d_op = _ops.fixed_branch_conv2d.default
 _backward_op = _ops._fixed_branch_backward.default
+_transpose_op = _ops.fixed_branch_transpose.default
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What the operators cannot check of the transpose's output_size.
+
+
+def _size_pair(fn: str, name: str, value) -> list:
+    """An image size (H, W): a pair of ints (or of symbolic sizes, as ``x.shape[2:]`` under torch.compile)."""
+    pair = list(value) if isinstance(value, (tuple, list, torch.Size)) else None
+    if pair is None or len(pair) != 2 or not all(
+        isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool) for v in pair
+    ):
+        raise TypeError(f"{fn}: expected {name} to be a pair of ints (H, W), got {value!r}")
+    return pair
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -141,6 +156,57 @@ def fixed_branch_conv2d(
     return _fixed_branch_conv2d_op(*args)
 
 
+def fixed_branch_transpose(
+    z: torch.Tensor,
+    bank: torch.Tensor,
+    padding_mode: str = "zeros",
+    identity: bool = True,
+    order: str = "branch",
+    stride=1,
+    output_size=None,
+) -> torch.Tensor:
+    r"""The adjoint of :func:`fixed_branch` with the same bank and options: :math:`z_0 + \sum_k F_k^T z_k`.
+
+    For every y and z, ``<fixed_branch(y, bank, ...), z> = <y, fixed_branch_transpose(z, bank, ...)>``. It is what
+    :func:`fixed_branch`'s backward computes (the same fused kernels), as a function of its own: a synthesis bank
+    after an analysis bank. With a wavelet synthesis bank (:func:`fixedbranch.filters.wavelet`), ``stride=2``,
+    ``identity=False`` and ``order="channel"`` it is one level of the inverse 2-D discrete wavelet transform.
+    Its gradient is :func:`fixed_branch`.
+
+    Args:
+        z: (N, B*C, H', W') laid out as ``identity`` and ``order`` lay out :func:`fixed_branch`'s output
+            (B = K+1, or K with ``identity=False``), any float dtype and strides.
+        bank: fixed filters, (K, S1, S2), on z's device; rounded to z's dtype. Must not require grad.
+        padding_mode, identity, order, stride: as in :func:`fixed_branch`; the padding's adjoint sends each border
+            value's share back to the pixel it was copied from.
+        output_size: (H, W) of fixed_branch's input. Required when a stride is > 1 (H' = (H-1)//sH + 1 does not
+            determine H); by default (H', W').
+
+    Returns:
+        (N, C, H, W) in z's memory format.
+
+    Example:
+        >>> import fixedbranch as fb
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> z = fb.fixed_branch(x, fb.filters.wavelet("haar"), identity=False, order="channel", stride=2)
+        >>> fb.fixed_branch_transpose(z, fb.filters.wavelet("haar", synthesis=True), identity=False,
+        ...                           order="channel", stride=2, output_size=(4, 4))
+        tensor([[[[ 0.,  1.,  2.,  3.],
+                  [ 4.,  5.,  6.,  7.],
+                  [ 8.,  9., 10., 11.],
+                  [12., 13., 14., 15.]]]])
+    """
+    fn = "fixedbranch.fixed_branch_transpose"
+    check_tensor(fn, "z", z)
+    check_bank(fn, bank)
+    stride = check_pair(fn, "stride", stride)
+    if output_size is not None:
+        output_size = _size_pair(fn, "output_size", output_size)
+    if _export.exporting_to_onnx():
+        return _export.fixed_branch_transpose(z, bank, padding_mode, identity, order, stride, output_size)
+    return _transpose_op(z, bank, padding_mode, identity, order, stride, output_size)
+
+
 def branch_contributions(
     grad_output: torch.Tensor,
     bank: torch.Tensor,
@@ -232,6 +298,26 @@ def _fixed_branch_backward_fake(grad_output, bank, padding_mode, stop_gradient, 
                  "be a multiple of the branches of the output")
     return torch.empty((n, bc // branches, *input_size), dtype=grad_output.dtype, device=grad_output.device,
                        memory_format=suggest_memory_format(grad_output))
+
+
+@torch.library.register_fake("fixedbranch::fixed_branch_transpose")
+def _fixed_branch_transpose_fake(z, bank, padding_mode="zeros", identity=True, order="branch", stride=(1, 1),
+                                 output_size=None):
+    what = "fixedbranch.fixed_branch_transpose"
+    torch._check(z.dim() == 4, lambda: f"{what}: expected z to have 4 dimensions, got {z.dim()}")
+    torch._check(bank.dim() == 3, lambda: f"{what}: expected bank to have 3 dimensions, got {bank.dim()}")
+    _fake_same_device(what, "bank", bank, z, "z")
+    n, bc, h, w = z.shape
+    branches = bank.shape[0] + int(identity)
+    torch._check(bc % branches == 0, lambda: f"{what}: expected z's channels to be a multiple of the branches")
+    stride = (stride, stride) if isinstance(stride, int) else stride
+    if output_size is None:
+        torch._check(tuple(stride) == (1, 1), lambda: f"{what}: output_size is required with stride {stride}")
+        output_size = (h, w)
+    for size, s, got in zip(output_size, stride, (h, w)):
+        torch._check(strided_size(size, s) == got, lambda: f"{what}: z's size does not match output_size")
+    return torch.empty((n, bc // branches, *output_size), dtype=z.dtype, device=z.device,
+                       memory_format=suggest_memory_format(z))
 
 
 @torch.library.register_fake("fixedbranch::fixed_branch_conv2d")

@@ -28,6 +28,7 @@ def test_readme_api_block_runs():
     exec(compile(block.group(1), "README.md", "exec"), namespace)
     assert namespace["out"].shape == (8, 160, 96, 96)
     assert namespace["shares"].shape == (5, 8, 32, 96, 96)
+    assert namespace["norm"].num_features == 160  # out_channels_total, as its comment says
 
 
 def test_design_states_the_extensions_plan_tolerances():

@@ -41,7 +41,7 @@ def correlate_same(img: np.ndarray, kernel: torch.Tensor) -> np.ndarray:
 
 def test_public_names():
     assert sorted(filters.__all__) == sorted(
-        [*THREE_BY_THREE, "gaussian", "log", "gabor", "dct", "lbcnn", "bank"]
+        [*THREE_BY_THREE, "gaussian", "log", "gabor", "dct", "lbcnn", "wavelet", "bank"]
     )
     assert sorted(filters._NAMED) == sorted(THREE_BY_THREE)
     for name in filters.__all__:

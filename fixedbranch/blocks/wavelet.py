@@ -105,6 +105,11 @@ class WTConv2d(nn.Module):
             return None
         return analysis, synthesis
 
+    @property
+    def fused(self) -> bool:
+        """Whether the transforms and inverses run as the fused operators."""
+        return self._banks(self.in_channels) is not None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         banks = None if published() else self._banks(x.shape[1])
         if banks is None:
