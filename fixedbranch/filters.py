@@ -672,7 +672,7 @@ def wavelet(
         raise TypeError(f"{fn}: expected name to be a string such as 'db2', got {type(name).__name__}")
     if not isinstance(synthesis, bool):
         raise TypeError(f"{fn}: expected synthesis to be a bool, got {type(synthesis).__name__}")
-    _check_dtype(dtype)
+    _check_dtype(fn, dtype)
     try:
         import pywt
     except ImportError as error:
@@ -687,7 +687,7 @@ def wavelet(
     lo, hi = (w.rec_lo, w.rec_hi) if synthesis else (w.dec_lo[::-1], w.dec_hi[::-1])
     h = torch.tensor([lo, hi], dtype=torch.float64)  # (2, L)
     filters = torch.stack([torch.outer(h[k % 2], h[k // 2]) for k in range(4)])
-    return _out(filters, dtype, device)
+    return _out(fn, filters, dtype, device)
 
 
 # --------------------------------------------------------------------------------------------------- bank
