@@ -9,6 +9,8 @@ Environment:
 
 import glob
 import os
+import re
+import subprocess
 import sys
 import sysconfig
 
@@ -28,12 +30,34 @@ def _want_cuda():
     return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None and torch.cuda.is_available()
 
 
+def _toolkit_cuda_major():
+    """The major version of the CUDA toolkit nvcc comes from (CUDA_HOME), or None if it cannot be read."""
+    try:
+        out = subprocess.run([os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"), "--version"],
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, TypeError, subprocess.CalledProcessError):
+        return None
+    found = re.search(r"release (\d+)\.", out)
+    return int(found.group(1)) if found else None
+
+
 def _cuda_wheel_includes():
-    # The CUDA wheels ship headers (cusparse.h, ...) that ATen's CUDA headers include but the toolkit may lack.
+    """Folders of the CUDA wheels torch depends on that hold headers ATen's CUDA headers include (cusparse.h, ...)
+    and a minimal toolkit may lack.
+
+    Only the wheels of the toolkit's own CUDA major version (nvidia/cu13/include for CUDA 13; the per-library folders
+    of the CUDA 12 wheels), and the caller searches them after the toolkit's own include folder (-isystem): a
+    cuda_runtime_api.h of another CUDA version ahead of the toolkit's would compile the kernels' host code against
+    one CUDA's structs and run it against another's.
+    """
+    major = _toolkit_cuda_major()
     found = []
     for base in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
-        found += sorted(glob.glob(os.path.join(base, "nvidia", "cu*", "include")))
-        found += sorted(glob.glob(os.path.join(base, "nvidia", "*", "include")))
+        if major is not None and os.path.isdir(os.path.join(base, "nvidia", f"cu{major}", "include")):
+            found.append(os.path.join(base, "nvidia", f"cu{major}", "include"))
+        elif major is not None and major <= 12:
+            found += [d for d in sorted(glob.glob(os.path.join(base, "nvidia", "*", "include")))
+                      if not re.fullmatch(r"cu\d+", os.path.basename(os.path.dirname(d)))]
     return list(dict.fromkeys(found))
 
 
@@ -87,8 +111,10 @@ def extensions():
         arch_list = os.environ["TORCH_CUDA_ARCH_LIST"].replace(";", " ")
         extra_compile_args["cxx"].append(f'-DFIXEDBRANCH_CUDA_ARCHS="{arch_list}"')
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        include_dirs += _cuda_wheel_includes()
-        extra_compile_args["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
+        # After the toolkit's include folder, which CUDAExtension puts after include_dirs (see _cuda_wheel_includes).
+        wheel_includes = [flag for d in _cuda_wheel_includes() for flag in ("-isystem", d)]
+        extra_compile_args["cxx"] += wheel_includes
+        extra_compile_args["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"] + wheel_includes
         define_macros.append(("WITH_CUDA", None))
         ext = cpp_extension.CUDAExtension
     else:

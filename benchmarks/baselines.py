@@ -155,7 +155,7 @@ def layer_impls(
 ) -> dict[str, tuple[Callable, list[torch.Tensor]]]:
     """x -> out callables for one point, each with the parameters whose gradients it computes."""
     channels = conv.out_channels
-    fused = fb.FixedBranchConv2d.from_conv2d(conv, bank, filter_padding_mode=padding_mode)
+    fused = fb.FixedBranchConv2d.from_conv2d(conv, bank=bank, filter_padding_mode=padding_mode)
     fused = fused.to(memory_format=_format_of(conv.weight))
     branches = branch_impls(bank, channels, padding_mode, compile_=False)
     impls: dict[str, tuple[Callable, list[torch.Tensor]]] = {"fused": (fused, [fused.weight, fused.bias])}

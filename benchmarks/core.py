@@ -17,7 +17,7 @@ The bound (docs/design.md, section 7). Per metric, max(copy bound, compute bound
   working set: a cache that speeds the copy speeds the op alike), timed in turn with the implementations, counting
   bytes read plus bytes written;
 - compute bound: the case's multiply-adds (the bank plan's taps per output pixel x pixels) at the multiply-add rate
-  of ``torch.mm`` measured at the start of the run (:func:`bounds.rates`).
+  of ``torch.mm`` (square matrices of ``mm_size``, 1024 by default), also timed in turn with the implementations.
 
 Each percentage is ``100 * bound / time`` from best repetitions (the least disturbed by other processes), its kind
 (copy or compute) named beside it; ``pct_dram`` uses the DRAM copy's rate (a 256 MiB copy) instead.
@@ -31,7 +31,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -222,7 +222,7 @@ def plain_impl(label: str, per_metric: dict[str, Callable[[], object]], device: 
 @dataclass
 class Case:
     """One problem. ``build()`` makes its implementations (when the case runs, so only one case's tensors live at
-    a time); the first of them that runs is the check's fallback target. ``bytes_moved`` and ``macs`` per metric
+    a time). ``bytes_moved`` and ``macs`` per metric
     give the bound, ``working_set`` the bytes of the op's output (the copy's size); ``memory`` measures the
     forward's memory too."""
 
@@ -234,7 +234,6 @@ class Case:
     working_set: int | None = None
     memory: bool = False
     budget: Budget | None = None  # instead of the preset's
-    extra: dict = field(default_factory=dict)
 
 
 def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -248,35 +247,40 @@ def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 def check_impls(impls: dict[str, Impl], device: torch.device, dtype: torch.dtype) -> dict:
     """Runs every implementation once (this compiles the compiled ones) and compares its outputs with its ``check``
-    implementation's. Returns an entry per implementation: label and check, compile time, or the error it raised."""
-    entries, results = {}, {}
-    for key, impl in impls.items():
-        entries[key] = {"label": impl.label}
+    implementation's, the check targets first (only their outputs are kept). Returns an entry per implementation:
+    label and check, compile time, or the error it raised."""
+    entries = {key: {"label": impl.label} for key, impl in impls.items()}
+    targets, kept = {impl.check for impl in impls.values()}, {}
+    for key in sorted(impls, key=lambda k: k not in targets):
+        impl = impls[key]
         if impl.outputs is None:
             continue
         try:
             t0 = time.perf_counter()
-            results[key] = impl.outputs()
+            outputs = impl.outputs()
             synchronize(device)
             if impl.compiled:
                 entries[key]["compile_s"] = time.perf_counter() - t0
         except Exception as exc:  # recorded, not fatal: the other implementations still run
             entries[key]["error"] = f"{type(exc).__name__}: {exc}".strip()[:500]
-    for key, impl in impls.items():
-        if key in results and impl.check in results and impl.check != key:
-            errors = [_relative_error(a, e) for a, e in zip(results[key], results[impl.check])]
+            continue
+        if key in targets:
+            kept[key] = outputs
+        if impl.check in kept and impl.check != key:
+            errors = [_relative_error(a, e) for a, e in zip(outputs, kept[impl.check])]
             tol = TOLERANCE[dtype]
             entries[key]["check"] = {"against": impl.check, "max_rel_err": max(errors), "tolerance": tol,
                                      "matched": max(errors) <= tol}
+        del outputs
     return entries
 
 
-def bound(case: Case, copy_s: float | None, rates: dict) -> dict:
+def bound(case: Case, copy_s: float | None, fma_per_s: float, rates: dict) -> dict:
     """Per metric: the copy bound, the compute bound, the bound (their max) and its kind, and the DRAM copy bound."""
     out = {}
     for metric, nbytes in (case.bytes_moved or {}).items():
         copy = nbytes / (2 * case.working_set / copy_s) if copy_s else None
-        compute = (case.macs or {}).get(metric, 0) / rates["fma_per_s"]
+        compute = (case.macs or {}).get(metric, 0) / fma_per_s
         dram = nbytes / rates["dram_bytes_per_s"]
         s = max(copy or dram, compute)
         out[metric] = {"copy_s": copy, "compute_s": compute, "dram_copy_s": dram, "s": s,
@@ -296,9 +300,14 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, budget: Budge
         src = torch.empty(case.working_set // 4, device=device).fill_(1.0)
         dst = torch.empty_like(src)
         blocks["copy", "copy"] = calls(lambda: dst.copy_(src), device)
+    if case.macs:
+        size = rates["mm_size"]
+        a, b, c = (torch.ones(size, size, device=device, dtype=dtype) for _ in range(3))
+        blocks["mm", "mm"] = calls(lambda: torch.mm(a, b, out=c), device)
     timings = time_interleaved(blocks, case.budget or budget)
-    copy = timings.pop(("copy", "copy"), None)
-    bounds = bound(case, copy and copy["min_s"], rates)
+    copy, mm = timings.pop(("copy", "copy"), None), timings.pop(("mm", "mm"), None)
+    fma_per_s = rates["mm_size"] ** 3 / mm["min_s"] if mm else rates["fma_per_s"]
+    bounds = bound(case, copy and copy["min_s"], fma_per_s, rates)
     for (key, metric), timing in timings.items():
         row = rows[key]
         row.setdefault("times", {})[metric] = timing
@@ -314,7 +323,8 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, budget: Budge
                 rows[key]["forward_memory"] = forward_memory(impl.forward_fn, device)
                 rows[key]["saved_tensors"] = saved_tensors(impl.forward_fn)
     log(f"{case.name}: {time.perf_counter() - t0:.1f} s")
-    return {"case": case.name, "params": case.params, "copy": copy, "bound": bounds, "rows": rows, **case.extra}
+    return {"case": case.name, "params": case.params, "bytes_moved": case.bytes_moved, "macs": case.macs,
+            "working_set": case.working_set, "copy": copy, "fma_per_s": fma_per_s, "bound": bounds, "rows": rows}
 
 
 def yardsticks(out_shape: tuple[int, ...], branches: int, device: torch.device, dtype: torch.dtype) -> dict[str, Impl]:

@@ -35,6 +35,15 @@ at::Tensor call_backward(const at::Tensor& grad, const at::Tensor& bank, c10::st
   return op.call(grad, bank, padding_mode, stop, identity, order, stride, input_size);
 }
 
+at::Tensor call_transpose(const at::Tensor& z, const at::Tensor& bank, c10::string_view padding_mode, bool identity,
+                          c10::string_view order, c10::IntArrayRef stride, at::OptionalSymIntArrayRef output_size) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fixedbranch::fixed_branch_transpose", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view, bool,
+                                         c10::string_view, c10::IntArrayRef, at::OptionalSymIntArrayRef)>();
+  return op.call(z, bank, padding_mode, identity, order, stride, output_size);
+}
+
 at::Tensor call_conv(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                      const at::Tensor& bank, c10::IntArrayRef stride, c10::IntArrayRef padding,
                      c10::IntArrayRef dilation, int64_t groups, c10::string_view padding_mode, c10::IntArrayRef stop,
@@ -134,6 +143,30 @@ class Branch : public torch::autograd::Function<Branch> {
   }
 };
 
+// The adjoint of fixed_branch. It is linear in z, and its adjoint is fixed_branch itself, so its backward is the
+// forward operator (whose own backward brings back the fused adjoint for every further order).
+class BranchTranspose : public torch::autograd::Function<BranchTranspose> {
+ public:
+  static Variable forward(AutogradContext* ctx, const Variable& z, const Variable& bank, const Options& o,
+                          at::OptionalSymIntArrayRef output_size) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    Variable y = call_transpose(z, bank, o.padding_mode, o.identity, o.order, o.stride, output_size);
+    o.save(ctx);
+    ctx->save_for_backward({bank});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Options o = Options::load(ctx);
+    const Variable bank = ctx->get_saved_variables()[0];
+    Variable grad_z;
+    if (ctx->needs_input_grad(0)) {
+      grad_z = call_forward(grads[0], bank, o.padding_mode, {}, o.identity, o.order, o.stride);
+    }
+    return {grad_z, Variable(), Variable(), Variable()};
+  }
+};
+
 class Conv : public torch::autograd::Function<Conv> {
  public:
   static Variable forward(AutogradContext* ctx, const Variable& x, const Variable& weight,
@@ -201,6 +234,12 @@ at::Tensor fixed_branch_backward_autograd(const at::Tensor& grad, const at::Tens
   return branch_backward(grad, bank, options(padding_mode, stop, identity, order, stride), input_size);
 }
 
+at::Tensor fixed_branch_transpose_autograd(const at::Tensor& z, const at::Tensor& bank, c10::string_view padding_mode,
+                                           bool identity, c10::string_view order, c10::IntArrayRef stride,
+                                           at::OptionalSymIntArrayRef output_size) {
+  return BranchTranspose::apply(z, bank, options(padding_mode, {}, identity, order, stride), output_size);
+}
+
 at::Tensor fixed_branch_conv2d_autograd(const at::Tensor& x, const at::Tensor& weight,
                                         const c10::optional<at::Tensor>& bias, const at::Tensor& bank,
                                         c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
@@ -216,6 +255,7 @@ TORCH_LIBRARY_IMPL(fixedbranch, Autograd, m) {
   m.impl("fixed_branch", &fixed_branch_autograd);
   m.impl("_fixed_branch_backward", &fixed_branch_backward_autograd);
   m.impl("fixed_branch_conv2d", &fixed_branch_conv2d_autograd);
+  m.impl("fixed_branch_transpose", &fixed_branch_transpose_autograd);
 }
 
 }  // namespace fixedbranch

@@ -8,19 +8,20 @@
 namespace fixedbranch {
 namespace {
 
-PadMode parse_padding_mode(const char* what, c10::string_view name) {
+PadMode parse_padding_mode(const char* what, const char* arg, c10::string_view name) {
   if (name == "zeros") return PadMode::Zeros;
   if (name == "reflect") return PadMode::Reflect;
   if (name == "replicate") return PadMode::Replicate;
   if (name == "circular") return PadMode::Circular;
-  TORCH_CHECK_VALUE(false, what, ": padding_mode must be one of 'zeros', 'reflect', 'replicate', 'circular', got '",
+  TORCH_CHECK_VALUE(false, what, ": expected ", arg, " to be one of 'zeros', 'reflect', 'replicate', 'circular', got '",
                     std::string(name), "'");
 }
 
 Order parse_order(const char* what, c10::string_view name) {
   if (name == "branch") return Order::Branch;
   if (name == "channel") return Order::Channel;
-  TORCH_CHECK_VALUE(false, what, ": order must be 'branch' (out[:, b*C + c]) or 'channel' (out[:, c*B + b]), got '",
+  TORCH_CHECK_VALUE(false, what,
+                    ": expected order to be 'branch' (out[:, b*C + c]) or 'channel' (out[:, c*B + b]), got '",
                     std::string(name), "'");
 }
 
@@ -28,10 +29,21 @@ bool is_supported_dtype(at::ScalarType t) {
   return t == at::kDouble || t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
 }
 
+}  // namespace
+
+std::string echo_pair(c10::IntArrayRef v) {
+  if (v.size() == 2 && v[0] == v[1]) return std::to_string(v[0]);
+  std::string s = "(";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + (v.size() == 1 ? ",)" : ")");
+}
+
+namespace {
+
 // An int[2] argument: two positive values (the schema already turned a single int into a pair).
 std::array<int64_t, 2> positive_pair(const char* what, const char* name, c10::IntArrayRef v) {
-  TORCH_CHECK_VALUE(v.size() == 2, what, ": expected ", name, " to be an int or a pair of ints, got ", v);
-  TORCH_CHECK_VALUE(v[0] >= 1 && v[1] >= 1, what, ": expected ", name, " >= 1, got ", v);
+  TORCH_CHECK_VALUE(v.size() == 2, what, ": expected ", name, " to be an int or a pair of ints, got ", echo_pair(v));
+  TORCH_CHECK_VALUE(v[0] >= 1 && v[1] >= 1, what, ": expected ", name, " >= 1, got ", echo_pair(v));
   return {v[0], v[1]};
 }
 
@@ -46,6 +58,10 @@ void check_float_tensor(const char* what, const char* name, const at::Tensor& t,
 }
 
 void check_bank(const char* what, const at::Tensor& bank, const at::Tensor& like, const char* like_name) {
+  // Every filter constructor returns one 2-D filter, so passing it as the bank is the natural slip.
+  TORCH_CHECK_VALUE(!bank.defined() || bank.dim() != 2, what,
+                    ": expected bank to have 3 dimensions (K, S1, S2), got 2 (a single filter); make a bank of it "
+                    "with fixedbranch.filters.bank(f) or f[None]");
   check_float_tensor(what, "bank", bank, 3, "(K, S1, S2)");
   TORCH_CHECK_VALUE(bank.size(0) >= 1 && bank.size(1) >= 1 && bank.size(2) >= 1, what,
                     ": expected a non-empty bank (K, S1, S2 >= 1), got shape ", bank.sizes());
@@ -56,9 +72,9 @@ void check_bank(const char* what, const at::Tensor& bank, const at::Tensor& like
 BranchArgs parse_branch_args(const char* what, const char* input_name, std::array<int64_t, 4> y_sizes,
                              const at::Tensor& bank, c10::string_view padding_mode, c10::IntArrayRef stop_gradient,
                              bool identity, c10::string_view order, c10::IntArrayRef stride,
-                             const char* stride_name) {
+                             const char* stride_name, const char* padding_mode_name) {
   BranchArgs a;
-  a.mode = parse_padding_mode(what, padding_mode);
+  a.mode = parse_padding_mode(what, padding_mode_name, padding_mode);
   a.order = parse_order(what, order);
   a.identity = identity;
   const auto s = positive_pair(what, stride_name, stride);
@@ -75,14 +91,14 @@ BranchArgs parse_branch_args(const char* what, const char* input_name, std::arra
   const bool known_size = a.H >= 0 && a.W >= 0;  // a module checks its options before it sees an image
   if (known_size && a.mode == PadMode::Reflect) {
     TORCH_CHECK_VALUE(std::max(p.top, p.bottom) < a.H && std::max(p.left, p.right) < a.W, what,
-                      ": reflect padding needs the image larger than the padding: a ", s1, "x", s2,
+                      ": ", padding_mode_name, "='reflect' needs the image larger than the padding: a ", s1, "x", s2,
                       " filter pads (top, bottom, left, right) = (", p.top, ", ", p.bottom, ", ", p.left, ", ",
                       p.right, ") but ", input_name, " is ", a.H, "x", a.W);
   }
   if (known_size && a.mode == PadMode::Circular) {
     TORCH_CHECK_VALUE(std::max(p.top, p.bottom) <= a.H && std::max(p.left, p.right) <= a.W, what,
-                      ": circular padding cannot wrap around more than once: a ", s1, "x", s2, " filter on a ", a.H,
-                      "x", a.W, " ", input_name);
+                      ": ", padding_mode_name, "='circular' cannot wrap around more than once: a ", s1, "x", s2,
+                      " filter on a ", a.H, "x", a.W, " ", input_name);
   }
   a.stopped.assign(a.K + 1, false);
   for (const int64_t k : stop_gradient) {
@@ -114,7 +130,7 @@ std::array<int64_t, 4> check_conv_args(const char* what, const at::Tensor& x, co
   const auto s = positive_pair(what, "stride", stride);
   const auto d = positive_pair(what, "dilation", dilation);
   TORCH_CHECK_VALUE(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0, what,
-                    ": expected padding to be a non-negative int or pair of ints, got ", padding);
+                    ": expected padding to be a non-negative int or pair of ints, got ", echo_pair(padding));
   TORCH_CHECK_VALUE(groups >= 1 && x.size(1) % groups == 0 && weight.size(0) % groups == 0, what, ": groups=", groups,
                     " must divide in_channels (", x.size(1), ") and out_channels (", weight.size(0), ")");
   TORCH_CHECK_VALUE(weight.size(1) * groups == x.size(1), what, ": expected x to have ", weight.size(1) * groups,

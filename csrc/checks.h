@@ -8,15 +8,21 @@
 #include <c10/util/string_view.h>
 
 #include <array>
+#include <string>
 
 #include "fixed_branch.h"
 
 namespace fixedbranch {
 
+// An int[2] argument as the user most likely wrote it: one number when both entries are equal (the schema turns a
+// single int into a pair), "(a, b)" otherwise.
+std::string echo_pair(c10::IntArrayRef v);
+
 // A defined tensor of `dim` dimensions (`dims` spells them) and one of the four float dtypes.
 void check_float_tensor(const char* what, const char* name, const at::Tensor& t, int64_t dim, const char* dims);
 
-// The bank's own checks (3-D, non-empty, float) and that it lives on the operand's device.
+// The bank's own checks (3-D, non-empty, float; a 2-D bank is told how to make a bank) and that it lives on the
+// operand's device.
 void check_bank(const char* what, const at::Tensor& bank, const at::Tensor& like, const char* like_name);
 
 // Checks and parses the non-tensor arguments of a branch operator applied to an image of `y_sizes` (N, C, H, W)
@@ -25,7 +31,7 @@ void check_bank(const char* what, const at::Tensor& bank, const at::Tensor& like
 BranchArgs parse_branch_args(const char* what, const char* input_name, std::array<int64_t, 4> y_sizes,
                              const at::Tensor& bank, c10::string_view padding_mode, c10::IntArrayRef stop_gradient,
                              bool identity, c10::string_view order, c10::IntArrayRef stride,
-                             const char* stride_name = "stride");
+                             const char* stride_name = "stride", const char* padding_mode_name = "padding_mode");
 
 // The convolution's arguments of fixed_branch_conv2d; returns the convolution's output size (N, C_out, H, W).
 std::array<int64_t, 4> check_conv_args(const char* what, const at::Tensor& x, const at::Tensor& weight,

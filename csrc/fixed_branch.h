@@ -7,9 +7,11 @@
 #include <c10/core/DeviceType.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/ArrayRef.h>
+#include <c10/util/OptionalArrayRef.h>
 #include <c10/util/string_view.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace fixedbranch {
@@ -86,6 +88,15 @@ struct BranchKernels {
 // the operand's device type.
 bool register_branch_kernels(c10::DeviceType device, BranchKernels kernels);
 
+// What a CUDA build adds besides its kernels, registered once by cuda/next.cu (a CPU-only build has none): the
+// CUDA kernel generation the next call will run ("verified" or "next", FIXEDBRANCH_CUDA_KERNELS), and a probe that
+// raises each kind of error CUDA-side code can raise (fixedbranch::_cuda_error_probe, tools/gpu_errors.py).
+struct CudaHooks {
+  std::string (*kernels)() = nullptr;
+  void (*error_probe)(c10::string_view what) = nullptr;
+};
+bool register_cuda_hooks(CudaHooks hooks);
+
 // The device-independent entry points of fixedbranch::fixed_branch and fixedbranch::_fixed_branch_backward: check
 // every argument, parse once, allocate, return early on empty tensors, guard the device, run the device kernel.
 at::Tensor fixed_branch(const at::Tensor& y, const at::Tensor& bank, c10::string_view padding_mode,
@@ -94,5 +105,9 @@ at::Tensor fixed_branch(const at::Tensor& y, const at::Tensor& bank, c10::string
 at::Tensor fixed_branch_backward(const at::Tensor& grad_output, const at::Tensor& bank, c10::string_view padding_mode,
                                  c10::IntArrayRef stop_gradient, bool identity, c10::string_view order,
                                  c10::IntArrayRef stride, c10::IntArrayRef input_size);
+// fixedbranch::fixed_branch_transpose, the adjoint of fixed_branch: the backward kernel with no branch stopped.
+at::Tensor fixed_branch_transpose(const at::Tensor& z, const at::Tensor& bank, c10::string_view padding_mode,
+                                  bool identity, c10::string_view order, c10::IntArrayRef stride,
+                                  c10::OptionalIntArrayRef output_size);
 
 }  // namespace fixedbranch

@@ -1,7 +1,10 @@
 // The Python module `fixedbranch._C`: importing it runs the static initialisers that register the operators
-// (fixed_branch.cpp and the device files). It refuses to load on a CPU without the vector ISA it was built for.
+// (fixed_branch.cpp and the device files). It refuses to load on a CPU without the vector ISA it was built for, and
+// under a torch of another minor version than the one it was compiled against.
 #include <Python.h>
+#include <torch/version.h>
 
+#include <cstdio>
 #include <string>
 
 #ifndef FIXEDBRANCH_ISA
@@ -23,10 +26,50 @@ bool cpu_has_build_isa() {
   return true;
 }
 
+#define FIXEDBRANCH_STR2(x) #x
+#define FIXEDBRANCH_STR(x) FIXEDBRANCH_STR2(x)
+constexpr const char* kBuiltTorch = FIXEDBRANCH_STR(TORCH_VERSION_MAJOR) "." FIXEDBRANCH_STR(TORCH_VERSION_MINOR);
+
+// torch's C++ ABI (c10::Error's layout among it) changes between minor versions. An extension built against one
+// torch and loaded under another (a build carried to a machine with a different torch) links, then corrupts memory
+// the first time an exception crosses it: every TORCH_CHECK becomes a crash. Refuse to load instead. Returns the
+// loaded torch's version, or an empty string when it matches (or cannot be read).
+std::string torch_mismatch() {
+  PyObject* torch = PyImport_ImportModule("torch");
+  if (torch == nullptr) {
+    PyErr_Clear();
+    return "";
+  }
+  std::string loaded;
+  PyObject* version = PyObject_GetAttrString(torch, "__version__");
+  if (version != nullptr) {
+    PyObject* text = PyObject_Str(version);
+    if (text != nullptr) {
+      const char* utf8 = PyUnicode_AsUTF8(text);
+      if (utf8 != nullptr) loaded = utf8;
+      Py_DECREF(text);
+    }
+    Py_DECREF(version);
+  }
+  Py_DECREF(torch);
+  PyErr_Clear();
+  int major = -1, minor = -1;
+  if (std::sscanf(loaded.c_str(), "%d.%d", &major, &minor) != 2) return "";
+  return major == TORCH_VERSION_MAJOR && minor == TORCH_VERSION_MINOR ? "" : loaded;
+}
+
 }  // namespace
 
 extern "C" {
 PyObject* PyInit__C(void) {
+  const std::string loaded_torch = torch_mismatch();
+  if (!loaded_torch.empty()) {
+    const std::string msg = "fixedbranch._C was built against torch " + std::string(kBuiltTorch) +
+                            " but torch " + loaded_torch +
+                            " is loaded; rebuild the extension with this torch (pip install --no-build-isolation -e .)";
+    PyErr_SetString(PyExc_ImportError, msg.c_str());
+    return nullptr;
+  }
   if (!cpu_has_build_isa()) {
     PyErr_SetString(PyExc_ImportError,
                     "fixedbranch._C was built for the " FIXEDBRANCH_ISA
@@ -37,6 +80,7 @@ PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr) PyModule_AddStringConstant(module, "cpu_isa", FIXEDBRANCH_ISA);
+  if (module != nullptr) PyModule_AddStringConstant(module, "torch_version", kBuiltTorch);
 #ifdef FIXEDBRANCH_CUDA_ARCHS
   if (module != nullptr) PyModule_AddStringConstant(module, "cuda_arch_list", FIXEDBRANCH_CUDA_ARCHS);
 #endif

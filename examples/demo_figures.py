@@ -1,8 +1,9 @@
-"""The demo's figures: loss curves of both runs, the branches' gradient shares, the filter bank on a photograph."""
+"""The demo's figures: loss and drift of the trainings, the branches' gradient shares, the bank on a photograph."""
 
 from __future__ import annotations
 
 import pathlib
+import textwrap
 
 import matplotlib
 
@@ -15,7 +16,12 @@ from sklearn.datasets import load_sample_image
 import fixedbranch as fb
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
+FLOAT64_EPS = float(torch.finfo(torch.float64).eps)
 COLORS = ("#444444", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd")
+
+
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width))
 
 
 def _epoch_ticks(ax, steps: int, steps_per_epoch: int) -> None:
@@ -25,9 +31,9 @@ def _epoch_ticks(ax, steps: int, steps_per_epoch: int) -> None:
     ax.set_xlim(0, steps * 1.015)  # room for the markers drawn at the last step
 
 
-def loss_curves(runs, history: dict, steps_per_epoch: int, path: pathlib.Path) -> pathlib.Path:
-    """Left: training loss per step of both runs. Right: how far apart they are, against float32's epsilon."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6), constrained_layout=True)
+def loss_curves(runs, history: dict, steps_per_epoch: int, path: pathlib.Path, verdict: str) -> pathlib.Path:
+    """Left: training loss per step of both runs. Right: per-step differences and how far trainings drift apart."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6.0), layout="constrained")
     steps = np.arange(1, len(runs[0].step_losses) + 1)
     for run, style in zip(runs, ({"lw": 2.4, "alpha": 0.55}, {"lw": 1.0, "ls": "--", "color": "black"})):
         acc = run.test_accuracy[-1]
@@ -38,21 +44,29 @@ def loss_curves(runs, history: dict, steps_per_epoch: int, path: pathlib.Path) -
     _epoch_ticks(left, len(steps), steps_per_epoch)
     left.grid(alpha=0.3, which="both")
 
-    floor = FLOAT32_EPS / 8  # exact agreement (0) is drawn at the floor instead of vanishing from a log axis
+    floor = FLOAT64_EPS / 8  # exact agreement (0) is drawn at the floor instead of vanishing from a log axis
     loss_note = " (exactly 0: drawn at the bottom)" if not any(history["loss_diff"]) else ""
-    right.semilogy(steps, np.maximum(history["grad_diff"], floor), ".", ms=3, label="max relative gradient difference")
-    right.semilogy(steps, np.maximum(history["loss_diff"], floor), ".", ms=3, label="|loss difference|" + loss_note)
-    right.semilogy(steps, np.maximum(history["sum_check"], floor), ".", ms=3,
-                   label="|sum of branch shares - dL/dy|, relative")
     epoch_ends = np.arange(1, len(history["drift"]) + 1) * steps_per_epoch
-    right.semilogy(epoch_ends, np.maximum(history["drift"], floor), "D-", color="#7f7f7f", ms=5,
-                   label="the two trainings' weights apart, relative")
-    right.axhline(FLOAT32_EPS, color="k", lw=1, ls=":")
-    right.text(0.99, FLOAT32_EPS * 0.75, "float32 epsilon 1.2e-7", transform=right.get_yaxis_transform(),
-               fontsize=9, ha="right", va="top", bbox={"fc": "white", "ec": "none", "alpha": 0.8})
-    right.set_ylim(floor / 2, 1e-1)
-    right.set_title("Fused vs plain autograd: how far apart (log scale)")
-    right.legend(loc="upper right", fontsize=9)
+    epoch_starts = epoch_ends - steps_per_epoch + 1
+    per_step = (("grad_diff", "float32 gradients, fused vs autograd at the same weights"),
+                ("loss_diff", "float32 |loss difference| at the same weights" + loss_note),
+                ("sum_check", "float32 |sum of branch shares - dL/dy|, relative"))
+    for key, label in per_step:
+        right.semilogy(steps, np.maximum(history[key], floor), ".", ms=3, label=label)
+    right.semilogy(epoch_starts, np.maximum(history["grad_diff64"], floor), "x", color="#8c564b", ms=6,
+                   label="float64 gradients, fused vs autograd at the same weights")
+    drifts = (("drift", "D-", "#7f7f7f", "weights apart: fused vs reference, float32"),
+              ("drift_nudged", "s--", "#17becf", "weights apart: reference vs itself started 1 ulp away, float32"),
+              ("drift64", "^-", "#bcbd22", "weights apart: fused vs reference, float64"))
+    for key, marker, color, label in drifts:
+        right.semilogy(epoch_ends, np.maximum(history[key], floor), marker, color=color, ms=5, label=label)
+    for eps, name in ((FLOAT32_EPS, "float32"), (FLOAT64_EPS, "float64")):
+        right.axhline(eps, color="k", lw=1, ls=":")
+        right.text(0.99, eps * 0.7, f"{name} epsilon {eps:.1e}", transform=right.get_yaxis_transform(),
+                   fontsize=8, ha="right", va="top")
+    right.set_ylim(floor / 2, 10)
+    right.set_title("Fused vs plain PyTorch, relative differences (log scale)\n" + _wrap(verdict, 80), fontsize=10)
+    fig.legend(*right.get_legend_handles_labels(), loc="outside lower right", fontsize=8, ncol=2)
     _epoch_ticks(right, len(steps), steps_per_epoch)
     right.grid(alpha=0.3, which="both")
     fig.savefig(path, dpi=110)

@@ -58,7 +58,7 @@ def rel_err(a, b):
 
 
 # The conv's weight gradient through the fused layer and through plain nn.Conv2d + depthwise convs + torch.cat.
-layer = fb.FixedBranchConv2d.from_conv2d(conv, bank)
+layer = fb.FixedBranchConv2d.from_conv2d(conv, bank=bank)
 conv.weight.grad = None
 F.cross_entropy(head(layer(x)), labels).backward()
 F.cross_entropy(head(fb.reference.fixed_branch(conv(x), bank)), labels).backward()

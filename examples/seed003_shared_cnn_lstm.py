@@ -29,7 +29,7 @@ class FrameCNN(nn.Module):
     def __init__(self):
         super().__init__()
         bank = fb.filters.bank("sobel_x", "sobel_y")
-        self.conv1 = fb.FixedBranchConv2d(1, 20, 5, bank, dtype=dt)  # 20 channels x 3 branches out
+        self.conv1 = fb.FixedBranchConv2d(1, 20, 5, bank=bank, dtype=dt)  # 20 channels x 3 branches out
         self.conv2 = nn.Conv2d(60, 50, 5, dtype=dt)
         self.fc = nn.Linear(3 * 9 * 50, 20, dtype=dt)
 

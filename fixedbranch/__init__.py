@@ -12,11 +12,14 @@ __version__ = "0.1.0"
 __all__ = [
     "FixedBranch",
     "FixedBranchConv2d",
+    "FixedBranchTranspose",
     "bank_plan",
+    "blocks",
     "branch_contributions",
     "filters",
     "fixed_branch",
     "fixed_branch_conv2d",
+    "fixed_branch_transpose",
     "reference",
 ]
 
@@ -36,7 +39,7 @@ except ImportError as _exc:
         raise AttributeError(f"module 'fixedbranch' has no attribute '{name}'")
 
 else:
-    from .modules import FixedBranch, FixedBranchConv2d
-    from .ops import branch_contributions, fixed_branch, fixed_branch_conv2d
+    from .modules import FixedBranch, FixedBranchConv2d, FixedBranchTranspose
+    from .ops import branch_contributions, fixed_branch, fixed_branch_conv2d, fixed_branch_transpose
     from .plan import bank_plan
-    from . import autocast, export  # noqa: F401  (autocast kernels; ONNX lowering)
+    from . import autocast, blocks, export  # noqa: F401  (autocast kernels; the published blocks; ONNX lowering)

@@ -9,12 +9,9 @@ import torch
 
 import fixedbranch
 
-OP = "fixedbranch::fixed_branch"
-
-
 def _has_kernel(device: str) -> bool:
-    # The dispatcher knows which device kernels the loaded library registered; a CPU-only build has no CUDA one.
-    return torch._C._dispatch_has_kernel_for_dispatch_key(OP, device)
+    # The entry points are registered for every device key; the extension lists the devices it has kernels for.
+    return device.lower() in torch.ops.fixedbranch._kernel_devices()
 
 
 def _cuda_device() -> str:

@@ -7,6 +7,7 @@
   ``nn.Conv2d`` does: the output has the autocast dtype, and a float32 layer accepts a half-precision input.
 - ``fixed_branch`` does the same (its input and bank are cast), so ``FixedBranch`` after any layer returns the
   autocast dtype, as its depthwise-convolution equivalent would.
+- ``fixed_branch_transpose`` too (its equivalent is a transposed convolution, also on the lower-precision list).
 
 The dtype is the one the autocast region chose (``torch.get_autocast_dtype``), read at each call: float16 or
 bfloat16 on either device. ``torch.library.register_autocast`` cannot express that (it casts to one dtype fixed
@@ -21,7 +22,7 @@ import torch
 
 __all__ = []
 
-_OPS = ("fixed_branch", "fixed_branch_conv2d")
+_OPS = ("fixed_branch", "fixed_branch_conv2d", "fixed_branch_transpose")
 _DEVICE_TYPES = ("cpu", "cuda")
 
 _lib = torch.library.Library("fixedbranch", "IMPL")

@@ -4,11 +4,14 @@
 shapes), so the exported program runs the fused kernels, in Python or through AOTInductor.
 
 ONNX has no such operators. While ``torch.onnx.export`` traces a model (``torch.onnx.is_in_onnx_export()``),
-:func:`fixedbranch.fixed_branch` and :func:`fixedbranch.fixed_branch_conv2d` emit :func:`fixed_branch` and
-:func:`fixed_branch_conv2d` of this module instead: the same computation in standard operators, which the exporter
-lowers to ONNX ``Pad`` (mode constant / reflect / edge / wrap), ``Conv`` (with ``strides`` for a strided layer),
-``Slice`` (the strided identity), ``Reshape``, ``Transpose`` and ``Concat`` (the channel order), with batch, height and
-width free to be dynamic. So a plain ``torch.onnx.export(model, (x,))`` works, with the default (dynamo) exporter at
+:func:`fixedbranch.fixed_branch`, :func:`fixedbranch.fixed_branch_conv2d` and
+:func:`fixedbranch.fixed_branch_transpose` emit the functions of the same names in this module instead: the same
+computation in standard operators, which the exporter lowers to ONNX ``Pad`` (mode constant / reflect / edge /
+wrap), ``Conv`` (with ``strides`` for a strided layer), ``Slice`` (the strided identity), ``Reshape``, ``Transpose``
+and ``Concat`` (the channel order), with batch, height and width free to be dynamic. The transpose becomes one
+``ConvTranspose`` (the identity as a centred unit filter beside the bank's) followed by the adjoint of the padding
+(``Slice``, ``Pad`` and ``Add``). So a plain ``torch.onnx.export(model, (x,))`` works, with the default (dynamo)
+exporter at
 its default opset (``wrap`` padding, for "circular", needs opset >= 19)::
 
     onnx_program = torch.onnx.export(model, (x,), dynamic_shapes=({0: "batch", 2: "height", 3: "width"},))
@@ -35,9 +38,9 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from .reference import PAD_MODE, pair, same_padding
+from .reference import PAD_MODE, pad_adjoint, pair, same_padding
 
-__all__ = ["decompositions", "exporting_to_onnx", "fixed_branch", "fixed_branch_conv2d"]
+__all__ = ["decompositions", "exporting_to_onnx", "fixed_branch", "fixed_branch_conv2d", "fixed_branch_transpose"]
 
 
 def exporting_to_onnx() -> bool:
@@ -97,6 +100,27 @@ def fixed_branch_conv2d(
     return fixed_branch(y, bank, padding_mode, stop_gradient, identity, order, filter_stride)
 
 
+def fixed_branch_transpose(
+    z: torch.Tensor,
+    bank: torch.Tensor,
+    padding_mode: str = "zeros",
+    identity: bool = True,
+    order: str = "branch",
+    stride=1,
+    output_size=None,
+) -> torch.Tensor:
+    """The transpose in standard operators: one transposed convolution and the adjoint of the padding.
+
+    The channels are folded into the batch, so one (B, 1, S1, S2) ``ConvTranspose`` sums every branch of a channel
+    with no channel count baked into the graph; the identity branch is the adjoint of a centred unit filter, which
+    samples exactly ``y[:, :, ::sH, ::sW]``, so it joins the bank as filter 0.
+
+    Returns:
+        (N, C, H, W), equal to :func:`fixedbranch.reference.fixed_branch_transpose` up to rounding.
+    """
+    return _fixed_branch_transpose(z, bank, padding_mode, identity, order, stride, output_size)
+
+
 def _pad(y: torch.Tensor, pads: tuple[int, int, int, int], padding_mode: str) -> torch.Tensor:
     return F.pad(y, pads, mode=PAD_MODE[padding_mode])
 
@@ -146,6 +170,29 @@ def _fixed_branch(y, bank, padding_mode, stop_gradient, identity, order, stride,
     return filtered.reshape(n, c * (k + int(identity)), h, w)
 
 
+def _fixed_branch_transpose(z, bank, padding_mode, identity, order, stride, output_size) -> torch.Tensor:
+    sh, sw = pair(stride)
+    n, bc, zh, zw = z.shape
+    k, s1, s2 = bank.shape
+    bank = bank.detach().to(z.dtype)
+    pads = same_padding((s1, s2))
+    left, right, top, bottom = pads
+    if identity:
+        unit = F.pad(bank.new_ones(1, 1, 1), (left, right, top, bottom))  # 1 at the "same" centre (top, left)
+        bank = torch.cat([unit, bank])
+    branches = bank.shape[0]
+    c = bc // branches
+    h, w = (zh, zw) if output_size is None else output_size
+    if order == "branch":
+        planes = z.reshape(n, branches, c, zh, zw).transpose(1, 2).reshape(n * c, branches, zh, zw)
+    else:
+        planes = z.reshape(n * c, branches, zh, zw)
+    padded = F.conv_transpose2d(planes, bank.unsqueeze(1), stride=(sh, sw))  # (N*C, 1, (H'-1)*sH + S1, ...)
+    # The last rows and columns of the padded image that no stride-th output reaches get no gradient.
+    padded = F.pad(padded, (0, w + left + right - padded.shape[3], 0, h + top + bottom - padded.shape[2]))
+    return pad_adjoint(padded, pads, padding_mode).reshape(n, c, h, w)
+
+
 # The decompositions take the operators' schemas with their defaults: torch.export records a call without the
 # arguments that equal a default.
 
@@ -160,16 +207,21 @@ def _fixed_branch_conv2d_op(x, weight, bias, bank, stride=1, padding=0, dilation
     return _fixed_branch(y, bank, padding_mode, stop_gradient, identity, order, filter_stride, _pad_functional)
 
 
+def _fixed_branch_transpose_op(z, bank, padding_mode="zeros", identity=True, order="branch", stride=1,
+                               output_size=None):
+    return _fixed_branch_transpose(z, bank, padding_mode, identity, order, stride, output_size)
+
+
 def decompositions() -> dict:
     """Decompositions of the fixedbranch operators, for :meth:`torch.export.ExportedProgram.run_decompositions`.
 
-    Only the two operators are in the table, so everything else in the program stays as it is (the ONNX exporter
-    then lowers it as usual). For a core-ATen program, add them to the defaults:
+    Only the three public operators are in the table, so everything else in the program stays as it is (the ONNX
+    exporter then lowers it as usual). For a core-ATen program, add them to the defaults:
     ``table = torch.export.default_decompositions(); table.update(fixedbranch.export.decompositions())``.
 
     Example:
         >>> import fixedbranch as fb
-        >>> layer = fb.FixedBranchConv2d(3, 4, 3, fb.filters.bank("sobel_x"), padding=1)
+        >>> layer = fb.FixedBranchConv2d(3, 4, 3, bank=fb.filters.bank("sobel_x"), padding=1)
         >>> ep = torch.export.export(layer, (torch.randn(1, 3, 8, 8),))
         >>> lowered = ep.run_decompositions(fb.export.decompositions())
         >>> [str(n.target) for n in lowered.graph.nodes if "fixedbranch" in str(n.target)]
@@ -180,4 +232,5 @@ def decompositions() -> dict:
     return {
         torch.ops.fixedbranch.fixed_branch.default: _fixed_branch_op,
         torch.ops.fixedbranch.fixed_branch_conv2d.default: _fixed_branch_conv2d_op,
+        torch.ops.fixedbranch.fixed_branch_transpose.default: _fixed_branch_transpose_op,
     }

@@ -12,7 +12,7 @@ Conventions, shared by every constructor:
 - Sampled filters (:func:`gaussian`, :func:`log`, :func:`gabor`) use the centred grid ``i - (size - 1) / 2``:
   for odd sizes the centre is a pixel, for even sizes it falls between the two middle pixels.
 
-Needs only torch.
+Needs only torch; :func:`wavelet` also needs PyWavelets, the source of its coefficients.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ __all__ = [
     "gabor",
     "dct",
     "lbcnn",
+    "wavelet",
     "bank",
 ]
 
@@ -48,38 +49,41 @@ _LAPLACIAN8 = [[1.0, 1.0, 1.0], [1.0, -8.0, 1.0], [1.0, 1.0, 1.0]]
 # --------------------------------------------------------------------------------------------------- checks
 
 
-def _check_dtype(dtype: torch.dtype) -> None:
+# Every message starts with `fn`, the public constructor's fully qualified name ("fixedbranch.filters.gaussian").
+
+
+def _check_dtype(fn: str, dtype: torch.dtype) -> None:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
+        raise TypeError(f"{fn}: expected dtype to be a floating-point torch.dtype, got {dtype!r}")
 
 
-def _check_int(name: str, value: int, minimum: int = 1) -> int:
+def _check_int(fn: str, name: str, value: int, minimum: int = 1) -> int:
     # __index__ admits numpy and 0-d torch integers; bool is an int but never a size.
     if isinstance(value, bool) or not hasattr(type(value), "__index__"):
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
+        raise TypeError(f"{fn}: expected {name} to be an integer, got {type(value).__name__}")
     value = value.__index__()
     if value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+        raise ValueError(f"{fn}: expected {name} to be an integer >= {minimum}, got {value}")
     return value
 
 
-def _check_float(name: str, value: float, positive: bool = False) -> float:
+def _check_float(fn: str, name: str, value: float, positive: bool = False) -> float:
     # __float__ admits Python, numpy and 0-d torch numbers, not strings.
     if isinstance(value, bool) or not hasattr(type(value), "__float__"):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+        raise TypeError(f"{fn}: expected {name} to be a real number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value) or (positive and value <= 0):
-        raise ValueError(f"{name}: expected a finite number{' > 0' if positive else ''}, got {value}")
+        raise ValueError(f"{fn}: expected {name} to be a finite number{' > 0' if positive else ''}, got {value}")
     return value
 
 
-def _out(values: torch.Tensor, dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
-    _check_dtype(dtype)
+def _out(fn: str, values: torch.Tensor, dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
+    _check_dtype(fn, dtype)
     return values.to(dtype=dtype, device=device).contiguous()
 
 
-def _const(rows: list[list[float]], dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
-    return _out(torch.tensor(rows, dtype=torch.float64), dtype, device)
+def _const(fn: str, rows: list[list[float]], dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
+    return _out(fn, torch.tensor(rows, dtype=torch.float64), dtype, device)
 
 
 def _grid(size: int) -> torch.Tensor:
@@ -110,7 +114,7 @@ def sobel_x(*, dtype: torch.dtype = torch.float64, device: torch.device | str | 
                 [-2.,  0.,  2.],
                 [-1.,  0.,  1.]], dtype=torch.float64)
     """
-    return _const(_SOBEL_X, dtype, device)
+    return _const("fixedbranch.filters.sobel_x", _SOBEL_X, dtype, device)
 
 
 def sobel_y(*, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> torch.Tensor:
@@ -131,7 +135,7 @@ def sobel_y(*, dtype: torch.dtype = torch.float64, device: torch.device | str | 
                 [ 0.,  0.,  0.],
                 [ 1.,  2.,  1.]], dtype=torch.float64)
     """
-    return _const(_SOBEL_X, dtype, device).T.contiguous()
+    return _const("fixedbranch.filters.sobel_y", _SOBEL_X, dtype, device).T.contiguous()
 
 
 def scharr_x(*, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> torch.Tensor:
@@ -153,7 +157,7 @@ def scharr_x(*, dtype: torch.dtype = torch.float64, device: torch.device | str |
                 [-10.,   0.,  10.],
                 [ -3.,   0.,   3.]], dtype=torch.float64)
     """
-    return _const(_SCHARR_X, dtype, device)
+    return _const("fixedbranch.filters.scharr_x", _SCHARR_X, dtype, device)
 
 
 def scharr_y(*, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> torch.Tensor:
@@ -172,7 +176,7 @@ def scharr_y(*, dtype: torch.dtype = torch.float64, device: torch.device | str |
                 [  0.,   0.,   0.],
                 [  3.,  10.,   3.]], dtype=torch.float64)
     """
-    return _const(_SCHARR_X, dtype, device).T.contiguous()
+    return _const("fixedbranch.filters.scharr_y", _SCHARR_X, dtype, device).T.contiguous()
 
 
 def prewitt_x(*, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> torch.Tensor:
@@ -193,7 +197,7 @@ def prewitt_x(*, dtype: torch.dtype = torch.float64, device: torch.device | str 
                 [-1.,  0.,  1.],
                 [-1.,  0.,  1.]], dtype=torch.float64)
     """
-    return _const(_PREWITT_X, dtype, device)
+    return _const("fixedbranch.filters.prewitt_x", _PREWITT_X, dtype, device)
 
 
 def prewitt_y(*, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> torch.Tensor:
@@ -212,7 +216,7 @@ def prewitt_y(*, dtype: torch.dtype = torch.float64, device: torch.device | str 
                 [ 0.,  0.,  0.],
                 [ 1.,  1.,  1.]], dtype=torch.float64)
     """
-    return _const(_PREWITT_X, dtype, device).T.contiguous()
+    return _const("fixedbranch.filters.prewitt_y", _PREWITT_X, dtype, device).T.contiguous()
 
 
 def laplacian4(*, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> torch.Tensor:
@@ -233,7 +237,7 @@ def laplacian4(*, dtype: torch.dtype = torch.float64, device: torch.device | str
                 [ 1., -4.,  1.],
                 [ 0.,  1.,  0.]], dtype=torch.float64)
     """
-    return _const(_LAPLACIAN4, dtype, device)
+    return _const("fixedbranch.filters.laplacian4", _LAPLACIAN4, dtype, device)
 
 
 def laplacian8(*, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> torch.Tensor:
@@ -255,7 +259,7 @@ def laplacian8(*, dtype: torch.dtype = torch.float64, device: torch.device | str
                 [ 1., -8.,  1.],
                 [ 1.,  1.,  1.]], dtype=torch.float64)
     """
-    return _const(_LAPLACIAN8, dtype, device)
+    return _const("fixedbranch.filters.laplacian8", _LAPLACIAN8, dtype, device)
 
 
 # ------------------------------------------------------------------------------------------ sampled filters
@@ -290,12 +294,12 @@ def gaussian(
                 [0.1238, 0.2042, 0.1238],
                 [0.0751, 0.1238, 0.0751]], dtype=torch.float64)
     """
-    size = _check_int("size", size)
-    sigma = _check_float("sigma", sigma, positive=True)
+    size = _check_int("fixedbranch.filters.gaussian", "size", size)
+    sigma = _check_float("fixedbranch.filters.gaussian", "sigma", sigma, positive=True)
     x = _grid(size)
     g = torch.exp(-(x * x) / (2.0 * sigma * sigma))
     g = g / g.sum()
-    return _out(torch.outer(g, g), dtype, device)
+    return _out("fixedbranch.filters.gaussian", torch.outer(g, g), dtype, device)
 
 
 def log(
@@ -329,13 +333,13 @@ def log(
                 [-0.1147, -1.5082, -0.1147],
                 [ 0.4918, -0.1147,  0.4918]], dtype=torch.float64)
     """
-    size = _check_int("size", size)
-    sigma = _check_float("sigma", sigma, positive=True)
+    size = _check_int("fixedbranch.filters.log", "size", size)
+    sigma = _check_float("fixedbranch.filters.log", "sigma", sigma, positive=True)
     x = _grid(size)
     r2 = x[None, :] ** 2 + x[:, None] ** 2
     s2 = sigma * sigma
     k = (r2 - 2.0 * s2) / (s2 * s2) * torch.exp(-r2 / (2.0 * s2))
-    return _out(k - k.mean(), dtype, device)
+    return _out("fixedbranch.filters.log", k - k.mean(), dtype, device)
 
 
 def gabor(
@@ -386,12 +390,12 @@ def gabor(
                 [0.4289, 1.0000, 0.4289],
                 [0.3785, 0.8825, 0.3785]], dtype=torch.float64)
     """
-    size = _check_int("size", size)
-    sigma = _check_float("sigma", sigma, positive=True)
-    theta = _check_float("theta", theta)
-    lambd = _check_float("lambd", lambd, positive=True)
-    gamma = _check_float("gamma", gamma, positive=True)
-    psi = _check_float("psi", psi)
+    size = _check_int("fixedbranch.filters.gabor", "size", size)
+    sigma = _check_float("fixedbranch.filters.gabor", "sigma", sigma, positive=True)
+    theta = _check_float("fixedbranch.filters.gabor", "theta", theta)
+    lambd = _check_float("fixedbranch.filters.gabor", "lambd", lambd, positive=True)
+    gamma = _check_float("fixedbranch.filters.gabor", "gamma", gamma, positive=True)
+    psi = _check_float("fixedbranch.filters.gabor", "psi", psi)
     # Same operation order as OpenCV, so odd sizes agree with it to the last few ulps.
     c, s = math.cos(theta), math.sin(theta)
     ex = -0.5 / (sigma * sigma)
@@ -403,7 +407,7 @@ def gabor(
     xr = x * c + y * s
     yr = -x * s + y * c
     k = torch.exp(ex * xr * xr + ey * yr * yr) * torch.cos(cscale * xr + psi)
-    return _out(k, dtype, device)
+    return _out("fixedbranch.filters.gabor", k, dtype, device)
 
 
 _DCT_NORMS = ("ortho", "l1")
@@ -499,21 +503,23 @@ def dct(
         >>> dct(7, level=3).shape  # u + v < 3: (0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0)
         torch.Size([6, 7, 7])
     """
-    size = _check_int("size", size)
+    fn = "fixedbranch.filters.dct"
+    size = _check_int(fn, "size", size)
     if not isinstance(norm, str):
         valid = ", ".join(map(repr, _DCT_NORMS))
-        raise TypeError(f"norm: expected a string, one of {valid}; got {type(norm).__name__}")
+        raise TypeError(f"{fn}: expected norm to be a string, one of {valid}; got {type(norm).__name__}")
     if norm not in _DCT_NORMS:
-        raise ValueError(f"norm: expected one of {', '.join(map(repr, _DCT_NORMS))}, got {norm!r}")
+        raise ValueError(f"{fn}: expected norm to be one of {', '.join(map(repr, _DCT_NORMS))}, got {norm!r}")
     if level is not None:
-        level = _check_int("level", level, minimum=-(2**63))
+        level = _check_int(fn, "level", level, minimum=-(2**63))
         if not 1 <= level <= 2 * size - 1:
             raise ValueError(
-                f"level: expected None or an integer in [1, 2 * size - 1] = [1, {2 * size - 1}] for size {size} "
+                f"{fn}: expected level to be None or an integer in [1, 2 * size - 1] = [1, {2 * size - 1}] for size "
+                f"{size} "
                 f"(keeps u + v < level), got {level}"
             )
     if not isinstance(dc, bool):
-        raise TypeError(f"dc: expected a bool, got {type(dc).__name__}")
+        raise TypeError(f"{fn}: expected dc to be a bool, got {type(dc).__name__}")
     u = torch.arange(size)
     keep = torch.ones(size, size, dtype=torch.bool)
     if level is not None:
@@ -522,7 +528,8 @@ def dct(
         keep[0, 0] = False
     if not keep.any():
         raise ValueError(
-            f"dc=False with {'size 1' if size == 1 else f'level={level}'} leaves no filter: the constant filter is "
+            f"{fn}: dc=False with {'size 1' if size == 1 else f'level={level}'} leaves no filter: the constant "
+            "filter is "
             "the only one selected"
         )
     cos = _dct_cosines(size)
@@ -533,7 +540,7 @@ def dct(
     else:
         rows = cos / cos.abs().sum(dim=1, keepdim=True)
     basis = rows[:, None, :, None] * rows[None, :, None, :]  # (u, v, i, j)
-    return _out(basis[keep], dtype, device)
+    return _out(fn, basis[keep], dtype, device)
 
 
 def lbcnn(
@@ -575,24 +582,112 @@ def lbcnn(
         >>> w.shape, (w != 0).sum(dim=(1, 2)).tolist()
         (torch.Size([8, 3, 3]), [4, 4, 4, 4, 4, 4, 4, 4])
     """
-    n = _check_int("n", n)
-    size = _check_int("size", size)
-    seed = _check_int("seed", seed, minimum=-(2**63))
-    sparsity = _check_float("sparsity", sparsity, positive=True)
+    fn = "fixedbranch.filters.lbcnn"
+    n = _check_int(fn, "n", n)
+    size = _check_int(fn, "size", size)
+    seed = _check_int(fn, "seed", seed, minimum=-(2**63))
+    sparsity = _check_float(fn, "sparsity", sparsity, positive=True)
     if sparsity > 1:
-        raise ValueError(f"sparsity: expected a fraction of non-zero entries in (0, 1], got {sparsity}")
+        raise ValueError(f"{fn}: expected sparsity to be a fraction of non-zero entries in (0, 1], got {sparsity}")
     numel = size * size
     nonzero = round(sparsity * numel)
     if nonzero == 0:
         raise ValueError(
-            f"sparsity: {sparsity} of {size}x{size} = {numel} entries rounds to 0 non-zero entries; "
+            f"{fn}: sparsity={sparsity} of {size}x{size} = {numel} entries rounds to 0 non-zero entries; "
             f"use sparsity >= {0.5 / numel:.3g}"
         )
     gen = torch.Generator(device="cpu").manual_seed(seed)
     positions = torch.stack([torch.randperm(numel, generator=gen)[:nonzero] for _ in range(n)])
     signs = torch.bernoulli(torch.full((n, nonzero), 0.5, dtype=torch.float64), generator=gen) * 2 - 1
     weights = torch.zeros(n, numel, dtype=torch.float64).scatter_(1, positions, signs)
-    return _out(weights.reshape(n, size, size), dtype, device)
+    return _out(fn, weights.reshape(n, size, size), dtype, device)
+
+
+# --------------------------------------------------------------------------------------------------- wavelets
+
+
+def wavelet(
+    name: str,
+    *,
+    synthesis: bool = False,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The four filters of one level of a separable 2-D discrete wavelet transform, from PyWavelets' coefficients.
+
+    With ``h = (h_lo, h_hi)`` a pair of 1-D filters of length L, filter ``k`` is the outer product::
+
+        filter[k][i, j] = h[k % 2][i] * h[k // 2][j]      (i the row, j the column)
+
+    so filter 0 is low-pass both ways (``pywt.dwt2``'s approximation ``cA``), filter 1 high-pass down the rows
+    (its horizontal detail ``cH``), filter 2 high-pass along the rows (``cV``) and filter 3 both (``cD``). The
+    analysis bank has ``h = (dec_lo, dec_hi)`` reversed, because the branches correlate where a filter bank
+    convolves; the synthesis bank has ``h = (rec_lo, rec_hi)`` as they are, since the transpose of a correlation
+    is a convolution. This is the convention of WTConv's
+    ``create_2d_wavelet_filter``, so that, for even image sizes,
+
+    - ``fixed_branch(x, wavelet(name), identity=False, order="channel", stride=2)`` is its wavelet transform
+      (channel ``4c + k`` holds subband k of channel c), and
+    - ``fixed_branch_transpose(z, wavelet(name, synthesis=True), identity=False, order="channel", stride=2,
+      output_size=(H, W))`` its inverse.
+
+    L is even for every discrete wavelet, and the "same" padding's top row count ``(L - 1) // 2 = L // 2 - 1`` is
+    exactly the padding WTConv gives ``F.conv2d`` (docs/design.md, "Wavelet banks"). With
+    ``padding_mode="circular"`` the transform is periodic and the inverse reconstructs the image exactly (to the
+    precision of the coefficients), for orthogonal and biorthogonal wavelets alike.
+
+    Args:
+        name: a discrete wavelet PyWavelets knows (``pywt.wavelist(kind="discrete")``): ``"haar"``, ``"db1"`` ..
+            ``"db38"``, ``"sym2"`` .., ``"coif1"`` .., ``"bior1.1"`` .., ``"rbio1.1"`` .., ``"dmey"``.
+        synthesis: the synthesis (reconstruction) bank instead of the analysis (decomposition) bank.
+        dtype: floating-point dtype of the result (the coefficients are PyWavelets' float64 values, rounded once).
+        device: device of the result.
+
+    Returns:
+        Tensor of shape (4, L, L).
+
+    Raises:
+        ImportError: PyWavelets is not installed.
+        TypeError: ``name`` is not a string, ``synthesis`` not a bool, ``dtype`` not a floating-point dtype.
+        ValueError: ``name`` is not a discrete wavelet (a continuous one such as ``"morl"``, or unknown).
+
+    Example:
+        >>> wavelet("haar")
+        tensor([[[ 0.5000,  0.5000],
+                 [ 0.5000,  0.5000]],
+        <BLANKLINE>
+                [[ 0.5000,  0.5000],
+                 [-0.5000, -0.5000]],
+        <BLANKLINE>
+                [[ 0.5000, -0.5000],
+                 [ 0.5000, -0.5000]],
+        <BLANKLINE>
+                [[ 0.5000, -0.5000],
+                 [-0.5000,  0.5000]]], dtype=torch.float64)
+        >>> wavelet("db2", synthesis=True).shape
+        torch.Size([4, 4, 4])
+    """
+    fn = "fixedbranch.filters.wavelet"
+    if not isinstance(name, str):
+        raise TypeError(f"{fn}: expected name to be a string such as 'db2', got {type(name).__name__}")
+    if not isinstance(synthesis, bool):
+        raise TypeError(f"{fn}: expected synthesis to be a bool, got {type(synthesis).__name__}")
+    _check_dtype(fn, dtype)
+    try:
+        import pywt
+    except ImportError as error:
+        raise ImportError(f"{fn}: needs PyWavelets for the coefficients (pip install PyWavelets)") from error
+    if name not in pywt.wavelist(kind="discrete"):
+        kind = "a continuous wavelet" if name in pywt.wavelist(kind="continuous") else "not a wavelet PyWavelets knows"
+        raise ValueError(
+            f"{fn}: expected name to be a discrete (orthogonal or biorthogonal) wavelet, e.g. 'haar', 'db2', 'sym4', "
+            f"'coif1', 'bior2.2', 'rbio1.3' (pywt.wavelist(kind='discrete')); got {name!r}, {kind}"
+        )
+    w = pywt.Wavelet(name)
+    lo, hi = (w.rec_lo, w.rec_hi) if synthesis else (w.dec_lo[::-1], w.dec_hi[::-1])
+    h = torch.tensor([lo, hi], dtype=torch.float64)  # (2, L)
+    filters = torch.stack([torch.outer(h[k % 2], h[k // 2]) for k in range(4)])
+    return _out(fn, filters, dtype, device)
 
 
 # --------------------------------------------------------------------------------------------------- bank
@@ -651,31 +746,38 @@ def bank(
                 [0., 1., 0.],
                 [0., 0., 0.]], dtype=torch.float64)
     """
-    _check_dtype(dtype)
+    fn = "fixedbranch.filters.bank"
+    _check_dtype(fn, dtype)
     if not specs:
-        raise ValueError("specs: expected at least one filter name, 2-D filter or 3-D stack, got none")
+        raise ValueError(f"{fn}: expected specs to hold at least one filter name, 2-D filter or 3-D stack, got none")
     stacks = []
     for i, spec in enumerate(specs):
         if isinstance(spec, str):
             if spec not in _NAMED:
-                raise ValueError(f"specs[{i}]: unknown filter name {spec!r}; valid names: {', '.join(_NAMED)}")
+                raise ValueError(
+                    f"{fn}: specs[{i}] is an unknown filter name {spec!r}; valid names: {', '.join(_NAMED)}"
+                )
             stack = _NAMED[spec]()[None]
         elif isinstance(spec, torch.Tensor):
             if spec.dim() not in (2, 3):
-                raise ValueError(f"specs[{i}]: expected a 2-D filter or a 3-D stack, got {spec.dim()} dimensions")
+                raise ValueError(
+                    f"{fn}: expected specs[{i}] to be a 2-D filter or a 3-D stack, got {spec.dim()} dimensions"
+                )
             if spec.is_complex():
-                raise TypeError(f"specs[{i}]: expected a real tensor, got {spec.dtype}")
+                raise TypeError(f"{fn}: expected specs[{i}] to be a real tensor, got {spec.dtype}")
             stack = spec.detach() if spec.dim() == 3 else spec.detach()[None]
             if stack.shape[1] == 0 or stack.shape[2] == 0:
-                raise ValueError(f"specs[{i}]: expected filter sizes >= 1, got {tuple(stack.shape[1:])}")
+                raise ValueError(f"{fn}: expected specs[{i}] to have filter sizes >= 1, got {tuple(stack.shape[1:])}")
             if device is None:
                 device = spec.device
         else:
-            raise TypeError(f"specs[{i}]: expected a filter name (str) or a tensor, got {type(spec).__name__}")
+            raise TypeError(
+                f"{fn}: expected specs[{i}] to be a filter name (str) or a tensor, got {type(spec).__name__}"
+            )
         stacks.append(stack)
     k_total = sum(s.shape[0] for s in stacks)
     if k_total == 0:
-        raise ValueError("specs: expected at least one filter in total, got 0 (only empty stacks)")
+        raise ValueError(f"{fn}: expected specs to hold at least one filter in total, got 0 (only empty stacks)")
     big1 = max(s.shape[1] for s in stacks)
     big2 = max(s.shape[2] for s in stacks)
     out = torch.zeros(k_total, big1, big2, dtype=dtype, device=device)

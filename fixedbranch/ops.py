@@ -16,59 +16,30 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from . import export as _export
-from .reference import strided_size
+from .arguments import check_bank, check_int, check_pair, check_tensor, stop_list
+from .reference import pair, strided_size
 
-__all__ = ["fixed_branch", "fixed_branch_conv2d", "branch_contributions"]
+__all__ = ["fixed_branch", "fixed_branch_conv2d", "fixed_branch_transpose", "branch_contributions"]
 
 _ops = torch.ops.fixedbranch
 # The overloads themselves: calling the packet (torch.ops.fixedbranch.fixed_branch) resolves the overload per call.
 _fixed_branch_op = _ops.fixed_branch.default
 _fixed_branch_conv2d_op = _ops.fixed_branch_conv2d.default
 _backward_op = _ops._fixed_branch_backward.default
+_transpose_op = _ops.fixed_branch_transpose.default
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# What the operators cannot check: Python types, a bank that requires grad, collections to normalise.
+# What the operators cannot check of the transpose's output_size.
 
 
-def _check_bank(fn: str, bank) -> None:
-    if not isinstance(bank, torch.Tensor):
-        raise TypeError(f"{fn}: expected bank to be a torch.Tensor, got {type(bank).__name__}")
-    if bank.requires_grad:
-        raise ValueError(
-            f"{fn}: bank requires grad, but the filters are fixed and never receive a gradient; pass bank.detach()"
-        )
-
-
-def _stop_list(fn: str, stop_gradient) -> list[int]:
-    """The stop set as a sorted list of ints; its range is the operator's to check."""
-    if isinstance(stop_gradient, int) and not isinstance(stop_gradient, bool):
-        return [stop_gradient]
-    if isinstance(stop_gradient, tuple) and not stop_gradient:
-        return []
-    try:
-        items = list(stop_gradient)
-    except TypeError:
-        raise TypeError(
-            f"{fn}: expected stop_gradient to be a collection of branch indices, got {type(stop_gradient).__name__}"
-        ) from None
-    for k in items:
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"{fn}: expected stop_gradient to hold ints, got {k!r}")
-    return sorted(set(items))
-
-
-def _check_tensor(fn: str, name: str, value) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{fn}: expected {name} to be a torch.Tensor, got {type(value).__name__}")
-
-
-def _pair(fn: str, name: str, value) -> list[int]:
-    if type(value) is int:
-        return [value, value]
+def _size_pair(fn: str, name: str, value) -> list:
+    """An image size (H, W): a pair of ints (or of symbolic sizes, as ``x.shape[2:]`` under torch.compile)."""
     pair = list(value) if isinstance(value, (tuple, list, torch.Size)) else None
-    if pair is None or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
-        raise TypeError(f"{fn}: expected {name} to be an int or a pair of ints, got {value!r}")
+    if pair is None or len(pair) != 2 or not all(
+        isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool) for v in pair
+    ):
+        raise TypeError(f"{fn}: expected {name} to be a pair of ints (H, W), got {value!r}")
     return pair
 
 
@@ -116,10 +87,11 @@ def fixed_branch(
         tensor([[  4.,  -2.],
                 [-14., -20.]])
     """
-    _check_tensor("fixed_branch", "y", y)
-    stop = _stop_list("fixed_branch", stop_gradient)
-    _check_bank("fixed_branch", bank)
-    stride = _pair("fixed_branch", "stride", stride)
+    fn = "fixedbranch.fixed_branch"
+    check_tensor(fn, "y", y)
+    stop = stop_list(fn, stop_gradient)
+    check_bank(fn, bank)
+    stride = check_pair(fn, "stride", stride)
     if _export.exporting_to_onnx():
         return _export.fixed_branch(y, bank, padding_mode, stop, identity, order, stride)
     return _fixed_branch_op(y, bank, padding_mode, stop, identity, order, stride)
@@ -164,17 +136,16 @@ def fixed_branch_conv2d(
         >>> fb.fixed_branch_conv2d(x, w, None, fb.filters.bank("sobel_x", "sobel_y"), padding=1).shape
         torch.Size([2, 24, 16, 16])
     """
-    fn = "fixed_branch_conv2d"
-    _check_tensor(fn, "x", x)
-    _check_tensor(fn, "weight", weight)
+    fn = "fixedbranch.fixed_branch_conv2d"
+    check_tensor(fn, "x", x)
+    check_tensor(fn, "weight", weight)
     if bias is not None:
-        _check_tensor(fn, "bias", bias)
-    stop = _stop_list(fn, stop_gradient)
-    _check_bank(fn, bank)
-    if not isinstance(groups, int) or isinstance(groups, bool):
-        raise TypeError(f"{fn}: expected groups to be an int, got {groups!r}")
+        check_tensor(fn, "bias", bias)
+    stop = stop_list(fn, stop_gradient)
+    check_bank(fn, bank)
+    check_int(fn, "groups", groups)
     stride, padding, dilation, filter_stride = (
-        _pair(fn, name, value)
+        check_pair(fn, name, value)
         for name, value in (("stride", stride), ("padding", padding), ("dilation", dilation),
                             ("filter_stride", filter_stride))
     )
@@ -183,6 +154,57 @@ def fixed_branch_conv2d(
     if _export.exporting_to_onnx():
         return _export.fixed_branch_conv2d(*args)
     return _fixed_branch_conv2d_op(*args)
+
+
+def fixed_branch_transpose(
+    z: torch.Tensor,
+    bank: torch.Tensor,
+    padding_mode: str = "zeros",
+    identity: bool = True,
+    order: str = "branch",
+    stride=1,
+    output_size=None,
+) -> torch.Tensor:
+    r"""The adjoint of :func:`fixed_branch` with the same bank and options: :math:`z_0 + \sum_k F_k^T z_k`.
+
+    For every y and z, ``<fixed_branch(y, bank, ...), z> = <y, fixed_branch_transpose(z, bank, ...)>``. It is what
+    :func:`fixed_branch`'s backward computes (the same fused kernels), as a function of its own: a synthesis bank
+    after an analysis bank. With a wavelet synthesis bank (:func:`fixedbranch.filters.wavelet`), ``stride=2``,
+    ``identity=False`` and ``order="channel"`` it is one level of the inverse 2-D discrete wavelet transform.
+    Its gradient is :func:`fixed_branch`.
+
+    Args:
+        z: (N, B*C, H', W') laid out as ``identity`` and ``order`` lay out :func:`fixed_branch`'s output
+            (B = K+1, or K with ``identity=False``), any float dtype and strides.
+        bank: fixed filters, (K, S1, S2), on z's device; rounded to z's dtype. Must not require grad.
+        padding_mode, identity, order, stride: as in :func:`fixed_branch`; the padding's adjoint sends each border
+            value's share back to the pixel it was copied from.
+        output_size: (H, W) of fixed_branch's input. Required when a stride is > 1 (H' = (H-1)//sH + 1 does not
+            determine H); by default (H', W').
+
+    Returns:
+        (N, C, H, W) in z's memory format.
+
+    Example:
+        >>> import fixedbranch as fb
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> z = fb.fixed_branch(x, fb.filters.wavelet("haar"), identity=False, order="channel", stride=2)
+        >>> fb.fixed_branch_transpose(z, fb.filters.wavelet("haar", synthesis=True), identity=False,
+        ...                           order="channel", stride=2, output_size=(4, 4))
+        tensor([[[[ 0.,  1.,  2.,  3.],
+                  [ 4.,  5.,  6.,  7.],
+                  [ 8.,  9., 10., 11.],
+                  [12., 13., 14., 15.]]]])
+    """
+    fn = "fixedbranch.fixed_branch_transpose"
+    check_tensor(fn, "z", z)
+    check_bank(fn, bank)
+    stride = check_pair(fn, "stride", stride)
+    if output_size is not None:
+        output_size = _size_pair(fn, "output_size", output_size)
+    if _export.exporting_to_onnx():
+        return _export.fixed_branch_transpose(z, bank, padding_mode, identity, order, stride, output_size)
+    return _transpose_op(z, bank, padding_mode, identity, order, stride, output_size)
 
 
 def branch_contributions(
@@ -220,27 +242,25 @@ def branch_contributions(
                 [-4.,  1.,  1.,  4.],
                 [-4.,  0.,  0.,  2.]])
     """
-    fn = "branch_contributions"
-    _check_bank(fn, bank)
-    stride = _pair(fn, "stride", stride)
-    _check_tensor(fn, "grad_output", grad_output)
+    fn = "fixedbranch.branch_contributions"
+    check_bank(fn, bank)
+    stride = check_pair(fn, "stride", stride)
+    check_tensor(fn, "grad_output", grad_output)
     if input_size is None:
         if stride != [1, 1]:
             raise ValueError(f"{fn}: input_size (y's (H, W)) is required with stride {tuple(stride)}: the gradient's "
                              "size does not determine it")
         # (A grad_output of another rank is the operator's to reject.)
         input_size = list(grad_output.shape[2:]) if grad_output.dim() == 4 else [0, 0]
-    input_size = _pair(fn, "input_size", tuple(input_size))
-    filters = range(1, bank.shape[0] + 1) if bank.dim() == 3 else ()
-    branches = ([0] if identity else []) + list(filters)
-    try:
-        return torch.stack([
-            _backward_op(grad_output, bank, padding_mode, [j for j in branches if j != b], identity,
-                                        order, stride, input_size)
-            for b in branches
-        ])
-    except ValueError as error:  # the operator's checks, told in this function's name
-        raise ValueError(str(error).replace("fixedbranch._fixed_branch_backward", fn)) from None
+    input_size = check_pair(fn, "input_size", tuple(input_size))
+    # The backward's own checks, in this function's name, before it runs once per branch.
+    _ops._check_backward_options(grad_output, bank, padding_mode, identity, order, stride, input_size, fn)
+    branches = ([0] if identity else []) + list(range(1, bank.shape[0] + 1))
+    return torch.stack([
+        _backward_op(grad_output, bank, padding_mode, [j for j in branches if j != b], identity, order, stride,
+                     input_size)
+        for b in branches
+    ])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -256,30 +276,48 @@ def _fake_same_device(what: str, name: str, t, like: torch.Tensor, like_name: st
 @torch.library.register_fake("fixedbranch::fixed_branch")
 def _fixed_branch_fake(y, bank, padding_mode="zeros", stop_gradient=(), identity=True, order="branch",
                        stride=(1, 1)):
-    torch._check(y.dim() == 4, lambda: f"fixed_branch: expected y to have 4 dimensions, got {y.dim()}")
-    torch._check(bank.dim() == 3, lambda: f"fixed_branch: expected bank to have 3 dimensions, got {bank.dim()}")
+    torch._check(y.dim() == 4, lambda: f"fixedbranch.fixed_branch: expected y to have 4 dimensions, got {y.dim()}")
+    torch._check(bank.dim() == 3,
+                 lambda: f"fixedbranch.fixed_branch: expected bank to have 3 dimensions, got {bank.dim()}")
     _fake_same_device("fixedbranch.fixed_branch", "bank", bank, y, "y")
     n, c, h, w = y.shape
     branches = bank.shape[0] + int(identity)
-    stride = (stride, stride) if isinstance(stride, int) else stride
+    stride = pair(stride)
     return torch.empty((n, branches * c, strided_size(h, stride[0]), strided_size(w, stride[1])), dtype=y.dtype,
                        device=y.device, memory_format=suggest_memory_format(y))
 
 
 @torch.library.register_fake("fixedbranch::_fixed_branch_backward")
 def _fixed_branch_backward_fake(grad_output, bank, padding_mode, stop_gradient, identity, order, stride, input_size):
-    torch._check(grad_output.dim() == 4, lambda: "_fixed_branch_backward: expected 4-D grad_output")
+    torch._check(grad_output.dim() == 4,
+                 lambda: "fixedbranch._fixed_branch_backward: expected grad_output to have 4 dimensions")
     _fake_same_device("fixedbranch._fixed_branch_backward", "bank", bank, grad_output, "grad_output")
     n, bc, _, _ = grad_output.shape
     branches = bank.shape[0] + int(identity)
-    torch._check(bc % branches == 0, lambda: "_fixed_branch_backward: channels must be a multiple of the branches")
+    torch._check(bc % branches == 0, lambda: "fixedbranch._fixed_branch_backward: expected grad_output's channels to "
+                 "be a multiple of the branches of the output")
     return torch.empty((n, bc // branches, *input_size), dtype=grad_output.dtype, device=grad_output.device,
                        memory_format=suggest_memory_format(grad_output))
 
 
-def _conv_output_size(x, weight, stride, padding, dilation) -> list:
-    return [(x.shape[2 + d] + 2 * padding[d] - dilation[d] * (weight.shape[2 + d] - 1) - 1) // stride[d] + 1
-            for d in (0, 1)]
+@torch.library.register_fake("fixedbranch::fixed_branch_transpose")
+def _fixed_branch_transpose_fake(z, bank, padding_mode="zeros", identity=True, order="branch", stride=(1, 1),
+                                 output_size=None):
+    what = "fixedbranch.fixed_branch_transpose"
+    torch._check(z.dim() == 4, lambda: f"{what}: expected z to have 4 dimensions, got {z.dim()}")
+    torch._check(bank.dim() == 3, lambda: f"{what}: expected bank to have 3 dimensions, got {bank.dim()}")
+    _fake_same_device(what, "bank", bank, z, "z")
+    n, bc, h, w = z.shape
+    branches = bank.shape[0] + int(identity)
+    torch._check(bc % branches == 0, lambda: f"{what}: expected z's channels to be a multiple of the branches")
+    stride = (stride, stride) if isinstance(stride, int) else stride
+    if output_size is None:
+        torch._check(tuple(stride) == (1, 1), lambda: f"{what}: output_size is required with stride {stride}")
+        output_size = (h, w)
+    for size, s, got in zip(output_size, stride, (h, w)):
+        torch._check(strided_size(size, s) == got, lambda: f"{what}: z's size does not match output_size")
+    return torch.empty((n, bc // branches, *output_size), dtype=z.dtype, device=z.device,
+                       memory_format=suggest_memory_format(z))
 
 
 @torch.library.register_fake("fixedbranch::fixed_branch_conv2d")
@@ -288,7 +326,7 @@ def _fixed_branch_conv2d_fake(x, weight, bias, bank, stride=(1, 1), padding=(0, 
                               filter_stride=(1, 1)):
     for name, t in (("weight", weight), ("bias", bias), ("bank", bank)):
         _fake_same_device("fixedbranch.fixed_branch_conv2d", name, t, x, "x")
-    stride, padding, dilation = ([v, v] if isinstance(v, int) else v for v in (stride, padding, dilation))
+    stride, padding, dilation = (list(pair(v)) for v in (stride, padding, dilation))
     y = torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False, [0, 0], groups)
     return _fixed_branch_fake(y, bank, padding_mode, stop_gradient, identity, order, filter_stride)
 

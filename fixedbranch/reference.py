@@ -1,6 +1,7 @@
 """Pure-PyTorch reference of the fixed-filter branch ops: the ground truth for tests, the baseline for benchmarks.
 
-Everything here is ordinary autograd over ``F.pad``, a depthwise ``F.conv2d`` per filter and ``torch.cat``. It
+Everything here is ordinary autograd over ``F.pad``, a depthwise ``F.conv2d`` per filter and ``torch.cat`` (the
+transpose: a grouped ``F.conv_transpose2d`` and the adjoint of each padding mode, written out). It
 needs only torch, is deliberately simple, and has the same signatures as the fused ops in :mod:`fixedbranch.ops`.
 
 Semantics (docs/design.md, "Semantics"): each filter of the bank is applied to every channel as a
@@ -27,6 +28,8 @@ __all__ = [
     "fixed_branch",
     "fixed_branch_conv2d",
     "branch_contributions",
+    "fixed_branch_transpose",
+    "pad_adjoint",
 ]
 
 # The padding modes and their F.pad names; every other module takes them from here.
@@ -167,3 +170,95 @@ def branch_contributions(
                                                                          device=grad_output.device))
             shares.append(torch.autograd.grad(out, y, g, retain_graph=b + 1 < branches)[0])
     return torch.stack(shares)
+
+
+
+def _axis_pad(dim: int, before: int, after: int) -> tuple[int, ...]:
+    """``F.pad``'s pad tuple for one axis of an (N, C, H, W) tensor: dim 3 is W, dim 2 is H."""
+    return (before, after) if dim == 3 else (0, 0, before, after)
+
+
+def _pad_adjoint_1d(g: torch.Tensor, dim: int, before: int, after: int, padding_mode: str) -> torch.Tensor:
+    """The adjoint of padding one axis by (before, after): each padded row's gradient goes back to the source row
+    that ``F.pad`` copied into it (nowhere for "zeros")."""
+    n = g.shape[dim] - before - after
+    head, body, tail = g.narrow(dim, 0, before), g.narrow(dim, before, n), g.narrow(dim, before + n, after)
+    if padding_mode == "zeros":
+        return body
+    if padding_mode == "circular":  # padded row -t is source n - t; padded row n - 1 + t is source t - 1
+        return body + F.pad(head, _axis_pad(dim, n - before, 0)) + F.pad(tail, _axis_pad(dim, 0, n - after))
+    if padding_mode == "replicate":  # every padded row copies the edge row
+        return (body + F.pad(head.sum(dim, keepdim=True), _axis_pad(dim, 0, n - 1))
+                + F.pad(tail.sum(dim, keepdim=True), _axis_pad(dim, n - 1, 0)))
+    assert padding_mode == "reflect", padding_mode
+    # Padded row -t (t = 1..before) is source t; padded row n - 1 + t (t = 1..after) is source n - 1 - t.
+    return (body + F.pad(head.flip(dim), _axis_pad(dim, 1, n - 1 - before))
+            + F.pad(tail.flip(dim), _axis_pad(dim, n - 1 - after, 1)))
+
+
+def pad_adjoint(g: torch.Tensor, pads: tuple[int, int, int, int], padding_mode: str) -> torch.Tensor:
+    """The adjoint of ``F.pad(y, pads, mode=PAD_MODE[padding_mode])``: a gradient of the padded image (N, C, Hp, Wp)
+    to one of y (N, C, H, W). ``pads`` is in ``F.pad`` order (left, right, top, bottom). The 2-D padding pads the
+    rows and then the columns (either order gives the same image), so its adjoint folds the columns and then the
+    rows."""
+    left, right, top, bottom = pads
+    return _pad_adjoint_1d(_pad_adjoint_1d(g, 3, left, right, padding_mode), 2, top, bottom, padding_mode)
+
+
+def _split_branches(z: torch.Tensor, branches: int, order: str) -> list[torch.Tensor]:
+    """(N, B*C, H', W') in ``order`` -> the B branches, each (N, C, H', W')."""
+    n, bc, h, w = z.shape
+    if order == "branch":
+        return list(z.reshape(n, branches, bc // branches, h, w).unbind(1))
+    return list(z.reshape(n, bc // branches, branches, h, w).unbind(2))
+
+
+def fixed_branch_transpose(
+    z: torch.Tensor,
+    bank: torch.Tensor,
+    padding_mode: str = "zeros",
+    identity: bool = True,
+    order: str = "branch",
+    stride=1,
+    output_size=None,
+) -> torch.Tensor:
+    """Reference of :func:`fixedbranch.fixed_branch_transpose`: the adjoint of :func:`fixed_branch`.
+
+    The identity's adjoint puts ``z_0`` back on every stride-th pixel of a zero image; each filter's adjoint is a
+    transposed convolution (all filters at once: ``F.conv_transpose2d`` with ``groups=C`` over the channel-major
+    filter branches, which sums them) onto the padded image, folded back by the adjoint of the padding.
+
+    Args:
+        z: (N, B*C, H', W'), laid out as ``identity`` and ``order`` lay out :func:`fixed_branch`'s output.
+        bank: (K, S1, S2); rounded to z's dtype, never differentiated.
+        padding_mode, identity, order, stride: as in :func:`fixed_branch`.
+        output_size: (H, W) of fixed_branch's input; by default z's own (valid only with stride 1).
+
+    Returns:
+        (N, C, H, W) in z's memory format.
+    """
+    sh, sw = pair(stride)
+    bank = bank.detach().to(z.dtype)
+    k, s1, s2 = bank.shape
+    n, bc, zh, zw = z.shape
+    branches = k + int(identity)
+    c = bc // branches
+    h, w = (zh, zw) if output_size is None else tuple(output_size)
+    parts = _split_branches(z, branches, order)
+    pads = same_padding((s1, s2))
+    left, right, top, bottom = pads
+    hp, wp = h + top + bottom, w + left + right
+    # The filter branches channel-major, (N, C*K, H', W'): one grouped transposed convolution per channel; the
+    # output_padding restores the padded rows and columns that no stride-th output reaches.
+    filtered = torch.stack(parts[int(identity):], dim=2).reshape(n, c * k, zh, zw)
+    weight = bank.repeat(c, 1, 1).unsqueeze(1)  # (C*K, 1, S1, S2): weight[c*K + k] = F_k
+    output_padding = (hp - s1 - (zh - 1) * sh, wp - s2 - (zw - 1) * sw)
+    padded = F.conv_transpose2d(filtered, weight, stride=(sh, sw), groups=c, output_padding=output_padding)
+    y = pad_adjoint(padded, pads, padding_mode)
+    if identity:
+        spread = z.new_zeros(n, c, h, w)
+        spread[:, :, ::sh, ::sw] = parts[0]
+        y = y + spread
+    if z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous():
+        return y.contiguous(memory_format=torch.channels_last)
+    return y.contiguous()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fixedbranch import reference
+from fixedbranch.reference import pair  # noqa: F401  (the tests import it from here)
 
 # docs/design.md's tolerances, relative to the largest magnitude of the expected tensor.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -23,14 +24,21 @@ INPUT_LAYOUTS = ("contiguous", "channels_last", "transposed", "sliced")
 GRAD_LAYOUTS = ("contiguous", "channels_last", "transposed", "sliced", "expanded")
 
 
+# The CUDA kernel generations (FIXEDBRANCH_CUDA_KERNELS): every CUDA test runs under each, so that one GPU run
+# verifies both. The tests/conftest.py fixture `cuda_kernels` and the marker of the same name select one.
+CUDA_KERNELS = ("verified", "next")
+# The environment variable the CUDA operators read on every call to choose their kernel generation.
+CUDA_KERNELS_VARIABLE = "FIXEDBRANCH_CUDA_KERNELS"
+
+
 def cpu_and_cuda():
-    """Device parameters: "cpu" always, "cuda" marked needs_cuda (skipped, visibly, without a GPU)."""
-    return ("cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda))
-
-
-def pair(value) -> tuple[int, int]:
-    """An int or a pair as a pair."""
-    return (value, value) if isinstance(value, int) else tuple(value)
+    """Device parameters: "cpu" always, "cuda" under each kernel generation, marked needs_cuda (skipped, visibly,
+    without a GPU): ids cpu, cuda (the verified kernels) and cuda-next."""
+    return ("cpu",) + tuple(
+        pytest.param("cuda", marks=[pytest.mark.needs_cuda, pytest.mark.cuda_kernels(kernels)],
+                     id="cuda" if kernels == "verified" else f"cuda-{kernels}")
+        for kernels in CUDA_KERNELS
+    )
 
 
 def to_layout(t: torch.Tensor, layout: str) -> torch.Tensor:

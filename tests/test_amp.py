@@ -15,7 +15,7 @@ BANK = fb.filters.bank("sobel_x", "laplacian4", fb.filters.gaussian(5, 1.0))
 
 def _layer_and_conv(device):
     torch.manual_seed(0)
-    layer = fb.FixedBranchConv2d(3, 4, 3, BANK, padding=1, filter_padding_mode="reflect").to(device)
+    layer = fb.FixedBranchConv2d(3, 4, 3, bank=BANK, padding=1, filter_padding_mode="reflect").to(device)
     conv = nn.Conv2d(3, 4, 3, padding=1).to(device)
     conv.load_state_dict(layer.state_dict())
     return layer, conv
@@ -90,7 +90,7 @@ def test_autocast_dtype_is_read_at_each_call(device):
 def test_training_step_under_autocast_and_compile():
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), fb.FixedBranchConv2d(4, 4, 3, BANK, padding=1),
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), fb.FixedBranchConv2d(4, 4, 3, bank=BANK, padding=1),
         fb.FixedBranch(fb.filters.bank("sobel_y")), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3),
     )
     x, target = torch.randn(4, 3, 12, 12), torch.tensor([0, 1, 2, 1])

@@ -436,7 +436,8 @@ def test_any_device(device):
     [
         (torch.zeros(3, 3), "expected bank to have 3 dimensions (K, S1, S2), got 2"),
         (torch.zeros(1, 1, 3, 3), "expected bank to have 3 dimensions (K, S1, S2), got 4"),
-        (torch.zeros(1, 3, 3, dtype=torch.int64), "expected bank to be float64, float32, float16 or bfloat16, got Long"),
+        (torch.zeros(1, 3, 3, dtype=torch.int64),
+         "expected bank to be float64, float32, float16 or bfloat16, got Long"),
         (torch.zeros(1, 3, 3, dtype=torch.complex64),
          "expected bank to be float64, float32, float16 or bfloat16, got ComplexFloat"),
         (torch.zeros(0, 3, 3), "expected a non-empty bank (K, S1, S2 >= 1), got shape [0, 3, 3]"),

@@ -31,7 +31,7 @@ class Net(nn.Module):
         stride = options.pop("stride", 1)
         identity = options.get("identity", True)
         self.stem = nn.Conv2d(3, 4, 3, padding=1)
-        self.edges = fb.FixedBranchConv2d(4, 4, 3, fb.filters.bank("sobel_x", "sobel_y", "laplacian4"), padding=1,
+        self.edges = fb.FixedBranchConv2d(4, 4, 3, bank=fb.filters.bank("sobel_x", "sobel_y", "laplacian4"), padding=1,
                                           filter_padding_mode="reflect", filter_stride=stride, **options)
         self.blur = fb.FixedBranch(fb.filters.bank(fb.filters.gaussian(5, 1.0), "laplacian8"), "replicate",
                                    stop_gradient=(1,), stride=stride, **options)
@@ -104,7 +104,8 @@ def test_inductor_matches_eager_with_dynamic_batch(device):
     # nn.Conv2d alone recompiles for each image size there too).
     torch.manual_seed(0)
     model = nn.Sequential(
-        fb.FixedBranchConv2d(3, 4, 3, fb.filters.bank("sobel_x", "sobel_y"), padding=1, filter_padding_mode="reflect"),
+        fb.FixedBranchConv2d(3, 4, 3, padding=1, bank=fb.filters.bank("sobel_x", "sobel_y"),
+                             filter_padding_mode="reflect"),
         fb.FixedBranch(fb.filters.bank("laplacian8", "scharr_x"), "replicate", stop_gradient=(1,)),
     ).to(device=device, dtype=torch.float32, memory_format=torch.channels_last)
     counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
@@ -123,7 +124,8 @@ def test_inductor_with_output_options(device):
     # keep y's memory format in both, with and without the identity, for a 13x11 image (odd: rounded strided sizes).
     torch.manual_seed(0)
     model = nn.Sequential(
-        fb.FixedBranchConv2d(3, 4, 3, fb.filters.bank("sobel_x", "sobel_y"), padding=1, filter_padding_mode="reflect",
+        fb.FixedBranchConv2d(3, 4, 3, padding=1, bank=fb.filters.bank("sobel_x", "sobel_y"),
+                             filter_padding_mode="reflect",
                              identity=False, order="channel", filter_stride=2),
         fb.FixedBranch(fb.filters.bank("laplacian8", "scharr_x"), "replicate", stop_gradient=(1,), order="channel",
                        stride=(1, 2)),
@@ -162,6 +164,7 @@ def test_functional_ops_compile_fullgraph(options):
 
 
 @pytest.mark.needs_cuda
+@pytest.mark.usefixtures("cuda_kernels")  # under both CUDA kernel generations
 @pytest.mark.parametrize("options", [OPTIONS["default"], OPTIONS["combined"]], ids=["default", "combined"])
 def test_cuda_graphs_reduce_overhead(options):
     # CUDA graphs replay the captured kernels: a kernel launched on the wrong stream, or one that allocates outside

@@ -1,6 +1,7 @@
 """The CUDA kernels against the CPU kernels and the reference, and what only a GPU can show: streams, many blocks,
 int64 indexing, the shared-memory fallbacks. Every test here needs a CUDA device and is skipped without one (CUDA
-graphs are tested in test_compile.py, gradcheck on CUDA in test_autograd.py).
+graphs are tested in test_compile.py, gradcheck on CUDA in test_autograd.py). Each test runs under both kernel
+generations (FIXEDBRANCH_CUDA_KERNELS=verified and next); test_cuda_generations.py compares the two.
 
 The CUDA result must equal the CPU result on the same inputs (same dtype, same bank rounded to that dtype) and the
 float64 reference within the dtype's tolerance, with every output option.
@@ -28,7 +29,8 @@ from .common import (
     to_layout,
 )
 
-pytestmark = pytest.mark.needs_cuda
+# Every test runs under both kernel generations (the cuda_kernels fixture, tests/conftest.py).
+pytestmark = [pytest.mark.needs_cuda, pytest.mark.usefixtures("cuda_kernels")]
 
 _ops = torch.ops.fixedbranch
 

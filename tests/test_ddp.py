@@ -22,7 +22,8 @@ TIMEOUT_S = 120
 def _model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        fb.FixedBranchConv2d(3, 4, 3, fb.filters.bank("sobel_x", "sobel_y"), padding=1, filter_padding_mode="reflect"),
+        fb.FixedBranchConv2d(3, 4, 3, padding=1, bank=fb.filters.bank("sobel_x", "sobel_y"),
+                             filter_padding_mode="reflect"),
         nn.ReLU(),
         fb.FixedBranch(fb.filters.bank("laplacian4"), "replicate"),
         nn.AdaptiveAvgPool2d(1),

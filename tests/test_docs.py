@@ -28,6 +28,7 @@ def test_readme_api_block_runs():
     exec(compile(block.group(1), "README.md", "exec"), namespace)
     assert namespace["out"].shape == (8, 160, 96, 96)
     assert namespace["shares"].shape == (5, 8, 32, 96, 96)
+    assert namespace["norm"].num_features == 160  # out_channels_total, as its comment says
 
 
 def test_design_states_the_extensions_plan_tolerances():
@@ -42,3 +43,16 @@ def test_design_states_the_extensions_plan_tolerances():
     assert stated is not None, "docs/design.md no longer states the plan's tolerances where this test looks"
     for number, dtype in zip(stated.groups(), (torch.float64, torch.float32)):
         assert set(plan_tolerances(dtype).values()) == {float(number)}, (dtype, number)
+
+
+def test_readme_bank_plan_comment_is_what_it_prints():
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    shown = re.search(r"print\(fb\.bank_plan\(fb\.filters\.dct\(7\)\)\)\n((?:# .*\n)+)", readme)
+    assert shown is not None, "README.md lost its bank_plan example"
+    lines = [line[2:] for line in shown.group(1).splitlines()]
+    printed = str(fixedbranch.bank_plan(fixedbranch.filters.dct(7))).splitlines()
+    assert lines[:-1] == printed[:len(lines) - 1]
+    assert lines[-1].split()[0] == "..." and f"{len(printed) - 1} in all" in lines[-1]

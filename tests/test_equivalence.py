@@ -255,7 +255,7 @@ def test_branch_contributions_half_dtypes_match_reference():
 def test_modules_match_reference(device):
     torch.manual_seed(0)
     bank = fb.filters.bank("sobel_x", "sobel_y", "laplacian8").to(device)
-    layer = fb.FixedBranchConv2d(3, 6, 3, bank, padding=1, filter_padding_mode="reflect", stop_gradient=(2,),
+    layer = fb.FixedBranchConv2d(3, 6, 3, bank=bank, padding=1, filter_padding_mode="reflect", stop_gradient=(2,),
                                  device=device)
     conv = torch.nn.Conv2d(3, 6, 3, padding=1, device=device)
     conv.load_state_dict(layer.state_dict())
@@ -282,7 +282,7 @@ def test_modules_with_output_options_match_reference(identity, order, stride, de
     # A Gaussian, so that the bias gradient (the sum of dL/dy) is not zero without the identity.
     bank = fb.filters.bank("sobel_x", fb.filters.gaussian(3, 1.0), "laplacian8").to(device)
     opts = dict(identity=identity, order=order)
-    layer = fb.FixedBranchConv2d(3, 5, 3, bank, stride=(1, 2), padding=1, filter_padding_mode="replicate",
+    layer = fb.FixedBranchConv2d(3, 5, 3, bank=bank, stride=(1, 2), padding=1, filter_padding_mode="replicate",
                                  stop_gradient=(3,), filter_stride=stride, device=device, **opts)
     conv = torch.nn.Conv2d(3, 5, 3, stride=(1, 2), padding=1, device=device)
     conv.load_state_dict(layer.state_dict())
@@ -308,7 +308,7 @@ def test_fixed_branch_conv2d_module_padding_as_nn_conv2d(conv_padding, conv_mode
     torch.manual_seed(1)
     bank = fb.filters.bank("sobel_x", fb.filters.gaussian(4, 1.0))
     kernel = (4, 3)  # even: "same" pads asymmetrically
-    layer = fb.FixedBranchConv2d(2, 3, kernel, bank, padding=conv_padding, padding_mode=conv_mode)
+    layer = fb.FixedBranchConv2d(2, 3, kernel, bank=bank, padding=conv_padding, padding_mode=conv_mode)
     conv = torch.nn.Conv2d(2, 3, kernel, padding=conv_padding, padding_mode=conv_mode)
     conv.load_state_dict(layer.state_dict())
     x = torch.randn(2, 2, 11, 13)

@@ -19,7 +19,7 @@ class AllModes(nn.Module):
     def __init__(self):
         super().__init__()
         g = torch.Generator().manual_seed(0)
-        self.stem = fb.FixedBranchConv2d(3, 4, 3, fb.filters.bank("sobel_x", "laplacian4"), padding=1)
+        self.stem = fb.FixedBranchConv2d(3, 4, 3, bank=fb.filters.bank("sobel_x", "laplacian4"), padding=1)
         self.branches = nn.ModuleList([
             fb.FixedBranch(torch.randn(2, 4, 3, generator=g), "reflect"),
             fb.FixedBranch(fb.filters.bank("scharr_y", "prewitt_x"), "replicate", stop_gradient=(1,)),
@@ -37,7 +37,7 @@ class WithOptions(nn.Module):
     def __init__(self, identity, order, stride):
         super().__init__()
         opts = dict(identity=identity, order=order)
-        self.stem = fb.FixedBranchConv2d(3, 4, 3, fb.filters.bank("sobel_x", "laplacian4"), padding=1,
+        self.stem = fb.FixedBranchConv2d(3, 4, 3, bank=fb.filters.bank("sobel_x", "laplacian4"), padding=1,
                                          filter_padding_mode="replicate", filter_stride=stride, **opts)
         self.branches = nn.ModuleList([
             fb.FixedBranch(fb.filters.bank("scharr_y", torch.randn(2, 3, generator=torch.Generator().manual_seed(0))),
@@ -221,10 +221,27 @@ def test_standard_op_formulation_matches_reference(stop, padding_mode, options):
 
 
 def test_decompositions_table_combines_with_the_core_aten_defaults():
-    layer = fb.FixedBranchConv2d(3, 4, 3, fb.filters.bank("sobel_x"), padding=1, filter_padding_mode="reflect")
+    layer = fb.FixedBranchConv2d(3, 4, 3, bank=fb.filters.bank("sobel_x"), padding=1, filter_padding_mode="reflect")
     x = torch.randn(2, 3, 8, 8)
     table = torch.export.default_decompositions()
     table.update(fb.export.decompositions())
     lowered = torch.export.export(layer, (x,)).run_decompositions(table)
     assert _fixedbranch_nodes(lowered) == []
     assert_close(lowered.module()(x), layer(x), torch.float32, "core ATen")
+
+
+def test_readme_onnx_example_keeps_the_batch_dynamic(tmp_path, monkeypatch):
+    import pathlib
+    import re
+    import textwrap
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "torch.onnx.export" in b]
+    assert len(blocks) == 1, "README.md lost its ONNX export example"
+    monkeypatch.chdir(tmp_path)
+    namespace = {"torch": torch, "fb": fb}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    model = namespace["model"].eval()
+    for batch in (1, 5):  # neither is the example input's 2
+        x = torch.randn(batch, 3, 32, 32)
+        assert_close(_run_onnx(tmp_path / "model.onnx", x), model(x), torch.float32, f"onnxruntime batch {batch}")

@@ -41,7 +41,7 @@ def correlate_same(img: np.ndarray, kernel: torch.Tensor) -> np.ndarray:
 
 def test_public_names():
     assert sorted(filters.__all__) == sorted(
-        [*THREE_BY_THREE, "gaussian", "log", "gabor", "dct", "lbcnn", "bank"]
+        [*THREE_BY_THREE, "gaussian", "log", "gabor", "dct", "lbcnn", "wavelet", "bank"]
     )
     assert sorted(filters._NAMED) == sorted(THREE_BY_THREE)
     for name in filters.__all__:
@@ -420,7 +420,7 @@ def test_dct_size_one(norm):
     assert torch.equal(filters.dct(1, norm=norm, level=1), torch.ones(1, 1, 1, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"dc=False with size 1 leaves no filter"):
         filters.dct(1, norm=norm, dc=False)
-    with pytest.raises(ValueError, match=r"level: .*\[1, 1\] for size 1"):
+    with pytest.raises(ValueError, match=r"expected level .*\[1, 1\] for size 1"):
         filters.dct(1, level=2)
 
 
@@ -573,13 +573,16 @@ def test_bank_errors():
         filters.bank("sobel_x", "sobel")
     with pytest.raises(ValueError, match=r"laplacian8"):
         filters.bank("gaussian")  # needs arguments: not a name
-    with pytest.raises(ValueError, match=r"specs\[1\]: expected a 2-D filter or a 3-D stack, got 1 dimensions"):
+    with pytest.raises(
+        ValueError,
+        match=r"fixedbranch\.filters\.bank: expected specs\[1\] to be a 2-D filter or a 3-D stack, got 1 dimensions",
+    ):
         filters.bank("sobel_x", torch.ones(3))
-    with pytest.raises(ValueError, match="expected a 2-D filter or a 3-D stack, got 4 dimensions"):
+    with pytest.raises(ValueError, match="to be a 2-D filter or a 3-D stack, got 4 dimensions"):
         filters.bank(torch.ones(1, 1, 3, 3))
-    with pytest.raises(ValueError, match="expected a 2-D filter or a 3-D stack, got 0 dimensions"):
+    with pytest.raises(ValueError, match="to be a 2-D filter or a 3-D stack, got 0 dimensions"):
         filters.bank(torch.tensor(1.0))
-    with pytest.raises(TypeError, match=r"specs\[0\]: expected a filter name \(str\) or a tensor, got list"):
+    with pytest.raises(TypeError, match=r"expected specs\[0\] to be a filter name \(str\) or a tensor, got list"):
         filters.bank([[1.0]])
     with pytest.raises(TypeError, match="got ndarray"):
         filters.bank(np.ones((3, 3)))
@@ -589,7 +592,7 @@ def test_bank_errors():
         filters.bank(torch.ones(2, 0, 3))
     with pytest.raises(ValueError, match="at least one filter in total"):
         filters.bank(torch.ones(0, 3, 3))
-    with pytest.raises(TypeError, match="dtype: expected a floating-point"):
+    with pytest.raises(TypeError, match="fixedbranch.filters.bank: expected dtype to be a floating-point"):
         filters.bank("sobel_x", dtype=torch.int64)
 
 
@@ -599,51 +602,86 @@ def test_bank_errors():
 @pytest.mark.parametrize(
     "call,exc,match",
     [
-        (lambda: filters.gaussian(0, 1.0), ValueError, r"size: expected an integer >= 1, got 0"),
-        (lambda: filters.gaussian(3.0, 1.0), TypeError, r"size: expected an integer, got float"),
-        (lambda: filters.gaussian(True, 1.0), TypeError, r"size: expected an integer, got bool"),
-        (lambda: filters.gaussian(3, 0.0), ValueError, r"sigma: expected a finite number > 0, got 0.0"),
-        (lambda: filters.gaussian(3, -1), ValueError, r"sigma: .*> 0"),
-        (lambda: filters.gaussian(3, float("nan")), ValueError, r"sigma: .*finite"),
-        (lambda: filters.gaussian(3, "1"), TypeError, r"sigma: expected a real number, got str"),
-        (lambda: filters.gaussian(3, True), TypeError, r"sigma: expected a real number, got bool"),
-        (lambda: filters.lbcnn(4, 1), ValueError, r"sparsity: 0.5 of 1x1 = 1 entries rounds to 0"),
-        (lambda: filters.log(-1, 1.0), ValueError, r"size: expected an integer >= 1, got -1"),
-        (lambda: filters.log(3, 0), ValueError, r"sigma: .*> 0"),
-        (lambda: filters.gabor(0, 1.0, 0.0, 4.0), ValueError, r"size: .*>= 1"),
-        (lambda: filters.gabor(3, 0.0, 0.0, 4.0), ValueError, r"sigma: .*> 0"),
-        (lambda: filters.gabor(3, 1.0, float("inf"), 4.0), ValueError, r"theta: .*finite"),
-        (lambda: filters.gabor(3, 1.0, 0.0, 0.0), ValueError, r"lambd: .*> 0"),
-        (lambda: filters.gabor(3, 1.0, 0.0, 4.0, gamma=0.0), ValueError, r"gamma: .*> 0"),
-        (lambda: filters.gabor(3, 1.0, 0.0, 4.0, psi=float("nan")), ValueError, r"psi: .*finite"),
-        (lambda: filters.dct(0), ValueError, r"size: expected an integer >= 1, got 0"),
-        (lambda: filters.dct(2.5), TypeError, r"size: expected an integer"),
-        (lambda: filters.dct(3, norm="L1"), ValueError, r"norm: expected one of 'ortho', 'l1', got 'L1'"),
-        (lambda: filters.dct(3, norm="backward"), ValueError, r"norm: expected one of 'ortho', 'l1'"),
-        (lambda: filters.dct(3, norm=None), TypeError, r"norm: expected a string.*got NoneType"),
-        (lambda: filters.dct(3, norm=True), TypeError, r"norm: expected a string.*got bool"),
-        (lambda: filters.dct(3, level=0), ValueError, r"level: expected None or an integer in \[1, 2 \* size - 1\]"),
-        (lambda: filters.dct(3, level=0), ValueError, r"level: .*\[1, 5\] for size 3 \(keeps u \+ v < level\), got 0"),
-        (lambda: filters.dct(3, level=6), ValueError, r"level: .*\[1, 5\] for size 3.*got 6"),
-        (lambda: filters.dct(3, level=-1), ValueError, r"level: .*\[1, 5\].*got -1"),
-        (lambda: filters.dct(8, level=16), ValueError, r"level: .*\[1, 15\] for size 8.*got 16"),
-        (lambda: filters.dct(3, level=2.0), TypeError, r"level: expected an integer, got float"),
-        (lambda: filters.dct(3, level=True), TypeError, r"level: expected an integer, got bool"),
-        (lambda: filters.dct(3, level="2"), TypeError, r"level: expected an integer, got str"),
-        (lambda: filters.dct(3, dc=1), TypeError, r"dc: expected a bool, got int"),
-        (lambda: filters.dct(3, dc=None), TypeError, r"dc: expected a bool, got NoneType"),
-        (lambda: filters.dct(3, dc="False"), TypeError, r"dc: expected a bool, got str"),
-        (lambda: filters.dct(3, level=1, dc=False), ValueError, r"dc=False with level=1 leaves no filter"),
-        (lambda: filters.dct(1, dc=False), ValueError, r"dc=False with size 1 leaves no filter"),
-        (lambda: filters.lbcnn(0, 3), ValueError, r"n: expected an integer >= 1, got 0"),
-        (lambda: filters.lbcnn(4, 0), ValueError, r"size: expected an integer >= 1, got 0"),
-        (lambda: filters.lbcnn(4, 3, 0.0), ValueError, r"sparsity: .*> 0"),
-        (lambda: filters.lbcnn(4, 3, 1.5), ValueError, r"sparsity: .*\(0, 1\], got 1.5"),
-        (lambda: filters.lbcnn(4, 3, 0.01), ValueError, r"sparsity: .*rounds to 0 non-zero"),
-        (lambda: filters.lbcnn(4, 3, seed=1.5), TypeError, r"seed: expected an integer"),
-        (lambda: filters.sobel_x(dtype=torch.int32), TypeError, r"dtype: expected a floating-point"),
-        (lambda: filters.gaussian(3, 1.0, dtype=torch.bool), TypeError, r"dtype: expected a floating-point"),
-        (lambda: filters.dct(3, dtype="float32"), TypeError, r"dtype: expected a floating-point"),
+        (lambda: filters.gaussian(0, 1.0), ValueError,
+         r"fixedbranch\.filters\.gaussian: expected size to be an integer >= 1, got 0"),
+        (lambda: filters.gaussian(3.0, 1.0), TypeError,
+         r"fixedbranch\.filters\.gaussian: expected size to be an integer, got float"),
+        (lambda: filters.gaussian(True, 1.0), TypeError,
+         r"fixedbranch\.filters\.gaussian: expected size to be an integer, got bool"),
+        (lambda: filters.gaussian(3, 0.0), ValueError,
+         r"fixedbranch\.filters\.gaussian: expected sigma to be a finite number > 0, got 0.0"),
+        (lambda: filters.gaussian(3, -1), ValueError, r"fixedbranch\.filters\.gaussian: expected sigma .*> 0"),
+        (lambda: filters.gaussian(3, float("nan")), ValueError,
+         r"fixedbranch\.filters\.gaussian: expected sigma .*finite"),
+        (lambda: filters.gaussian(3, "1"), TypeError,
+         r"fixedbranch\.filters\.gaussian: expected sigma to be a real number, got str"),
+        (lambda: filters.gaussian(3, True), TypeError,
+         r"fixedbranch\.filters\.gaussian: expected sigma to be a real number, got bool"),
+        (lambda: filters.lbcnn(4, 1), ValueError,
+         r"fixedbranch\.filters\.lbcnn: sparsity=0.5 of 1x1 = 1 entries rounds to 0"),
+        (lambda: filters.log(-1, 1.0), ValueError,
+         r"fixedbranch\.filters\.log: expected size to be an integer >= 1, got -1"),
+        (lambda: filters.log(3, 0), ValueError, r"fixedbranch\.filters\.log: expected sigma .*> 0"),
+        (lambda: filters.gabor(0, 1.0, 0.0, 4.0), ValueError, r"fixedbranch\.filters\.gabor: expected size .*>= 1"),
+        (lambda: filters.gabor(3, 0.0, 0.0, 4.0), ValueError, r"fixedbranch\.filters\.gabor: expected sigma .*> 0"),
+        (lambda: filters.gabor(3, 1.0, float("inf"), 4.0), ValueError,
+         r"fixedbranch\.filters\.gabor: expected theta .*finite"),
+        (lambda: filters.gabor(3, 1.0, 0.0, 0.0), ValueError, r"fixedbranch\.filters\.gabor: expected lambd .*> 0"),
+        (lambda: filters.gabor(3, 1.0, 0.0, 4.0, gamma=0.0), ValueError,
+         r"fixedbranch\.filters\.gabor: expected gamma .*> 0"),
+        (lambda: filters.gabor(3, 1.0, 0.0, 4.0, psi=float("nan")), ValueError,
+         r"fixedbranch\.filters\.gabor: expected psi .*finite"),
+        (lambda: filters.dct(0), ValueError, r"fixedbranch\.filters\.dct: expected size to be an integer >= 1, got 0"),
+        (lambda: filters.dct(2.5), TypeError, r"fixedbranch\.filters\.dct: expected size to be an integer"),
+        (lambda: filters.dct(3, norm="L1"), ValueError,
+         r"fixedbranch\.filters\.dct: expected norm to be one of 'ortho', 'l1', got 'L1'"),
+        (lambda: filters.dct(3, norm="backward"), ValueError,
+         r"fixedbranch\.filters\.dct: expected norm to be one of 'ortho', 'l1'"),
+        (lambda: filters.dct(3, norm=None), TypeError,
+         r"fixedbranch\.filters\.dct: expected norm to be a string.*got NoneType"),
+        (lambda: filters.dct(3, norm=True), TypeError,
+         r"fixedbranch\.filters\.dct: expected norm to be a string.*got bool"),
+        (lambda: filters.dct(3, level=0), ValueError,
+         r"fixedbranch\.filters\.dct: expected level to be None or an integer in \[1, 2 \* size - 1\]"),
+        (lambda: filters.dct(3, level=0), ValueError,
+         r"fixedbranch\.filters\.dct: expected level .*\[1, 5\] for size 3 \(keeps u \+ v < level\), got 0"),
+        (lambda: filters.dct(3, level=6), ValueError,
+         r"fixedbranch\.filters\.dct: expected level .*\[1, 5\] for size 3.*got 6"),
+        (lambda: filters.dct(3, level=-1), ValueError, r"fixedbranch\.filters\.dct: expected level .*\[1, 5\].*got -1"),
+        (lambda: filters.dct(8, level=16), ValueError,
+         r"fixedbranch\.filters\.dct: expected level .*\[1, 15\] for size 8.*got 16"),
+        (lambda: filters.dct(3, level=2.0), TypeError,
+         r"fixedbranch\.filters\.dct: expected level to be an integer, got float"),
+        (lambda: filters.dct(3, level=True), TypeError,
+         r"fixedbranch\.filters\.dct: expected level to be an integer, got bool"),
+        (lambda: filters.dct(3, level="2"), TypeError,
+         r"fixedbranch\.filters\.dct: expected level to be an integer, got str"),
+        (lambda: filters.dct(3, dc=1), TypeError, r"fixedbranch\.filters\.dct: expected dc to be a bool, got int"),
+        (lambda: filters.dct(3, dc=None), TypeError,
+         r"fixedbranch\.filters\.dct: expected dc to be a bool, got NoneType"),
+        (lambda: filters.dct(3, dc="False"), TypeError,
+         r"fixedbranch\.filters\.dct: expected dc to be a bool, got str"),
+        (lambda: filters.dct(3, level=1, dc=False), ValueError,
+         r"fixedbranch\.filters\.dct: dc=False with level=1 leaves no filter"),
+        (lambda: filters.dct(1, dc=False), ValueError,
+         r"fixedbranch\.filters\.dct: dc=False with size 1 leaves no filter"),
+        (lambda: filters.lbcnn(0, 3), ValueError,
+         r"fixedbranch\.filters\.lbcnn: expected n to be an integer >= 1, got 0"),
+        (lambda: filters.lbcnn(4, 0), ValueError,
+         r"fixedbranch\.filters\.lbcnn: expected size to be an integer >= 1, got 0"),
+        (lambda: filters.lbcnn(4, 3, 0.0), ValueError, r"fixedbranch\.filters\.lbcnn: expected sparsity .*> 0"),
+        (lambda: filters.lbcnn(4, 3, 1.5), ValueError,
+         r"fixedbranch\.filters\.lbcnn: expected sparsity .*\(0, 1\], got 1.5"),
+        (lambda: filters.lbcnn(4, 3, 0.01), ValueError,
+         r"fixedbranch\.filters\.lbcnn: sparsity=.*rounds to 0 non-zero"),
+        (lambda: filters.lbcnn(4, 3, seed=1.5), TypeError,
+         r"fixedbranch\.filters\.lbcnn: expected seed to be an integer"),
+        (lambda: filters.sobel_x(dtype=torch.int32), TypeError,
+         r"fixedbranch\.filters\.sobel_x: expected dtype to be a floating-point"),
+        (lambda: filters.gaussian(3, 1.0, dtype=torch.bool), TypeError,
+         r"fixedbranch\.filters\.gaussian: expected dtype to be a floating-point"),
+        (lambda: filters.dct(3, dtype="float32"), TypeError,
+         r"fixedbranch\.filters\.dct: expected dtype to be a floating-point"),
     ],
 )
 def test_validation(call, exc, match):

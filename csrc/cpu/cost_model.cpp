@@ -20,11 +20,12 @@ namespace {
 // faster one both ways for each.
 constexpr double kRowTapCost = 2.0, kPassCost = 4.0;
 
-enum class Factoring : int { Auto = 0, Never = 1, Always = 2 };
 constexpr const char* kFactoringNames[] = {"auto", "never", "always"};
-std::atomic<int> factoring_policy{static_cast<int>(Factoring::Auto)};
+std::atomic<int> factoring_setting{static_cast<int>(Factoring::Auto)};
 
 }  // namespace
+
+Factoring factoring_policy() { return static_cast<Factoring>(factoring_setting.load(std::memory_order_relaxed)); }
 
 bool pays_on_cpu(const BankPlan& plan) {
   double factored_cost = 0;
@@ -40,7 +41,7 @@ bool pays_on_cpu(const BankPlan& plan) {
 }
 
 std::shared_ptr<const BankPlan> cpu_plan(const at::Tensor& bank) {
-  const auto policy = static_cast<Factoring>(factoring_policy.load(std::memory_order_relaxed));
+  const Factoring policy = factoring_policy();
   if (policy == Factoring::Never || bank.size(1) == 1 || bank.size(2) == 1) return nullptr;
   auto plan = plan_bank(bank);
   if (policy == Factoring::Auto && !pays_on_cpu(*plan)) return nullptr;
@@ -54,7 +55,7 @@ std::string set_factoring(c10::string_view policy) {
   }
   TORCH_CHECK_VALUE(chosen >= 0, "fixedbranch._set_factoring: expected policy to be 'auto', 'never' or 'always', got '",
                     std::string(policy), "'");
-  return kFactoringNames[factoring_policy.exchange(chosen)];
+  return kFactoringNames[factoring_setting.exchange(chosen)];
 }
 
 bool bank_plan_pays_on_cpu(const at::Tensor& bank) {

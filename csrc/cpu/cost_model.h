@@ -19,6 +19,12 @@ bool pays_on_cpu(const BankPlan& plan);
 // every filter directly: by pays_on_cpu, unless fixedbranch::_set_factoring forced a path.
 std::shared_ptr<const BankPlan> cpu_plan(const at::Tensor& bank);
 
+// How a bank's plan is used: by the cost model (Auto), never, or whenever the plan factors a filter.
+enum class Factoring : int { Auto = 0, Never = 1, Always = 2 };
+
+// The policy fixedbranch::_set_factoring set; the CUDA kernels follow it too (with their own cost model).
+Factoring factoring_policy();
+
 // fixedbranch::_set_factoring: "auto" (pays_on_cpu decides), "never" or "always" (whenever the plan factors a
 // filter); returns the previous policy. Benchmarks compare the paths; results agree within the tolerances either way.
 std::string set_factoring(c10::string_view policy);

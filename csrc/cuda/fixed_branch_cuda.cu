@@ -1,4 +1,5 @@
-// CUDA kernels of fixed_branch (forward) and _fixed_branch_backward.
+// CUDA kernels of fixed_branch (forward) and _fixed_branch_backward: the verified generation, and the switch to the
+// next one (FIXEDBRANCH_CUDA_KERNELS=next, next.cu).
 //
 // Forward: a block stages its tile of y plus the halo, already padded through pad_source_index and widened to
 // opmath_t, in shared memory once (eight loads in flight per thread, staging.cuh); each thread then writes kRows
@@ -28,6 +29,7 @@
 #include <limits>
 
 #include "fixed_branch.h"
+#include "next_host.h"
 #include "staging.cuh"
 #include "tiling.cuh"
 
@@ -507,6 +509,7 @@ at::Tensor by_branch(const at::Tensor& t, const BranchArgs& a) {
 }
 
 void forward_cuda(const at::Tensor& y, const at::Tensor& bank, const BranchArgs& a, at::Tensor& out) {
+  if (next::selected_generation() == next::Generation::Next) return next::forward(y, bank, a, out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "fixed_branch_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const at::Tensor w = bank.to(c10::CppTypeToScalarType<opmath_t>::value).contiguous();
@@ -521,6 +524,7 @@ void forward_cuda(const at::Tensor& y, const at::Tensor& bank, const BranchArgs&
 }
 
 void backward_cuda(const at::Tensor& grad_output, const at::Tensor& bank, const BranchArgs& a, at::Tensor& grad_y) {
+  if (next::selected_generation() == next::Generation::Next) return next::backward(grad_output, bank, a, grad_y);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "fixed_branch_backward_cuda",
                                   [&] {
     using opmath_t = at::opmath_type<scalar_t>;
