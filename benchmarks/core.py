@@ -17,7 +17,7 @@ The bound (docs/design.md, section 7). Per metric, max(copy bound, compute bound
   working set: a cache that speeds the copy speeds the op alike), timed in turn with the implementations, counting
   bytes read plus bytes written;
 - compute bound: the case's multiply-adds (the bank plan's taps per output pixel x pixels) at the multiply-add rate
-  of ``torch.mm`` measured at the start of the run (:func:`bounds.rates`).
+  of ``torch.mm`` (square matrices of ``mm_size``, 1024 by default), also timed in turn with the implementations.
 
 Each percentage is ``100 * bound / time`` from best repetitions (the least disturbed by other processes), its kind
 (copy or compute) named beside it; ``pct_dram`` uses the DRAM copy's rate (a 256 MiB copy) instead.
@@ -275,12 +275,12 @@ def check_impls(impls: dict[str, Impl], device: torch.device, dtype: torch.dtype
     return entries
 
 
-def bound(case: Case, copy_s: float | None, rates: dict) -> dict:
+def bound(case: Case, copy_s: float | None, fma_per_s: float, rates: dict) -> dict:
     """Per metric: the copy bound, the compute bound, the bound (their max) and its kind, and the DRAM copy bound."""
     out = {}
     for metric, nbytes in (case.bytes_moved or {}).items():
         copy = nbytes / (2 * case.working_set / copy_s) if copy_s else None
-        compute = (case.macs or {}).get(metric, 0) / rates["fma_per_s"]
+        compute = (case.macs or {}).get(metric, 0) / fma_per_s
         dram = nbytes / rates["dram_bytes_per_s"]
         s = max(copy or dram, compute)
         out[metric] = {"copy_s": copy, "compute_s": compute, "dram_copy_s": dram, "s": s,
@@ -300,9 +300,14 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, budget: Budge
         src = torch.empty(case.working_set // 4, device=device).fill_(1.0)
         dst = torch.empty_like(src)
         blocks["copy", "copy"] = calls(lambda: dst.copy_(src), device)
+    if case.macs:
+        size = rates["mm_size"]
+        a, b, c = (torch.ones(size, size, device=device, dtype=dtype) for _ in range(3))
+        blocks["mm", "mm"] = calls(lambda: torch.mm(a, b, out=c), device)
     timings = time_interleaved(blocks, case.budget or budget)
-    copy = timings.pop(("copy", "copy"), None)
-    bounds = bound(case, copy and copy["min_s"], rates)
+    copy, mm = timings.pop(("copy", "copy"), None), timings.pop(("mm", "mm"), None)
+    fma_per_s = rates["mm_size"] ** 3 / mm["min_s"] if mm else rates["fma_per_s"]
+    bounds = bound(case, copy and copy["min_s"], fma_per_s, rates)
     for (key, metric), timing in timings.items():
         row = rows[key]
         row.setdefault("times", {})[metric] = timing
@@ -319,7 +324,7 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, budget: Budge
                 rows[key]["saved_tensors"] = saved_tensors(impl.forward_fn)
     log(f"{case.name}: {time.perf_counter() - t0:.1f} s")
     return {"case": case.name, "params": case.params, "bytes_moved": case.bytes_moved, "macs": case.macs,
-            "working_set": case.working_set, "copy": copy, "bound": bounds, "rows": rows}
+            "working_set": case.working_set, "copy": copy, "fma_per_s": fma_per_s, "bound": bounds, "rows": rows}
 
 
 def yardsticks(out_shape: tuple[int, ...], branches: int, device: torch.device, dtype: torch.dtype) -> dict[str, Impl]:

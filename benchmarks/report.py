@@ -79,12 +79,13 @@ def machine_line(result: dict) -> str:
     m, r, rates = result["machine"], result["machine"]["revision"], result["rates"]
     rev = f"{r['commit']}{' + uncommitted changes' if r['dirty'] else ''}" if r["commit"] else "no git"
     return (f"{m.get('gpu_name') or m['cpu_model']} ({m['cpu_isa'] or m['torch_cpu_capability']}, {m['logical_cpus']} "
-            f"CPUs), {result['settings']['threads']} threads, torch {m['torch_version']}, {m['allocator']} allocator, "
+            f"CPUs), {result['settings']['threads']} thread{'s' * (result['settings']['threads'] != 1)}, torch {m['torch_version']}, {m['allocator']} allocator, "
             f"{result['settings']['dtype']}; torch.mm {rates['fma_per_s'] / 1e9:.1f} G multiply-adds/s, DRAM copy "
             f"{rates['dram_bytes_per_s'] / 1e9:.1f} GB/s; revision {rev}, {m['date_utc']} UTC, preset "
             f"{result['preset']}")
 
 
+LEGEND = "ms: best repetition (median); %: of the bound, max(copy bound, compute bound), its kind named."
 METHOD = """\
 Times: best repetition (median in parentheses) of blocks of back-to-back calls, the rows of a case timed in turn,
 repetition by repetition. Every row's output and gradients were compared with the eager reference's
@@ -173,7 +174,8 @@ def render_block(study_name: str, file_stem: str, view: str | None, doc: Path, s
     body = study.docs(result, view) if hasattr(study, "docs") else study.table(result)
     up, md = "" if doc.parent == ROOT else "../", f"benchmarks/results/{study_name}/{file_stem}"
     plot_line = f"\n\n![{study_name}]({up}{md}.png)" if view is None and path.with_suffix(".png").exists() else ""
-    return f"{body}\n\n_From [`{md}.md`]({up}{md}.md): {machine_line(result)}._{plot_line}\n"
+    legend = getattr(study, "LEGEND", LEGEND)
+    return (f"{body}\n\n_{legend} From [`{md}.md`]({up}{md}.md): {machine_line(result)}._{plot_line}\n")
 
 
 def update_docs(studies: dict, check: bool = False) -> list[str]:

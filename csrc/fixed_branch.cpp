@@ -169,18 +169,20 @@ at::Tensor fixed_branch_transpose(const at::Tensor& z, const at::Tensor& bank, c
                     identity ? " and the identity" : "", ")");
   const int64_t N = z.size(0), C = z.size(1) / branches;
   // The options first (an image size of -1 skips the size rules), so that a bad stride is reported as such.
-  const bool strided = parse_branch_args(what, "output_size", {N, C, -1, -1}, bank, padding_mode,
+  const bool strided = parse_branch_args(what, "image (output_size)", {N, C, -1, -1}, bank, padding_mode,
                                          /*stop_gradient=*/{}, identity, order, stride)
                            .strided();
   TORCH_CHECK_VALUE(output_size.has_value() || !strided, what, ": output_size (the (H, W) of fixed_branch's input) ",
                     "is required with stride ", echo_pair(stride), ": z's size does not determine it");
   if (output_size.has_value()) {
-    TORCH_CHECK_VALUE(output_size->size() == 2 && (*output_size)[0] >= 0 && (*output_size)[1] >= 0, what,
-                      ": expected output_size to be a pair (H, W) of non-negative ints, got ", *output_size);
+    const c10::IntArrayRef s = *output_size;
+    TORCH_CHECK_VALUE(s.size() == 2, what, ": expected output_size to be a pair (H, W), got ", s.size(), " values");
+    TORCH_CHECK_VALUE(s[0] >= 0 && s[1] >= 0, what,
+                      ": expected output_size to be a pair (H, W) of non-negative ints, got (", s[0], ", ", s[1], ")");
   }
   const int64_t H = output_size.has_value() ? (*output_size)[0] : z.size(2);
   const int64_t W = output_size.has_value() ? (*output_size)[1] : z.size(3);
-  const BranchArgs args = parse_branch_args(what, "output_size", {N, C, H, W}, bank, padding_mode,
+  const BranchArgs args = parse_branch_args(what, "image (output_size)", {N, C, H, W}, bank, padding_mode,
                                             /*stop_gradient=*/{}, identity, order, stride);
   TORCH_CHECK_VALUE(z.size(2) == args.out_h && z.size(3) == args.out_w, what, ": z is ", z.size(2), "x", z.size(3),
                     " but output_size (", args.H, ", ", args.W, ") with stride ",

@@ -59,6 +59,8 @@ AGREEMENT = 1e-4
 FLOAT64_DRIFT_BOUND = float(torch.finfo(torch.float32).eps)
 HEADER = "epoch  train loss   |dloss|  rel dgrad  sum-check  s fused    s ref  test acc fused / ref"
 DRIFT_HEADER = "epoch  fused vs ref  ref vs ref+1ulp  fused vs ref f64  f64 rel dgrad"
+DRIFT_TITLE = "weights apart after each epoch, largest relative difference max|a - b| / max|b| over the parameters:"
+SHARES_TITLE = "share of dL/dy sent back by each branch, ||F_k^T g_k|| / sum_j ||F_j^T g_j||, summed over the epoch:"
 SHARES_HEADER = "epoch  " + "  ".join(f"{n:>16s}" for n in BRANCH_NAMES)
 
 
@@ -206,8 +208,8 @@ def machine() -> str:
         pass
     isa = [name for name in ("avx512f", "avx2") if name in flags]
     cpu = model + (f" ({', '.join(isa)})" if isa else "")
-    built = getattr(fb._C, "cpu_isa", "unknown")
-    return (f"{cpu}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    built, threads = getattr(fb._C, "cpu_isa", "unknown"), torch.get_num_threads()
+    return (f"{cpu}, {os.cpu_count()} CPUs; torch {torch.__version__}, {threads} thread{'s' * (threads != 1)}; "
             f"fixedbranch {fb.__version__}, CPU kernels built for {built}")
 
 
@@ -236,12 +238,14 @@ def results_markdown(lines: dict, epochs: int, command: str) -> str:
     """The README's Demo block: the demo's own lines at the shown epochs, and the machine that printed them."""
     keep = shown_epochs(epochs)
     body = []
-    for header, rows in ((HEADER, lines["train"]), (DRIFT_HEADER, lines["drift"]), (SHARES_HEADER, lines["shares"])):
-        body += [header] + [rows[e - 1] for e in keep]
+    tables = (("fused vs plain autograd at the same weights and batch, per epoch:", HEADER, lines["train"]),
+              (DRIFT_TITLE, DRIFT_HEADER, lines["drift"]), (SHARES_TITLE, SHARES_HEADER, lines["shares"]))
+    for title, header, rows in tables:
+        body += [title, header] + [rows[e - 1] for e in keep] + [""]
     day = datetime.date.today().isoformat()
     return (f"Printed by `{command}` on {day}: {lines['machine']}. "
             f"Epochs {', '.join(map(str, keep))} of {epochs}; the summary:\n\n"
-            "```\n" + "\n".join(body) + "\n\n" + "\n".join(lines["summary"]) + "\n```\n")
+            "```\n" + "\n".join(body) + "\n" + "\n".join(lines["summary"]) + "\n```\n")
 
 
 def write_readme_block(readme: pathlib.Path, block: str) -> None:
@@ -347,7 +351,7 @@ def main(argv=None) -> int:
         bar.write(lines["train"][-1])
     bar.close()
 
-    print("\nweights apart after each epoch, largest relative difference max|a - b| / max|b| over the parameters:")
+    print("\n" + DRIFT_TITLE)
     print("  fused vs ref:     the two float32 trainings above")
     print("  ref vs ref+1ulp:  plain PyTorch against itself, started with every weight one ulp higher (float32)")
     print("  fused vs ref f64: the two trainings again in float64; f64 rel dgrad: their gradients' largest")
@@ -355,7 +359,7 @@ def main(argv=None) -> int:
     print(DRIFT_HEADER)
     print("\n".join(lines["drift"]))
 
-    print("\nshare of dL/dy sent back by each branch, ||F_k^T g_k|| / sum_j ||F_j^T g_j||, summed over the epoch:")
+    print("\n" + SHARES_TITLE)
     print(SHARES_HEADER)
     print("\n".join(lines["shares"]))
     print("(dL/dy is the sum of these K+1 terms; the convolution's weights receive the gradient of that sum)")

@@ -62,8 +62,8 @@ def loss_curves(runs, history: dict, steps_per_epoch: int, path: pathlib.Path, v
         right.semilogy(epoch_ends, np.maximum(history[key], floor), marker, color=color, ms=5, label=label)
     for eps, name in ((FLOAT32_EPS, "float32"), (FLOAT64_EPS, "float64")):
         right.axhline(eps, color="k", lw=1, ls=":")
-        right.text(0.01, eps * 1.4, f"{name} epsilon {eps:.1e}", transform=right.get_yaxis_transform(),
-                   fontsize=8, ha="left", va="bottom", bbox={"fc": "white", "ec": "none", "alpha": 0.8})
+        right.text(0.99, eps * 0.7, f"{name} epsilon {eps:.1e}", transform=right.get_yaxis_transform(),
+                   fontsize=8, ha="right", va="top")
     right.set_ylim(floor / 2, 10)
     right.set_title("Fused vs plain PyTorch, relative differences (log scale)\n" + _wrap(verdict, 80), fontsize=10)
     fig.legend(*right.get_legend_handles_labels(), loc="outside lower right", fontsize=8, ncol=2)

@@ -1,6 +1,8 @@
 """Facts and helpers shared by the tests: devices, dtypes and their tolerances, the option values, layouts,
 gradients, the raw backward operator, and comparison against the reference."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -86,3 +88,22 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     err = (a - e).abs().max().item() if a.numel() else 0.0
     scale = max(e.abs().max().item() if e.numel() else 0.0, 1e-30)
     assert err <= TOLERANCE[dtype] * scale, f"{what}: max error {err:.3e} > {TOLERANCE[dtype]:.0e} x {scale:.3e}"
+
+
+@contextlib.contextmanager
+def factoring(policy: str):
+    """The CPU kernels' factoring policy ("auto", "never", "always") for the duration of the block."""
+    previous = torch.ops.fixedbranch._set_factoring(policy)
+    try:
+        yield
+    finally:
+        torch.ops.fixedbranch._set_factoring(previous)
+
+
+def separable_bank(k: int, s1: int, s2: int, gen: torch.Generator) -> torch.Tensor:
+    """k filters of rank 1 or 2 over two shared columns: what a bank plan factors (DCT bases, Gaussians, LoGs)."""
+    columns = torch.randn(2, s1, generator=gen, dtype=torch.float64)
+    rows = torch.randn(k, 2, s2, generator=gen, dtype=torch.float64)
+    rank = torch.randint(1, 3, (k, 1, 1), generator=gen)
+    second = (rank == 2).double() * torch.einsum("a,kb->kab", columns[1], rows[:, 1])
+    return torch.einsum("a,kb->kab", columns[0], rows[:, 0]) + second

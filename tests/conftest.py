@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from .common import CUDA_KERNELS, CUDA_KERNELS_VARIABLE
+from tests.common import CUDA_KERNELS, CUDA_KERNELS_VARIABLE  # absolute: tests/test_skip_summary.py runs a copy of this file
 
 # The reason every CUDA case is skipped with on a machine without a GPU; the summary counts the skips by it.
 NO_GPU = "needs a CUDA device"

@@ -37,6 +37,7 @@ def result_of(runs, name: str) -> tuple[dict, str]:
     assert (out / name / "cpu-quick.png").read_bytes().startswith(b"\x89PNG")
     stdout = (out / "stdout").read_text()
     assert stdout == (out / name / "cpu-quick.md").read_text() + "\n"  # the markdown, no profiler or compiler noise
+    assert "USDT" not in (out / "stderr").read_text()
     result = json.loads((out / name / "cpu-quick.json").read_text())
     assert {"schema", "study", "preset", "settings", "machine", "rates", "cases", "wall_time_s"} <= result.keys()
     assert result["study"] == name and result["preset"] == "quick" and result["settings"]["threads"] == 1
@@ -115,7 +116,8 @@ def test_overhead(runs):
     rows = result["cases"][0]["rows"]
     assert checked(result["cases"][0]) == {"fixed_branch", "fixed_branch_f32", "module", "raw_op", "depthwise_cat",
                                           "conv_layer", "conv_depthwise_cat"}
-    assert set(rows["module"]["times"]) == set(overhead.METRICS) and rows["fixed_branch"]["times"]["forward"]["reps"] == 3
+    assert set(rows["module"]["times"]) == set(overhead.METRICS)
+    assert rows["fixed_branch"]["times"]["forward"]["reps"] == 3
     for _, _, label in overhead.RATIOS:
         assert f"| {label} |" in stdout
 
@@ -152,6 +154,19 @@ def test_blocks(runs):
     assert paths["harmonic 3x3 block"] and paths["PFM, f=16"] and not paths["PFM, f=1"]
     assert not paths["harmonic 3x3, use_bn=False"] and not paths["harmonic 3x3, dilation 2"]
     assert "| harmonic 3x3 block |" in stdout
+
+
+def test_wavelets(runs):
+    result, stdout = result_of(runs, "wavelets")
+    names = [c["case"] for c in result["cases"]]
+    assert names == ["transform db1", "inverse db1", "transform db2", "inverse db2", "WTConv2d, 1 level",
+                     "WTConv2d, 2 levels"]
+    for case in result["cases"]:
+        assert checked(case) == ({"blocks"} if case["case"].startswith("WTConv2d") else {"fused"}), case["case"]
+        assert "forward_backward" in case["rows"]["reference"]["times"]
+    assert all("forward_backward" in c["rows"]["fused"]["pct_bound"] for c in result["cases"][:4])
+    assert all("forward_backward" in c["rows"]["convs"]["times"] for c in result["cases"][4:])
+    assert "| transform db1 |" in stdout
 
 
 def test_docs_blocks_render_the_committed_results():

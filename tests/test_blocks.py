@@ -8,6 +8,7 @@ published formulation (other paddings, dilation, one filter per channel, trainab
 """
 
 import enum
+import importlib.util
 import math
 import pathlib
 import subprocess
@@ -21,7 +22,7 @@ from torch import nn
 import fixedbranch as fb
 from fixedbranch import blocks, ops
 
-from .common import TOLERANCE, assert_close, cpu_and_cuda
+from .common import assert_close, cpu_and_cuda
 
 F64 = torch.float64
 
@@ -324,6 +325,123 @@ def test_filter_mode_accepts_own_enum_other_enums_and_names():
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# WTConv2d.
+
+
+class Scale(nn.Module):
+    def __init__(self, channels, value):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((1, channels, 1, 1), value))
+
+    def forward(self, x):
+        return self.weight * x
+
+
+class PublishedWTConv2d(nn.Module):
+    """Wavelet convolution: per level, pad the low band to even sizes at the bottom and right, split it into four
+    bands per channel with a grouped stride-2 convolution (padding L/2 - 1; channel 4c + b), filter them with a
+    depthwise convolution and a scale; from the coarsest level up, add the coarser result to the low band and invert
+    with the grouped transposed convolution, cropped back; add a scaled depthwise convolution of the input; subsample
+    by the stride."""
+
+    def __init__(self, channels, kernel_size, stride, bias, levels, wavelet):
+        super().__init__()
+        analysis, synthesis = fb.filters.wavelet(wavelet).float(), fb.filters.wavelet(wavelet, synthesis=True).float()
+        self.stride, self.pad = stride, analysis.shape[-1] // 2 - 1
+        self.wt_filter = nn.Parameter(analysis.repeat(channels, 1, 1)[:, None], requires_grad=False)
+        self.iwt_filter = nn.Parameter(synthesis.repeat(channels, 1, 1)[:, None], requires_grad=False)
+        self.base_conv = nn.Conv2d(channels, channels, kernel_size, padding="same", groups=channels, bias=bias)
+        self.base_scale = Scale(channels, 1.0)
+        c4 = 4 * channels
+        self.wavelet_convs = nn.ModuleList(
+            [nn.Conv2d(c4, c4, kernel_size, padding="same", groups=c4, bias=False) for _ in range(levels)])
+        self.wavelet_scale = nn.ModuleList([Scale(c4, 0.1) for _ in range(levels)])
+
+    def forward(self, x):
+        c = x.shape[1]
+        low, filtered, sizes = x, [], []
+        for conv, scale in zip(self.wavelet_convs, self.wavelet_scale):
+            h, w = low.shape[-2:]
+            sizes.append((h, w))
+            bands = F.conv2d(F.pad(low, (0, w % 2, 0, h % 2)), self.wt_filter, stride=2, groups=c, padding=self.pad)
+            low = bands[:, 0::4]
+            filtered.append(scale(conv(bands)))
+        up = 0
+        for bands, (h, w) in zip(reversed(filtered), reversed(sizes)):
+            bands = bands.clone()
+            bands[:, 0::4] = bands[:, 0::4] + up
+            up = F.conv_transpose2d(bands, self.iwt_filter, stride=2, groups=c, padding=self.pad)[..., :h, :w]
+        out = self.base_scale(self.base_conv(x)) + up
+        return out[..., :: self.stride, :: self.stride]
+
+
+# (channels, kernel_size, stride, bias, levels, wavelet, H, W)
+WTCONV_CASES = [
+    (3, 5, 1, True, 1, "db1", 16, 16),
+    (3, 5, 1, True, 2, "db1", 15, 17),  # odd sizes: padded before each transform, cropped after each inverse
+    (2, 3, 2, False, 3, "db2", 23, 20),
+    (2, 5, 3, True, 2, "sym3", 19, 21),
+    (2, 5, 1, True, 2, "bior2.2", 14, 13),
+    (2, 3, 1, True, 2, "coif1", 12, 11),
+    (2, 5, 1, True, 0, "db1", 8, 8),
+]
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("channels, kernel_size, stride, bias, levels, wavelet, h, w", WTCONV_CASES)
+def test_wtconv2d_matches_published_formulation(channels, kernel_size, stride, bias, levels, wavelet, h, w, device,
+                                                fused_calls):
+    pytest.importorskip("pywt")
+    published = PublishedWTConv2d(channels, kernel_size, stride, bias, levels, wavelet).to(device, F64)
+    randomise(published)
+    block = blocks.WTConv2d(channels, channels, kernel_size, stride, bias, levels, wavelet).to(device, F64)
+    assert block.fused
+    assert_same_block(published, block, torch.randn(2, channels, h, w, dtype=F64, device=device))
+    assert len(fused_calls) == 2 * levels  # one transform per level, in each mode
+
+
+def test_wtconv2d_initial_values_are_published():
+    pywt = pytest.importorskip("pywt")
+    torch.manual_seed(0)
+    block = blocks.WTConv2d(3, 3, 5, wt_levels=2, wt_type="db2")
+    torch.manual_seed(0)
+    base = nn.Conv2d(3, 3, 5, padding="same", groups=3)
+    convs = [nn.Conv2d(12, 12, 5, padding="same", groups=12, bias=False) for _ in range(2)]
+    assert torch.equal(block.base_conv.weight, base.weight) and torch.equal(block.base_conv.bias, base.bias)
+    assert all(torch.equal(a.weight, b.weight) for a, b in zip(block.wavelet_convs, convs))
+    assert torch.equal(block.base_scale.weight, torch.ones(1, 3, 1, 1))
+    assert all(torch.equal(s.weight, torch.full((1, 12, 1, 1), 0.1)) for s in block.wavelet_scale)
+    for param, synthesis in ((block.wt_filter, False), (block.iwt_filter, True)):
+        assert param.shape == (12, 1, 4, 4) and param.dtype == torch.float32 and not param.requires_grad
+        # The published banks multiply float32 coefficients: equal to the float64 products up to that rounding.
+        assert_close(param[:, 0], fb.filters.wavelet("db2", synthesis=synthesis).repeat(3, 1, 1), torch.float32)
+    lo = torch.tensor(pywt.Wavelet("db2").dec_lo[::-1], dtype=torch.float32)
+    assert torch.equal(block.wt_filter[0, 0], torch.outer(lo, lo))
+    assert block.do_stride is None and blocks.WTConv2d(3, 3, stride=2).do_stride.stride == 2
+    with pytest.raises(ValueError, match="in_channels == out_channels"):
+        blocks.WTConv2d(3, 4)
+
+
+def test_wtconv2d_runs_published_formulation_for_filters_it_cannot_fuse(fused_calls):
+    """Filters that differ between channels, or that require grad, run WTConv's grouped convolutions."""
+    pytest.importorskip("pywt")
+    x = torch.randn(2, 2, 9, 10, dtype=F64)
+    published = PublishedWTConv2d(2, 3, 1, True, 2, "db1").double()
+    randomise(published)
+    block = blocks.WTConv2d(2, 2, 3, wt_levels=2).double()
+    with torch.no_grad():
+        published.wt_filter[:4].mul_(2)  # channel 0's analysis filters differ from channel 1's
+    assert_same_block(published, block, x)
+    assert not block.fused and not fused_calls
+    with torch.no_grad():
+        published.wt_filter[:4].div_(2)
+    block.iwt_filter.requires_grad_(True)
+    published.iwt_filter.requires_grad_(True)
+    assert_same_block(published, block, x)  # also the synthesis filters' gradient
+    assert not block.fused and not fused_calls
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Shared behaviour.
 
 
@@ -331,6 +449,8 @@ def test_published_formulation_switch(fused_calls):
     """Inside blocks.published_formulation() no block calls the fused operator, and the results agree."""
     torch.manual_seed(0)
     layers = [blocks.Harm2d(3, 4, 3, padding=1, use_bn=True), blocks.PredefinedFilterModule(3, 4, "All", 4, f=16)]
+    if importlib.util.find_spec("pywt"):
+        layers.append(blocks.WTConv2d(3, 3, 3))
     x = torch.randn(2, 3, 10, 10, dtype=F64)
     for layer in layers:
         layer.double()

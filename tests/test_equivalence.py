@@ -3,7 +3,8 @@
 Each case takes its output options (padding mode, identity, order, stride) from a fixed enumeration, so that every
 combination of them is checked several times, and draws the rest (sizes with 1x1 images and images smaller than the
 filter or the stride, a bank of odd, even and non-square filters, a stop set, a dtype, an input layout and a
-gradient layout) from a seeded generator: every run checks the same cases.
+gradient layout) from a seeded generator: every run checks the same cases. A quarter of the banks are separable and
+run factored (the CPU kernels' column and row passes, forward and transposed), the others direct.
 """
 
 import itertools
@@ -25,8 +26,10 @@ from .common import (
     STRIDES,
     assert_close,
     cpu_and_cuda,
+    factoring,
     make_grad,
     pair,
+    separable_bank,
     to_layout,
 )
 
@@ -66,6 +69,7 @@ def _random_case(seed: int):
         dtype=rnd.choice(DTYPES),
         layout=rnd.choice(INPUT_LAYOUTS),
         grad_layout=rnd.choice(GRAD_LAYOUTS),
+        factored=rnd.random() < 0.25 and min(s1, s2) > 1,
     )
 
 
@@ -82,10 +86,18 @@ def _all_stopped(stop, k: int, identity: bool) -> bool:
 @pytest.mark.parametrize("seed", range(3 * len(BRANCH_OPTIONS)))
 def test_fixed_branch_matches_reference(seed, device):
     case = _random_case(seed)
+    with factoring("always" if case["factored"] else "never"):
+        _check_fixed_branch(case, seed, device)
+
+
+def _check_fixed_branch(case, seed, device):
     gen = torch.Generator().manual_seed(seed)
     dtype, c, k = case["dtype"], case["c"], case["k"]
     s_h, s_w = pair(case["stride"])
-    bank = torch.randn(k, *case["s"], generator=gen, dtype=torch.float64).to(device)
+    if case["factored"]:
+        bank = separable_bank(k, *case["s"], gen).to(device)
+    else:
+        bank = torch.randn(k, *case["s"], generator=gen, dtype=torch.float64).to(device)
     y = torch.randn(case["n"], c, case["h"], case["w"], generator=gen, dtype=torch.float64).to(dtype).to(device)
     y = to_layout(y, case["layout"]).requires_grad_(True)
     opts = dict(identity=case["identity"], order=case["order"], stride=case["stride"])

@@ -109,7 +109,7 @@ def _bound(case: dict, metric: str) -> str:
 
 
 def table(result: dict, rows_shown: tuple[str, ...] | None = None) -> str:
-    header = ["case", "path (taps of direct)", "row", "forward ms", "fwd % of bound", "fwd % DRAM", "backward ms",
+    header = ["case", "CPU path (plan taps of direct)", "row", "forward ms", "fwd % of bound", "fwd % DRAM", "backward ms",
               "bwd % of bound", "bwd % DRAM", "bound ms fwd, bwd", "matches reference"]
     rows = []
     for case in result["cases"]:
@@ -131,7 +131,7 @@ def docs(result: dict, view: str | None) -> str:
     """The fused operators' rows (``view`` "rates": the machine's rates)."""
     if view == "rates":
         r = result["rates"]
-        copies = ", ".join(f"{c['params']['out_mb']:.3g} MB: {2 * c['params']['out_mb'] * 1e6 / c['copy']['min_s'] / 1e9:.0f}"
+        copies = ", ".join(f"{c['working_set'] / 1e6:.3g} MB: {2 * c['working_set'] / c['copy']['min_s'] / 1e9:.0f}"
                            for c in result["cases"] if c["params"]["bank"] == "3x3 standard"
                            and c["params"]["stride"] == 1)
         return (f"torch.mm: {r['fma_per_s'] / 1e9:.1f} G multiply-adds/s; `dst.copy_(src)` at the op's output size "

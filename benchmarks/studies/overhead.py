@@ -23,6 +23,7 @@ from .. import baselines, core, report
 from ..core import Budget, Case
 
 SHAPE, K = (1, 2, 4, 4), 4
+LEGEND = "µs per call: the best repetition, each the median over blocks of back-to-back calls."
 METRICS = ("forward_nograd", "forward", "forward_backward")
 PRESETS = {
     "quick": {"budget": Budget(100e-6, 0.0, 3, 3, blocks_per_rep=3), "threads": 1, "dram_bytes": 64 << 20,

@@ -26,7 +26,7 @@ PRESETS = {
                                                              "in_channels": 4},
               "formats": ("contiguous",), "sweeps": {"k": (1, 2), "s": (5,)}, "compile_at": ("branch",),
               "dram_bytes": 64 << 20, "mm_size": 256},
-    "full": {"budget": Budget(0.02, 1.0, 5, 20), "point": STANDARD, "formats": ("contiguous", "channels_last"),
+    "full": {"budget": Budget(0.02, 0.6, 5, 20), "point": STANDARD, "formats": ("contiguous", "channels_last"),
              "sweeps": {"k": (1, 2, 8, 16), "c": (8, 16, 64), "h": (24, 48, 144), "s": (5, 7, 9, 11), "n": (1, 2, 16)},
              "compile_at": ("branch", "layer", "k=16", "s=5"), "sweep_budget": Budget(0.02, 0.4, 3, 10)},
 }

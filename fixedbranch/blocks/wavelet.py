@@ -32,6 +32,18 @@ def wavelet_filters(name: str, channels: int) -> tuple[torch.Tensor, torch.Tenso
     return bank(w.dec_lo[::-1], w.dec_hi[::-1]), bank(w.rec_lo, w.rec_hi)
 
 
+def scaled_conv(conv: nn.Conv2d, scale: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``scale(conv(x))`` as one convolution, the per-channel scale folded into the filters and the bias.
+
+    Equal up to rounding, and it saves a pass over the convolution's output forward and two backward (the scale's
+    gradients with respect to its input and to itself).
+    """
+    s = scale.weight.reshape(-1)
+    bias = None if conv.bias is None else conv.bias * s
+    return F.conv2d(x, conv.weight * s[:, None, None, None], bias, conv.stride, conv.padding, conv.dilation,
+                    conv.groups)
+
+
 class _ScaleModule(nn.Module):
     """A learned per-channel scale, ``weight * x``, as published (``weight`` of shape ``dims``, no bias)."""
 
@@ -61,7 +73,8 @@ class WTConv2d(nn.Module):
     and each inverse one ``fixed_branch_transpose(z, synthesis, ..., output_size=...)``, the banks read from
     ``wt_filter`` and ``iwt_filter``. Their "same" padding at stride 2 is WTConv's ``L // 2 - 1`` on both sides for
     an even size, and on an odd size the extra bottom/right zero is WTConv's padding to an even size, so neither
-    a pad nor a crop is needed. Filters that differ between channels or require grad run the published formulation.
+    a pad nor a crop is needed; each learned scale is folded into its depthwise convolution's filters (equal up to
+    rounding). Filters that differ between channels or require grad run the published formulation.
 
     Example:
         >>> from fixedbranch.blocks import WTConv2d
@@ -114,9 +127,10 @@ class WTConv2d(nn.Module):
         banks = None if published() else self._banks(x.shape[1])
         if banks is None:
             detail = self._wavelet_path_published(x)
+            x = self.base_scale(self.base_conv(x))
         else:
             detail = self._wavelet_path_fused(x, *banks)
-        x = self.base_scale(self.base_conv(x))
+            x = scaled_conv(self.base_conv, self.base_scale, x)
         if detail is not None:
             x = x + detail
         if self.do_stride is not None:
@@ -129,11 +143,11 @@ class WTConv2d(nn.Module):
             sizes.append(low.shape[-2:])
             bands = ops.fixed_branch(low, analysis, identity=False, order="channel", stride=2)
             low = bands[:, ::4]  # the unfiltered LL bands feed the next level
-            filtered.append(scale(conv(bands)))
+            filtered.append(scaled_conv(conv, scale, bands))
         coarser = None
         for bands, size in zip(reversed(filtered), reversed(sizes)):
             if coarser is not None:
-                bands[:, ::4] += coarser  # in place: neither the scale's nor the conv's backward reads its output
+                bands[:, ::4] += coarser  # in place: the convolution's backward does not read its output
             coarser = ops.fixed_branch_transpose(bands, synthesis, identity=False, order="channel", stride=2,
                                                  output_size=tuple(size))
         return coarser
