@@ -1,17 +1,28 @@
-"""Harmonic networks on fixedbranch: swap one import, keep the checkpoint.
+"""Published fixed-filter blocks on fixedbranch: swap one import, keep the checkpoint.
 
 Harmonic networks (Ulicny, Krylov and Dahyot, "Harmonic convolutional networks based on discrete cosine transform",
 Pattern Recognition 2022; code in matej-ulicny/harmonic-networks) replace a k x k convolution by ``Harm2d``: every
 filter of a bank of L1-normalised DCT filters on every input channel, BatchNorm without affine parameters and a
 learned 1x1 convolution (``use_bn=True``, the stem of their ImageNet ResNets), or the bank folded into the weights
-(``use_bn=False``, their 3x3 layers: one convolution, run as published). A model moves by changing one line::
+(``use_bn=False``, their 3x3 layers: one convolution, run as published).
+
+Pre-defined filter networks (Linse, Barth and Martinetz, "Convolutional neural networks do work with pre-defined
+filters", 2024; code in Criscraft/PredefinedFilterNetworks) keep every n x n kernel fixed. A module
+(``PredefinedFilterModule``) filters its channels with a pool of 16 edge filters, then BatchNorm, ReLU, a learned 1x1
+convolution and BatchNorm. With the width factor f equal to the pool size (PFNet's first module, f = 16 on the RGB
+input, stride 2) every filter runs on every channel, which fixedbranch fuses; with f = 1 (the later modules) each
+channel gets one filter, an ordinary depthwise convolution, run as published.
+
+A model moves by changing one line::
 
     from harmonic.modules import Harm2d        ->        from fixedbranch.blocks import Harm2d
+    from models.PFNet import PredefinedFilterModule, ParameterizedFilterMode
+        ->  from fixedbranch.blocks import PredefinedFilterModule, ParameterizedFilterMode
 
-This script builds a small harmonic network (a 7x7 stride-2 stem and 3x3 layers of both kinds), saves its
-checkpoint, loads the file into a fresh model (strict=True), checks in float64 that the fused model and the published
-formulation (``fixedbranch.blocks.published_formulation()``) agree (output, input and parameter gradients, BatchNorm
-statistics; 1e-10), and trains it for a few steps. Timings: ``python -m benchmarks blocks``.
+For each network (both by default, or the one named: ``harmonic`` or ``pfnet``) this script saves a checkpoint, loads
+the file into a fresh model (strict=True), checks in float64 that the fused model and the published formulation
+(``fixedbranch.blocks.published_formulation()``) agree (output, input and parameter gradients, BatchNorm statistics;
+1e-10), and trains it for a few steps. Timings: ``python -m benchmarks blocks``.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import sys
 import torch
 from torch import nn
 
-from fixedbranch.blocks import Harm2d, published_formulation
+from fixedbranch.blocks import Harm2d, ParameterizedFilterMode, PredefinedFilterModule, published_formulation
 
 TOLERANCE = 1e-10  # float64, relative to the largest magnitude (docs/design.md)
 
@@ -36,6 +47,18 @@ def harmonic_net(classes: int = 10) -> nn.Sequential:
         nn.BatchNorm2d(32), nn.ReLU(),
         Harm2d(32, 32, 3, padding=1, bias=False),  # use_bn=False: one convolution of folded filters
         nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, classes),
+    )
+
+
+def pfnet(classes: int = 10) -> nn.Sequential:
+    """A small network in PFNet's style: the first module (every filter on every channel), then f = 1 modules."""
+    mode = ParameterizedFilterMode.All  # 4 angles: 8 edge filters, each as -w and +w
+    return nn.Sequential(
+        PredefinedFilterModule(3, 32, mode, 4, f=16, stride=2, activation_layer=nn.ReLU),  # fused
+        nn.ReLU(),
+        PredefinedFilterModule(32, 32, mode, 4, f=1, activation_layer=nn.ReLU),  # one filter per channel
+        nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, classes),
     )
 
@@ -56,13 +79,15 @@ def results(model, x):
     return [out.detach(), *grads, *[s.clone() for s in stats]]
 
 
-def main() -> int:
+def check_and_train(network) -> bool:
+    """Saves a checkpoint of `network()`, loads it strictly into a fresh one, compares the fused model with the
+    published formulation in float64 and trains it a few steps in float32; True when every check passed."""
     torch.manual_seed(0)
-    saved = harmonic_net().double()
+    saved = network().double()
     file = io.BytesIO()
     torch.save(saved.state_dict(), file)  # the checkpoint a published model would leave
     file.seek(0)
-    model = harmonic_net().double()
+    model = network().double()
     model.load_state_dict(torch.load(file), strict=True)
     print(f"CHECK checkpoint loaded with strict=True: {len(model.state_dict())} entries OK")
 
@@ -93,9 +118,21 @@ def main() -> int:
         optimizer.step()
         losses.append(loss.item())
     print("training loss: " + " ".join(f"{v:.3f}" for v in losses))
+    return ok
+
+
+
+NETWORKS = {"harmonic": harmonic_net, "pfnet": pfnet}
+
+
+def main(names: list[str]) -> int:
+    ok = True
+    for name in names or NETWORKS:
+        print(f"== {name}")
+        ok &= check_and_train(NETWORKS[name])
     print("all checks passed" if ok else "SOME CHECKS FAILED")
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
