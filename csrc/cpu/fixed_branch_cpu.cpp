@@ -9,6 +9,9 @@
 //
 // The backward is a gather, so each task writes only its own rows of dL/dy: no atomics, deterministic, and the
 // result does not depend on the blocking or the thread count.
+//
+// Strided NCHW passes of direct filters (wavelet levels, strided stems) stage whole tasks as polyphase planes and run
+// one correlation per task instead of one per row (forward_planes, backward_planes).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -112,6 +115,46 @@ struct RowLayout {
 
 inline RowLayout row_layout(int64_t pw, int64_t sw) { return {pw, sw, (pw + sw - 1) / sw}; }
 
+// Splits a row of pw pixels (Cv values each), the padded row's columns from `first` on, into the padded row's sw
+// column phases: pixel x, padded column q = first + x, to dst + (q % sw) * phase_stride + (q / sw) * cv, where
+// q / sw < keep.
+template <typename opmath_t>
+void split_phases(const opmath_t* row, int64_t pw, int64_t sw, int64_t cv, int64_t keep, opmath_t* dst,
+                  int64_t phase_stride, int64_t first = 0) {
+  if (sw == 2 && cv == 1) {
+    // Stride 2, one value per pixel (NCHW): split even and odd pixels a vector pair at a time, the last pair loaded
+    // and stored in part.
+    using Vec = at::vec::Vectorized<opmath_t>;
+    constexpr int64_t V = Vec::size();
+    // Pixel 2k is column first + 2k: phase first % 2, index k + first / 2; pixel 2k+1: the other phase,
+    // index k + (first + 1) / 2.
+    opmath_t* to_even = dst + (first % 2) * phase_stride + first / 2;
+    opmath_t* to_odd = dst + ((first + 1) % 2) * phase_stride + (first + 1) / 2;
+    const int64_t even = std::min((pw + 1) / 2, keep - first / 2), odd = std::min(pw / 2, keep - (first + 1) / 2);
+    for (int64_t m = 0; m < std::max(even, odd); m += V) {
+      const int64_t left = pw - 2 * m;  // pixels from 2m on
+      const Vec lo = Vec::loadu(row + 2 * m, std::min(left, V));
+      const Vec hi = left > V ? Vec::loadu(row + 2 * m + V, std::min(left - V, V)) : Vec(0);
+      const auto split = at::vec::deinterleave2(lo, hi);
+      split.first.store(to_even + m, std::max<int64_t>(0, std::min(even - m, V)));
+      split.second.store(to_odd + m, std::max<int64_t>(0, std::min(odd - m, V)));
+    }
+    return;
+  }
+  TORCH_INTERNAL_ASSERT(first == 0);
+  // Phase by phase, so that no pixel pays a division.
+  for (int64_t phase = 0; phase < sw; ++phase) {
+    const opmath_t* from = row + phase * cv;
+    opmath_t* to = dst + phase * phase_stride;
+    const int64_t count = std::min((pw - phase + sw - 1) / sw, keep);
+    if (cv == 1) {
+      for (int64_t m = 0; m < count; ++m) to[m] = from[m * sw];
+    } else {
+      for (int64_t m = 0; m < count; ++m) std::copy_n(from + m * sw * cv, cv, to + m * cv);
+    }
+  }
+}
+
 template <typename scalar_t, typename opmath_t>
 void stage_rows_strided(const scalar_t* base, const View& v, int64_t row0, int64_t nrows, const SamePad& pad,
                         PadMode mode, const RowLayout& layout, opmath_t* scratch, opmath_t* dst) {
@@ -123,30 +166,7 @@ void stage_rows_strided(const scalar_t* base, const View& v, int64_t row0, int64
   for (int64_t t = 0; t < nrows; ++t, dst += row_len) {
     stage_rows(base, v, row0 + t, 1, pad.left, pad.right, mode, scratch);
     std::fill(dst, dst + row_len, opmath_t(0));  // the phases' unused tails
-    int64_t first = 0;  // pixels already placed in every phase
-    if (layout.sw == 2 && v.Cv == 1) {
-      // Stride 2, one value per pixel (NCHW): split even and odd columns a vector pair at a time.
-      using Vec = at::vec::Vectorized<opmath_t>;
-      constexpr int64_t V = Vec::size();
-      opmath_t *even = dst, *odd = dst + layout.phase_len;
-      for (; 2 * (first + V) <= layout.pw; first += V) {
-        const auto split =
-            at::vec::deinterleave2(Vec::loadu(scratch + 2 * first), Vec::loadu(scratch + 2 * first + V));
-        split.first.store(even + first);
-        split.second.store(odd + first);
-      }
-    }
-    // Phase by phase, so that no pixel pays a division.
-    for (int64_t phase = 0; phase < layout.sw; ++phase) {
-      const opmath_t* from = scratch + phase * v.Cv;
-      opmath_t* to = dst + phase * layout.phase_len * v.Cv;
-      const int64_t count = (layout.pw - phase + layout.sw - 1) / layout.sw;
-      if (v.Cv == 1) {
-        for (int64_t m = first; m < count; ++m) to[m] = from[m * layout.sw];
-      } else {
-        for (int64_t m = 0; m < count; ++m) std::copy_n(from + m * layout.sw * v.Cv, v.Cv, to + m * v.Cv);
-      }
-    }
+    split_phases(scratch, layout.pw, layout.sw, v.Cv, layout.phase_len, dst, layout.phase_len * v.Cv);
   }
 }
 
@@ -367,7 +387,6 @@ KernelBank<opmath_t> kernel_bank(const at::Tensor& bank) {
   }
   if (!plan) return kb;
   auto put = [&](const std::vector<double>& v, std::vector<opmath_t>& dst) {
-    const size_t at = dst.size();
     for (const double x : v) dst.push_back(static_cast<opmath_t>(x));
   };
   kb.num_columns = static_cast<int64_t>(plan->columns.size());
@@ -419,6 +438,94 @@ bool is_channels_last(const at::Tensor& t) {
   return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
 }
 
+// Strided NCHW passes of direct filters run plane by plane. Rows at a stride are short (a wavelet level of a
+// 56-pixel map has 28-pixel rows), and row by row the correlation spent more on each call's setup and partial last
+// vector than on its arithmetic. A task's padded rows are staged as sh*sw polyphase planes instead: plane
+// (r % sh, q % sw) holds padded pixel (r, q) at row r / sh, column q / sw, each plane row `pitch` values. Every tap
+// of every output of the task is then one offset into contiguous memory, the task is one correlation over its
+// rows * pitch values. A plane row holds the Wo + (S2-1)/sw pixels the outputs of a row read; when that is Wo (a
+// stride as wide as the filter, as in the Haar transform) and a map's rows are contiguous, the correlation writes the
+// maps in place, else into rows of `pitch` values whose last (S2-1)/sw are dropped.
+struct Planes {
+  int64_t sh, sw, rows, pitch;
+  int64_t size() const { return rows * pitch; }
+  int64_t at(int64_t r, int64_t q) const { return ((r % sh) * sw + q % sw) * size() + (r / sh) * pitch + q / sw; }
+};
+
+// The forward of every filter when all are direct, y in NCHW (any strides) and a stride > 1.
+template <typename scalar_t>
+void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar_t>>& kb, const BranchArgs& a,
+                    at::Tensor& out) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t C = a.C, H = a.H, W = a.W, Ho = a.out_h, Wo = a.out_w, K = a.K, sh = a.stride_h, sw = a.stride_w;
+  const int64_t S1 = kb.S1, S2 = kb.S2, taps = S1 * S2;
+  const SamePad& pad = a.pad;
+  const int64_t pw = W + S2 - 1, pitch = Wo + (S2 - 1) / sw;
+  // Per output row: sh padded rows (sh*sw plane rows) and K rows of maps, each about `pitch` values.
+  const Tiling tl = make_tiling(C, Ho, pitch, sh * sw + K, (S1 - 1) / sh, /*channels_last=*/false, sizeof(opmath_t));
+  const Planes planes{sh, sw, tl.rows + (S1 - 1) / sh, pitch};  // every task's plane geometry
+  std::vector<int64_t> off(taps);
+  for (int64_t r = 0; r < S1; ++r)
+    for (int64_t q = 0; q < S2; ++q) off[r * S2 + q] = planes.at(r, q);
+  const int64_t map_len = tl.rows * pitch + kSlack<opmath_t>;
+  const scalar_t* y_ptr = y.const_data_ptr<scalar_t>();
+  scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+  const int64_t osW = out.stride(3), slot_osC = a.channel_step() * out.stride(1);
+  const bool in_place = std::is_same_v<scalar_t, opmath_t> && pitch == Wo && osW == 1 && out.stride(2) == Wo;
+
+  at::parallel_for(0, tl.tasks(a.N), tl.grain(Wo, K + 1), [&](int64_t begin, int64_t end) {
+    // The last tap of the last dropped output reads (S2-1)/sw < pitch values past the planes.
+    std::vector<opmath_t> tile(sh * sw * planes.size() + pitch + kSlack<opmath_t>);
+    std::vector<opmath_t> row(pw), maps(K * map_len);
+    std::vector<opmath_t*> dst(K);
+    for (int64_t id = begin; id < end; ++id) {
+      for (int64_t k = 0; k < K; ++k) dst[k] = maps.data() + k * map_len;
+      const Task t = locate(tl, id, C, Ho);
+      const int64_t n = t.i1 - t.i0;
+      const View v{H, W, y.stride(2), y.stride(3), y.stride(1), 1};
+      const scalar_t* base = y_ptr + t.n * y.stride(0) + t.c0 * y.stride(1);
+      for (int64_t r = 0; r < (n - 1) * sh + S1; ++r) {
+        opmath_t* dst = tile.data() + planes.at(r, 0);
+        const int64_t source = pad_source_index(t.i0 * sh - pad.top + r, H, a.mode);
+        if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+          // Float rows split straight from y; only the few border columns go pixel by pixel.
+          if (sw == 2 && v.sW == 1 && source >= 0) {
+            const scalar_t* src = base + source * v.sH;
+            split_phases(src, W, 2, 1, pitch, dst, planes.size(), pad.left);
+            for (int64_t q = 0; q < pw; ++q) {
+              if (q == pad.left) q += W;
+              if (q >= pw) break;
+              if (q / 2 >= pitch) continue;
+              const int64_t j = pad_source_index(q - pad.left, W, a.mode);
+              dst[(q % 2) * planes.size() + q / 2] = j < 0 ? opmath_t(0) : src[j];
+            }
+            continue;
+          }
+        }
+        stage_rows(base, v, t.i0 * sh - pad.top + r, 1, pad.left, pad.right, a.mode, row.data());
+        split_phases(row.data(), pw, sw, 1, pitch, dst, planes.size());
+      }
+      scalar_t* out_task = out_ptr + t.n * out.stride(0) + t.i0 * out.stride(2);
+      if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+        if (in_place) {
+          for (int64_t k = 1; k <= K; ++k) dst[k - 1] = out_task + a.channel(a.slot(k), t.c0) * out.stride(1);
+        }
+      }
+      correlate_branches(tile.data(), off.data(), kb.direct_weights.data(), taps, K, dst.data(), 1, n * pitch, 0);
+      for (int64_t i = 0; i < n; ++i) {
+        scalar_t* out_row = out_task + i * out.stride(2);
+        if (a.identity)
+          store_row(tile.data() + planes.at(i * sh + pad.top, pad.left), Wo, 1,
+                    out_row + a.channel(0, t.c0) * out.stride(1), osW, slot_osC);
+        if (!in_place)
+          for (int64_t k = 1; k <= K; ++k)
+            store_row(dst[k - 1] + i * pitch, Wo, 1, out_row + a.channel(a.slot(k), t.c0) * out.stride(1), osW,
+                      slot_osC);
+      }
+    }
+  });
+}
+
 // Output rows i0 .. i1 of every branch: stage the padded input rows they read (every sh-th row, polyphase columns
 // for sw > 1), copy the identity from the staged centre, correlate the filters over contiguous memory and write
 // each slot where `order` puts it.
@@ -432,6 +539,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
   const bool cl = is_channels_last(out);
   const KernelBank<opmath_t> kb = kernel_bank<opmath_t>(bank);
   const int64_t Kd = static_cast<int64_t>(kb.direct.size()), U = kb.num_columns;
+  if (!cl && a.strided() && U == 0) return forward_planes<scalar_t>(y, kb, a, out);
   // A task's tile holds its staged rows and, for a factored bank, the U column passes of one row.
   const Tiling tl = make_tiling(C, Ho, layout.values(), sh + (U > 0 ? U : 0), S1 - 1, cl, sizeof(opmath_t));
   // The last channel block may be narrower; its taps sit at other offsets.
@@ -676,6 +784,119 @@ void gather_columns(const Gather<opmath_t>& g, const Phases& ph, int64_t cv, int
   }
 }
 
+// dst[j] += the phase rows' value of padded column q = j + lpad, for j in [0, W): phase q % sw (its row at
+// row + (q % sw) * phase_stride) at q / sw.
+template <typename opmath_t>
+void add_phases(const opmath_t* row, int64_t phase_stride, int64_t sw, int64_t lpad, int64_t W, opmath_t* dst) {
+  using Vec = at::vec::Vectorized<opmath_t>;
+  constexpr int64_t V = Vec::size();
+  if (sw == 2) {
+    // Even columns j = 2k read a[k], odd ones b[k]: interleave a vector of each, the last pair in part.
+    const opmath_t* a = row + (lpad % 2) * phase_stride + lpad / 2;
+    const opmath_t* b = row + ((lpad + 1) % 2) * phase_stride + (lpad + 1) / 2;
+    const int64_t even = (W + 1) / 2, odd = W / 2;
+    for (int64_t k = 0; k < even; k += V) {
+      const auto pair = at::vec::interleave2(Vec::loadu(a + k, std::min(even - k, V)),
+                                             Vec::loadu(b + k, std::max<int64_t>(0, std::min(odd - k, V))));
+      const int64_t left = W - 2 * k;  // columns from 2k on
+      const int64_t n0 = std::min(left, V), n1 = std::max<int64_t>(0, std::min(left - V, V));
+      (Vec::loadu(dst + 2 * k, n0) + pair.first).store(dst + 2 * k, n0);
+      if (n1 > 0) (Vec::loadu(dst + 2 * k + V, n1) + pair.second).store(dst + 2 * k + V, n1);
+    }
+    return;
+  }
+  for (int64_t pc = 0; pc < sw; ++pc) {
+    const opmath_t* src = row + pc * phase_stride;
+    const int64_t j0 = ((pc - lpad) % sw + sw) % sw, m0 = (j0 + lpad) / sw;
+    if (sw == 1) {
+      at::vec::map2([](Vec x, Vec y) { return x + y; }, dst, dst, src + m0, W);
+    } else {
+      for (int64_t j = j0, m = m0; j < W; j += sw, ++m) dst[j] += src[m];
+    }
+  }
+}
+
+// The strided backward plane by plane (see forward_planes), for live filters that are all direct, g in NCHW and
+// zero padding. A task stages each live gradient's rows once, with Dr zero rows above and Dc zero pixels to the left.
+// Padded pixel (pr + sh*mr, pc + sw*mc) of the adjoint gathers only the taps (pr + sh*dr, pc + sw*dc), from
+// gradient pixel (mr - dr, mc - dc): so each phase (pr, pc) is one correlation of the staged rows over the whole task,
+// and the phases are interleaved into dL/dy's rows.
+template <typename scalar_t>
+void backward_planes(const at::Tensor& g, const std::vector<int64_t>& live,
+                     const std::vector<at::opmath_type<scalar_t>>& weights, int64_t S1, int64_t S2, const BranchArgs& a,
+                     at::Tensor& grad_y) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t C = a.C, H = a.H, W = a.W, Ho = a.out_h, Wo = a.out_w, sh = a.stride_h, sw = a.stride_w;
+  const int64_t taps = S1 * S2, L = static_cast<int64_t>(live.size()), P = sh * sw;
+  const SamePad& pad = a.pad;
+  const int64_t Dr = (S1 - 1) / sh, Dc = (S2 - 1) / sw;
+  const int64_t Mc = (pad.left + W - 1) / sw + 1;  // phase columns the image's columns reach
+  const int64_t pitch = Dc + std::max(Wo, Mc);     // of staged gradient rows and of phase rows
+  // Per image row: L/sh staged gradient rows and sw phase rows (sh*sw phases, one row each per sh image rows).
+  const Tiling tl = make_tiling(C, H, pitch, (L + P + sh - 1) / sh + 1, Dr, /*channels_last=*/false, sizeof(opmath_t));
+  const int64_t max_phase_rows = (tl.rows + sh - 1) / sh + 1;
+  // Each phase's taps: offsets into the staged rows and, per source, weights.
+  std::vector<std::vector<int64_t>> phase_off(P);
+  std::vector<std::vector<opmath_t>> phase_w(P);
+  for (int64_t pr = 0; pr < sh; ++pr)
+    for (int64_t pc = 0; pc < sw; ++pc) {
+      std::vector<int64_t>& off = phase_off[pr * sw + pc];
+      for (int64_t ra = pr, dr = 0; ra < S1; ra += sh, ++dr)
+        for (int64_t cb = pc, dc = 0; cb < S2; cb += sw, ++dc) off.push_back((Dr - dr) * pitch + Dc - dc);
+      for (int64_t l = 0; l < L; ++l)
+        for (int64_t ra = pr; ra < S1; ra += sh)
+          for (int64_t cb = pc; cb < S2; cb += sw) phase_w[pr * sw + pc].push_back(weights[l * taps + ra * S2 + cb]);
+    }
+  const int64_t stage_len = (max_phase_rows + Dr + 1) * pitch + kSlack<opmath_t>;
+  const int64_t phase_len = max_phase_rows * pitch + kSlack<opmath_t>;
+  const bool identity_live = a.identity && !a.stopped[0];
+  const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
+  scalar_t* gy_ptr = grad_y.mutable_data_ptr<scalar_t>();
+
+  at::parallel_for(0, tl.tasks(a.N), tl.grain(W, a.K + 1), [&](int64_t begin, int64_t end) {
+    std::vector<opmath_t> stage(L * stage_len), phases(P * phase_len), acc(tl.rows * W);
+    std::vector<const opmath_t*> sources(L);
+    for (int64_t l = 0; l < L; ++l) sources[l] = stage.data() + l * stage_len;
+    for (int64_t id = begin; id < end; ++id) {
+      const Task t = locate(tl, id, C, H);
+      const int64_t mr0 = (t.i0 + pad.top) / sh, nm = (t.i1 + pad.top - 1) / sh + 1 - mr0;
+      const View v{Ho, Wo, g.stride(2), g.stride(3), a.channel_step() * g.stride(1), 1};
+      auto g_slot = [&](int64_t b) { return g_ptr + t.n * g.stride(0) + a.channel(b, t.c0) * g.stride(1); };
+      for (int64_t l = 0; l < L; ++l) {
+        const scalar_t* base = g_slot(a.slot(live[l]));
+        opmath_t* row = stage.data() + l * stage_len;
+        for (int64_t o = mr0 - Dr; o < mr0 + nm; ++o, row += pitch) {
+          std::fill(row, row + pitch, opmath_t(0));
+          if (o >= 0 && o < Ho) copy_pixels(base + o * g.stride(2), v, Wo, 1, row + Dc);
+        }
+      }
+      for (int64_t phase = 0; phase < P && L > 0; ++phase) {
+        const int64_t nt = static_cast<int64_t>(phase_off[phase].size());
+        opmath_t* dst = phases.data() + phase * phase_len;
+        if (nt == 0) {
+          std::fill(dst, dst + nm * pitch, opmath_t(0));
+        } else {
+          correlate_sum<false>(sources.data(), L, phase_off[phase].data(), phase_w[phase].data(), nt, dst, nm * pitch);
+        }
+      }
+      const int64_t n = t.i1 - t.i0;
+      if (identity_live) {
+        identity_adjoint_rows(g_slot(0), v, sh, sw, t.i0, n, W, acc.data());
+      } else {
+        std::fill(acc.begin(), acc.begin() + n * W, opmath_t(0));
+      }
+      for (int64_t i = 0; i < n && L > 0; ++i) {
+        const int64_t p = t.i0 + i + pad.top;
+        const opmath_t* row = phases.data() + (p % sh) * sw * phase_len + (p / sh - mr0) * pitch;
+        add_phases(row, phase_len, sw, pad.left, W, acc.data() + i * W);
+      }
+      scalar_t* gy_base = gy_ptr + t.n * grad_y.stride(0) + t.c0 * grad_y.stride(1);
+      for (int64_t i = 0; i < n; ++i)
+        store_row(acc.data() + i * W, W, 1, gy_base + (t.i0 + i) * grad_y.stride(2), grad_y.stride(3), grad_y.stride(1));
+    }
+  });
+}
+
 // Rows i0 .. i1 of dL/dy: the identity's gradient plus, for every live filter, the adjoint of its padded strided
 // correlation (polyphase, above). A factored filter's adjoint is the transpose of its forward: each term's row pass
 // transposed (a stride-sw row gather of g_k, summed per column u into h_u) and then column u's pass transposed (a
@@ -725,6 +946,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     group_columns.insert(group_columns.end(), kb.columns.begin() + grp.column * S1,
                          kb.columns.begin() + (grp.column + 1) * S1);
   const int64_t L = static_cast<int64_t>(live.size()), G = static_cast<int64_t>(groups.size());
+  if (!is_channels_last(grad_y) && a.strided() && G == 0 && mode == PadMode::Zeros)
+    return backward_planes<scalar_t>(g, live, wl, S1, S2, a, grad_y);
   // A staged gradient row: E zero pixels (the widest phase's reach to the left), the Wo pixels, zeros up to the last
   // column any phase reads.
   const int64_t E = (S2 - 1) / sw, Wg = E + std::max(Wo, ceil_div(pw, sw));
