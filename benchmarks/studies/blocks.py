@@ -4,7 +4,8 @@ Each case builds one block of fixedbranch.blocks and times the block itself agai
 ``fixedbranch.blocks.published_formulation()``, which runs the published code's grouped convolutions (the same
 parameters, so the check compares like with like): forward in evaluation mode under no_grad, and forward+backward in
 training mode with the gradients of the input and of every trainable parameter. The cases are the networks' own
-sizes: harmonic networks' 3x3 DCT block and 7x7 stride-2 stem (``Harm2d(use_bn=True)``, fused), a 3x3 ``Harm2d``
+sizes: harmonic networks' 3x3 DCT block and 7x7 stride-2 stem (``Harm2d(use_bn=True)``, fused in training; in
+evaluation mode the block folds its bank, BatchNorm and 1x1 convolution into one convolution), a 3x3 ``Harm2d``
 without BatchNorm and one with dilation 2 (published formulation: the speed-up is 1 up to noise); pre-defined filter
 networks' module with every filter on every channel (f = 16, fused), PFNet's stride-2 first module, and a module with
 one filter per channel (f = 1, published formulation). float32, 2 threads.

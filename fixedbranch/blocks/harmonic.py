@@ -53,7 +53,10 @@ class Harm2d(nn.Module):
     Fused: with ``use_bn=True``, an odd ``kernel_size``, ``padding = kernel_size // 2`` (or ``"same"``) and
     ``dilation = 1``, the DCT stage runs as one ``fixed_branch(x, bank, identity=False, order="channel",
     stride=stride)`` with the bank read from ``dct`` (so a loaded checkpoint's filters are the ones applied). Other
-    paddings, dilations and ``use_bn=False`` (already a single convolution) run the published formulation.
+    paddings, dilations and ``use_bn=False`` (already a single convolution) run the published formulation. In
+    evaluation mode (``bn`` on its running statistics) the bank, ``bn`` and ``weight`` are one linear map, run as one
+    ``kernel_size`` convolution whose filters and bias fold them together (for every padding and dilation), as
+    ``use_bn=False`` does.
 
     Example:
         >>> from fixedbranch.blocks import Harm2d
@@ -75,7 +78,7 @@ class Harm2d(nn.Module):
         bank = dct_bank(kernel_size, level, DC)
         dct = bank.repeat(ni, 1, 1).unsqueeze(1) if use_bn else bank.unsqueeze(0)
         self.dct = nn.Parameter(dct, requires_grad=False)
-        nf = bank.shape[0]
+        nf = self.dct_filters = bank.shape[0]
         # The published order of construction, so that the same seed draws the same weights.
         if use_bn:
             self.bn = nn.BatchNorm2d(ni * nf, affine=False)
@@ -95,12 +98,29 @@ class Harm2d(nn.Module):
             # One convolution whose filters are the learned combinations of the DCT filters.
             filters = torch.sum(self.weight * self.dct, dim=2)
             return F.conv2d(x, filters, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if not published() and not self.bn.training and self.bn.running_mean is not None:
+            filters, bias = self._folded()
+            return F.conv2d(x, filters, bias, self.stride, self.padding, self.dilation, self.groups)
         bank = shared_bank(self, self.dct, x.shape[1]) if self.fused and not published() else None
         if bank is not None:
             x = ops.fixed_branch(x, bank, identity=False, order="channel", stride=self.stride)
         else:
             x = F.conv2d(x, self.dct, None, self.stride, self.padding, self.dilation, groups=x.shape[1])
         return F.conv2d(self.bn(x), self.weight, self.bias, padding=0, groups=self.groups)
+
+    def _folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The filters and bias of the one convolution equal to the DCT bank, BatchNorm on its running statistics and
+        the 1x1 convolution: bn(z)_c = z_c * r_c - m_c * r_c with r = 1/sqrt(running_var + eps) is affine, so
+        weight[o, c] * r_c folds into the DCT filter of channel c, and the shifts into the bias."""
+        ni_g, out = self.weight.shape[1] // self.dct_filters, self.weight.shape[0]
+        rstd = torch.rsqrt(self.bn.running_var + self.bn.eps)
+        scaled = self.weight.flatten(1) * rstd.view(self.groups, 1, -1).expand(-1, out // self.groups, -1).flatten(0, 1)
+        bank = self.dct.view(self.groups, ni_g, self.dct_filters, -1)  # (groups, ni/groups, K, k*k)
+        filters = torch.einsum("goik,gikp->goip", scaled.view(self.groups, out // self.groups, ni_g, -1), bank)
+        filters = filters.reshape(out, ni_g, self.kernel_size, self.kernel_size)
+        shift = (scaled * self.bn.running_mean.view(self.groups, 1, -1).expand(-1, out // self.groups, -1)
+                 .flatten(0, 1)).sum(1)
+        return filters, -shift if self.bias is None else self.bias - shift
 
     def extra_repr(self) -> str:
         parts = [f"kernel_size={self.kernel_size}", f"stride={self.stride}", f"padding={self.padding}"]
