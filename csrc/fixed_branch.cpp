@@ -274,7 +274,7 @@ TORCH_LIBRARY(fixedbranch, m) {
   // one implementation for every dispatch key.
   m.def("_bank_plan(Tensor bank) -> Tensor");
   m.def("_bank_plan_reconstruct(Tensor bank) -> Tensor");
-  m.def("_bank_plan_pays_on_cpu(Tensor bank) -> bool");
+  m.def("_bank_plan_pays_on_cpu(Tensor bank, bool backward=False) -> bool");
   m.def("_bank_plan_columns() -> str[]", &bank_plan_columns);
   m.def("_bank_plan_tolerances(ScalarType dtype) -> float[]", &bank_plan_tolerances);
   m.def("_set_factoring(str policy) -> str", &set_factoring);

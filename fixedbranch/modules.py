@@ -109,7 +109,7 @@ class _BankModule:
 def _options_repr(module) -> str:
     """The branch options that differ from their defaults."""
     parts = [f"stop_gradient={module.stop_gradient}"] if module.stop_gradient else []
-    if module.plan is not None and module.plan.cpu_path == "factored":
+    if module.plan is not None and "factored" in module.plan.cpu_paths:
         parts.append(f"factored={module.plan.columns} column passes")
     if not module.identity:
         parts.append("identity=False")

@@ -67,8 +67,10 @@ class BankPlan:
         direct_taps: multiply-adds per output pixel of the direct path for the whole bank, K·S1·S2.
         plan_taps: multiply-adds per output pixel of this plan: columns·S1 + S2 per separable term + S1·S2 per
             direct filter (counted by the extension).
-        cpu_path: "factored" if the CPU kernels run this plan, "direct" if they correlate every filter directly
-            (their estimate of what a row-pass tap and an intermediate pass cost says the plan does not pay).
+        cpu_paths: (forward, backward): for each pass of the CPU kernels, "factored" if it runs this plan,
+            "direct" if it correlates every filter directly (their estimate of what a row-pass tap and an
+            intermediate pass cost says the plan does not pay there).
+        cpu_path: the two in one phrase: "factored", "direct", or e.g. "direct forward, factored backward".
     """
 
     shape: tuple[int, int, int]
@@ -78,7 +80,12 @@ class BankPlan:
     columns: int
     direct_taps: int
     plan_taps: int
-    cpu_path: str
+    cpu_paths: tuple[str, str]
+
+    @property
+    def cpu_path(self) -> str:
+        forward, backward = self.cpu_paths
+        return forward if forward == backward else f"{forward} forward, {backward} backward"
 
     def __str__(self) -> str:
         k, s1, s2 = self.shape
@@ -132,5 +139,6 @@ def bank_plan(bank: torch.Tensor) -> BankPlan:
         columns=sum(row[_COLUMN["new_columns"]] for row in table),
         direct_taps=k * s1 * s2,
         plan_taps=sum(row[_COLUMN["taps"]] for row in table),
-        cpu_path="factored" if torch.ops.fixedbranch._bank_plan_pays_on_cpu.default(bank.detach()) else "direct",
+        cpu_paths=tuple("factored" if torch.ops.fixedbranch._bank_plan_pays_on_cpu.default(bank.detach(), backward)
+                        else "direct" for backward in (False, True)),
     )

@@ -12,12 +12,16 @@
 
 namespace fixedbranch {
 
-// Whether the CPU kernels run `plan` rather than the direct correlation of every filter (their default).
-bool pays_on_cpu(const BankPlan& plan);
+// The CPU kernels' passes, which the cost model weighs apart: the forward writes each factored filter's map from a
+// row pass of its own, the backward sums the row passes' adjoints into shared column accumulators.
+enum class Pass { Forward, Backward };
 
-// The plan the CPU kernels run for `bank` (rounded to the compute dtype, on the CPU), or null where they correlate
-// every filter directly: by pays_on_cpu, unless fixedbranch::_set_factoring forced a path.
-std::shared_ptr<const BankPlan> cpu_plan(const at::Tensor& bank);
+// Whether the CPU kernels' `pass` runs `plan` rather than the direct correlation of every filter (their default).
+bool pays_on_cpu(const BankPlan& plan, Pass pass);
+
+// The plan the CPU kernels' `pass` runs for `bank` (rounded to the compute dtype, on the CPU), or null where it
+// correlates every filter directly: by pays_on_cpu, unless fixedbranch::_set_factoring forced a path.
+std::shared_ptr<const BankPlan> cpu_plan(const at::Tensor& bank, Pass pass);
 
 // How a bank's plan is used: by the cost model (Auto), never, or whenever the plan factors a filter.
 enum class Factoring : int { Auto = 0, Never = 1, Always = 2 };
@@ -29,7 +33,8 @@ Factoring factoring_policy();
 // filter); returns the previous policy. Benchmarks compare the paths; results agree within the tolerances either way.
 std::string set_factoring(c10::string_view policy);
 
-// fixedbranch::_bank_plan_pays_on_cpu, a diagnostic: pays_on_cpu of the plan of `bank` (any device).
-bool bank_plan_pays_on_cpu(const at::Tensor& bank);
+// fixedbranch::_bank_plan_pays_on_cpu, a diagnostic: pays_on_cpu of the plan of `bank` (any device), for the
+// backward pass or the forward.
+bool bank_plan_pays_on_cpu(const at::Tensor& bank, bool backward);
 
 }  // namespace fixedbranch

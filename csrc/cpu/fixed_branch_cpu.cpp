@@ -370,12 +370,12 @@ struct KernelBank {
 };
 
 template <typename opmath_t>
-KernelBank<opmath_t> kernel_bank(const at::Tensor& bank) {
+KernelBank<opmath_t> kernel_bank(const at::Tensor& bank, Pass pass) {
   KernelBank<opmath_t> kb;
   const int64_t K = bank.size(0);
   kb.S1 = bank.size(1), kb.S2 = bank.size(2);
   const int64_t taps = kb.S1 * kb.S2;
-  const std::shared_ptr<const BankPlan> plan = cpu_plan(bank);  // null: every filter direct
+  const std::shared_ptr<const BankPlan> plan = cpu_plan(bank, pass);  // null: every filter direct
   const std::vector<opmath_t> w = bank_values<opmath_t>(bank);
   for (int64_t k = 1; k <= K; ++k) {
     if (plan && plan->factored(k - 1)) {
@@ -537,7 +537,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
   const SamePad& pad = a.pad;
   const RowLayout layout = row_layout(W + S2 - 1, a.stride_w);
   const bool cl = is_channels_last(out);
-  const KernelBank<opmath_t> kb = kernel_bank<opmath_t>(bank);
+  const KernelBank<opmath_t> kb = kernel_bank<opmath_t>(bank, Pass::Forward);
   const int64_t Kd = static_cast<int64_t>(kb.direct.size()), U = kb.num_columns;
   if (!cl && a.strided() && U == 0) return forward_planes<scalar_t>(y, kb, a, out);
   // A task's tile holds its staged rows and, for a factored bank, the U column passes of one row.
@@ -909,7 +909,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   const SamePad& pad = a.pad;
   const PadMode mode = a.mode;
   const int64_t pw = W + S2 - 1;  // width of the padded image: the adjoint's columns
-  const KernelBank<opmath_t> kb = kernel_bank<opmath_t>(bank);
+  const KernelBank<opmath_t> kb = kernel_bank<opmath_t>(bank, Pass::Backward);
   // Live filters (whose gradient reaches y) are staged, the direct ones first.
   std::vector<int64_t> live;
   std::vector<opmath_t> wl;  // the live direct filters' taps
