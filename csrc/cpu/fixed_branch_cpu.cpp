@@ -784,10 +784,10 @@ void gather_columns(const Gather<opmath_t>& g, const Phases& ph, int64_t cv, int
   }
 }
 
-// dst[j] += the phase rows' value of padded column q = j + lpad, for j in [0, W): phase q % sw (its row at
+// dst[j] (+)= the phase rows' value of padded column q = j + lpad, for j in [0, W): phase q % sw (its row at
 // row + (q % sw) * phase_stride) at q / sw.
-template <typename opmath_t>
-void add_phases(const opmath_t* row, int64_t phase_stride, int64_t sw, int64_t lpad, int64_t W, opmath_t* dst) {
+template <bool kAccumulate, typename opmath_t>
+void interleave_phases(const opmath_t* row, int64_t phase_stride, int64_t sw, int64_t lpad, int64_t W, opmath_t* dst) {
   using Vec = at::vec::Vectorized<opmath_t>;
   constexpr int64_t V = Vec::size();
   if (sw == 2) {
@@ -800,18 +800,21 @@ void add_phases(const opmath_t* row, int64_t phase_stride, int64_t sw, int64_t l
                                              Vec::loadu(b + k, std::max<int64_t>(0, std::min(odd - k, V))));
       const int64_t left = W - 2 * k;  // columns from 2k on
       const int64_t n0 = std::min(left, V), n1 = std::max<int64_t>(0, std::min(left - V, V));
-      (Vec::loadu(dst + 2 * k, n0) + pair.first).store(dst + 2 * k, n0);
-      if (n1 > 0) (Vec::loadu(dst + 2 * k + V, n1) + pair.second).store(dst + 2 * k + V, n1);
+      (kAccumulate ? Vec::loadu(dst + 2 * k, n0) + pair.first : pair.first).store(dst + 2 * k, n0);
+      if (n1 > 0)
+        (kAccumulate ? Vec::loadu(dst + 2 * k + V, n1) + pair.second : pair.second).store(dst + 2 * k + V, n1);
     }
     return;
   }
   for (int64_t pc = 0; pc < sw; ++pc) {
     const opmath_t* src = row + pc * phase_stride;
     const int64_t j0 = ((pc - lpad) % sw + sw) % sw, m0 = (j0 + lpad) / sw;
-    if (sw == 1) {
+    if (sw == 1 && kAccumulate) {
       at::vec::map2([](Vec x, Vec y) { return x + y; }, dst, dst, src + m0, W);
+    } else if (sw == 1) {
+      std::copy_n(src + m0, W, dst);
     } else {
-      for (int64_t j = j0, m = m0; j < W; j += sw, ++m) dst[j] += src[m];
+      for (int64_t j = j0, m = m0; j < W; j += sw, ++m) dst[j] = (kAccumulate ? dst[j] : opmath_t(0)) + src[m];
     }
   }
 }
@@ -866,8 +869,13 @@ void backward_planes(const at::Tensor& g, const std::vector<int64_t>& live,
         const scalar_t* base = g_slot(a.slot(live[l]));
         opmath_t* row = stage.data() + l * stage_len;
         for (int64_t o = mr0 - Dr; o < mr0 + nm; ++o, row += pitch) {
-          std::fill(row, row + pitch, opmath_t(0));
-          if (o >= 0 && o < Ho) copy_pixels(base + o * g.stride(2), v, Wo, 1, row + Dc);
+          if (o < 0 || o >= Ho) {
+            std::fill(row, row + pitch, opmath_t(0));
+            continue;
+          }
+          std::fill(row, row + Dc, opmath_t(0));
+          copy_pixels(base + o * g.stride(2), v, Wo, 1, row + Dc);
+          std::fill(row + Dc + Wo, row + pitch, opmath_t(0));
         }
       }
       for (int64_t phase = 0; phase < P && L > 0; ++phase) {
@@ -879,20 +887,28 @@ void backward_planes(const at::Tensor& g, const std::vector<int64_t>& live,
           correlate_sum<false>(sources.data(), L, phase_off[phase].data(), phase_w[phase].data(), nt, dst, nm * pitch);
         }
       }
+      // This task's rows of dL/dy: in place where they are float or double rows of W values, W apart.
       const int64_t n = t.i1 - t.i0;
-      if (identity_live) {
-        identity_adjoint_rows(g_slot(0), v, sh, sw, t.i0, n, W, acc.data());
-      } else {
-        std::fill(acc.begin(), acc.begin() + n * W, opmath_t(0));
+      scalar_t* gy_base = gy_ptr + t.n * grad_y.stride(0) + t.c0 * grad_y.stride(1);
+      opmath_t* rows = acc.data();
+      if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+        if (grad_y.stride(3) == 1 && grad_y.stride(2) == W) rows = gy_base + t.i0 * W;
       }
-      for (int64_t i = 0; i < n && L > 0; ++i) {
+      if (identity_live) identity_adjoint_rows(g_slot(0), v, sh, sw, t.i0, n, W, rows);
+      for (int64_t i = 0; i < n; ++i) {
         const int64_t p = t.i0 + i + pad.top;
         const opmath_t* row = phases.data() + (p % sh) * sw * phase_len + (p / sh - mr0) * pitch;
-        add_phases(row, phase_len, sw, pad.left, W, acc.data() + i * W);
+        if (L == 0) {
+          if (!identity_live) std::fill(rows + i * W, rows + (i + 1) * W, opmath_t(0));
+        } else if (identity_live) {
+          interleave_phases<true>(row, phase_len, sw, pad.left, W, rows + i * W);
+        } else {
+          interleave_phases<false>(row, phase_len, sw, pad.left, W, rows + i * W);
+        }
       }
-      scalar_t* gy_base = gy_ptr + t.n * grad_y.stride(0) + t.c0 * grad_y.stride(1);
-      for (int64_t i = 0; i < n; ++i)
-        store_row(acc.data() + i * W, W, 1, gy_base + (t.i0 + i) * grad_y.stride(2), grad_y.stride(3), grad_y.stride(1));
+      if (rows == acc.data())
+        for (int64_t i = 0; i < n; ++i)
+          store_row(rows + i * W, W, 1, gy_base + (t.i0 + i) * grad_y.stride(2), grad_y.stride(3), grad_y.stride(1));
     }
   });
 }
