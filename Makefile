@@ -23,8 +23,8 @@ bench: $(VENV)/.built
 	$(PY) -m benchmarks suite --preset full --out benchmarks/results
 	$(PY) -m benchmarks banks --preset full --warm-malloc --out benchmarks/results
 	$(PY) -m benchmarks options --preset full --warm-malloc --out benchmarks/results
-	$(PY) -m benchmarks blocks --preset full --out benchmarks/results
-	$(PY) -m benchmarks wavelets --preset full --out benchmarks/results
+	$(PY) -m benchmarks blocks --preset full --warm-malloc --out benchmarks/results
+	$(PY) -m benchmarks wavelets --preset full --warm-malloc --out benchmarks/results
 	$(PY) -m benchmarks overhead --preset full --out benchmarks/results
 	$(PY) -m benchmarks allocation --preset full --out benchmarks/results
 	$(PY) -m benchmarks allocation --preset full --warm-malloc --out benchmarks/results
