@@ -1,0 +1,198 @@
+// The CPU kernels' arithmetic: register-blocked correlations over staged rows (staging.h), and the bank as the
+// kernels run it, direct or factored by its plan.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "bank_plan/bank_plan.h"
+#include "cpu/cost_model.h"
+#include "cpu/staging.h"
+
+namespace fixedbranch {
+namespace cpu {
+
+// dst[k][x] (+)= sum_t w[k * w_stride + t] * src[x + off[t]] for x in [0, len) and KB branches at once.
+//
+// The input vectors of a tap are loaded once and feed all KB branches, so a step of U vectors costs U input loads
+// and KB weight broadcasts for KB*U FMAs. One branch at a time needed a broadcast and a load per FMA and ran at a
+// third of the FMA rate (3.0 ns per pixel for K=4 3x3 float32, in cache, on one AVX2 core). src must be readable
+// kSlack elements past src + len + max(off).
+template <int KB, int U, bool kAccumulate, typename opmath_t>
+void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t w_stride, int64_t taps,
+               opmath_t* const* dst, int64_t len) {
+  using Vec = at::vec::Vectorized<opmath_t>;
+  constexpr int64_t V = Vec::size();
+  static_assert(U * V <= kSlack<opmath_t>, "slack too small for one step");
+  auto step = [&](int64_t x, Vec (&acc)[KB][U]) {
+    for (int64_t t = 0; t < taps; ++t) {
+      const opmath_t* s = src + x + off[t];
+      Vec in[U];
+      for (int u = 0; u < U; ++u) in[u] = Vec::loadu(s + u * V);
+      for (int k = 0; k < KB; ++k) {
+        const Vec wk(w[k * w_stride + t]);
+        for (int u = 0; u < U; ++u) acc[k][u] = at::vec::fmadd(wk, in[u], acc[k][u]);
+      }
+    }
+  };
+  int64_t x = 0;
+  for (; x + U * V <= len; x += U * V) {
+    Vec acc[KB][U];
+    for (int k = 0; k < KB; ++k)
+      for (int u = 0; u < U; ++u) acc[k][u] = kAccumulate ? Vec::loadu(dst[k] + x + u * V) : Vec(0);
+    step(x, acc);
+    for (int k = 0; k < KB; ++k)
+      for (int u = 0; u < U; ++u) acc[k][u].store(dst[k] + x + u * V);
+  }
+  if (x == len) return;
+  // The tail runs full vectors over the slack and keeps only its len - x values.
+  const int64_t n = len - x;
+  alignas(64) opmath_t buf[KB][U * V];
+  Vec acc[KB][U];
+  for (int k = 0; k < KB; ++k) {
+    std::fill(buf[k], buf[k] + U * V, opmath_t(0));
+    if (kAccumulate) std::copy(dst[k] + x, dst[k] + len, buf[k]);
+    for (int u = 0; u < U; ++u) acc[k][u] = Vec::loadu(buf[k] + u * V);
+  }
+  step(x, acc);
+  for (int k = 0; k < KB; ++k) {
+    for (int u = 0; u < U; ++u) acc[k][u].store(buf[k] + u * V);
+    std::copy(buf[k], buf[k] + n, dst[k] + x);
+  }
+}
+
+// All K branches of one row of `npix` pixels of cv values, four branches at a time: pixel p of branch k goes to
+// dst[k] + p * dst_stride. A channels_last output interleaves the branches per pixel (dst_stride = (K+1)*C);
+// NCHW passes the whole row as one pixel.
+template <typename opmath_t>
+void correlate_branches(const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t taps, int64_t K,
+                        opmath_t* const* dst, int64_t npix, int64_t cv, int64_t dst_stride) {
+  opmath_t* d[4];
+  for (int64_t p = 0; p < npix; ++p) {
+    const opmath_t* s = src + p * cv;
+    for (int64_t k = 0; k < K; k += 4) {
+      const int64_t kb = std::min<int64_t>(4, K - k);
+      for (int64_t b = 0; b < kb; ++b) d[b] = dst[k + b] + p * dst_stride;
+      const opmath_t* wk = w + k * taps;
+      // Short runs (a few channels per pixel) take one vector per step so that they rarely reach the tail.
+      const bool short_run = cv < 2 * at::vec::Vectorized<opmath_t>::size();
+      switch (kb + (short_run ? 4 : 0)) {
+        case 4: correlate<4, 2, false>(s, off, wk, taps, taps, d, cv); break;
+        case 3: correlate<3, 2, false>(s, off, wk, taps, taps, d, cv); break;
+        case 2: correlate<2, 3, false>(s, off, wk, taps, taps, d, cv); break;
+        case 1: correlate<1, 4, false>(s, off, wk, taps, taps, d, cv); break;
+        case 8: correlate<4, 1, false>(s, off, wk, taps, taps, d, cv); break;
+        case 7: correlate<3, 1, false>(s, off, wk, taps, taps, d, cv); break;
+        case 6: correlate<2, 1, false>(s, off, wk, taps, taps, d, cv); break;
+        default: correlate<1, 1, false>(s, off, wk, taps, taps, d, cv); break;
+      }
+    }
+  }
+}
+
+// dst[x] (+)= sum_s sum_t w[s * taps + t] * src[s][x + off[t]]: the backward's sum over branches, kept in
+// registers across all sources so that the sum is written once.
+template <bool kAccumulate, typename opmath_t>
+void correlate_sum(const opmath_t* const* src, int64_t nsrc, const int64_t* off, const opmath_t* w, int64_t taps,
+                   opmath_t* dst, int64_t len) {
+  using Vec = at::vec::Vectorized<opmath_t>;
+  constexpr int64_t V = Vec::size();
+  constexpr int U = 4;
+  auto step = [&](int64_t x, Vec (&acc)[U]) {
+    for (int64_t s = 0; s < nsrc; ++s) {
+      for (int64_t t = 0; t < taps; ++t) {
+        const Vec wt(w[s * taps + t]);
+        const opmath_t* p = src[s] + x + off[t];
+        for (int u = 0; u < U; ++u) acc[u] = at::vec::fmadd(wt, Vec::loadu(p + u * V), acc[u]);
+      }
+    }
+  };
+  int64_t x = 0;
+  for (; x + U * V <= len; x += U * V) {
+    Vec acc[U];
+    for (int u = 0; u < U; ++u) acc[u] = kAccumulate ? Vec::loadu(dst + x + u * V) : Vec(0);
+    step(x, acc);
+    for (int u = 0; u < U; ++u) acc[u].store(dst + x + u * V);
+  }
+  if (x == len) return;
+  alignas(64) opmath_t buf[U * V] = {};
+  if (kAccumulate) std::copy(dst + x, dst + len, buf);
+  Vec acc[U];
+  for (int u = 0; u < U; ++u) acc[u] = Vec::loadu(buf + u * V);
+  step(x, acc);
+  for (int u = 0; u < U; ++u) acc[u].store(buf + u * V);
+  std::copy(buf, buf + (len - x), dst + x);
+}
+
+template <typename opmath_t>
+std::vector<opmath_t> bank_values(const at::Tensor& bank) {
+  const at::Tensor b = bank.to(at::CppTypeToScalarType<opmath_t>::value).contiguous();
+  return std::vector<opmath_t>(b.data_ptr<opmath_t>(), b.data_ptr<opmath_t>() + b.numel());
+}
+
+// The bank as the CPU kernels run it: the filters the plan factors (bank_plan/bank_plan.h) as column passes shared
+// across the bank, then a row pass per separable term; the others as direct correlations. Values in opmath_t.
+template <typename opmath_t>
+struct KernelBank {
+  int64_t S1 = 0, S2 = 0;
+  std::vector<int64_t> direct, factored;      // filter indices 1..K of each kind
+  std::vector<opmath_t> direct_weights;       // per direct filter, S1*S2 taps
+  int64_t num_columns = 0;
+  std::vector<opmath_t> columns;              // per column, S1 values
+  std::vector<int64_t> term_begin;            // terms of factored filter j: [term_begin[j], term_begin[j+1])
+  std::vector<int64_t> term_column;           // per term, its column
+  std::vector<opmath_t> term_rows;            // per term, S2 values
+};
+
+template <typename opmath_t>
+KernelBank<opmath_t> kernel_bank(const at::Tensor& bank, Pass pass) {
+  KernelBank<opmath_t> kb;
+  const int64_t K = bank.size(0);
+  kb.S1 = bank.size(1), kb.S2 = bank.size(2);
+  const int64_t taps = kb.S1 * kb.S2;
+  const std::shared_ptr<const BankPlan> plan = cpu_plan(bank, pass);  // null: every filter direct
+  const std::vector<opmath_t> w = bank_values<opmath_t>(bank);
+  for (int64_t k = 1; k <= K; ++k) {
+    if (plan && plan->factored(k - 1)) {
+      kb.factored.push_back(k);
+    } else {
+      kb.direct.push_back(k);
+      kb.direct_weights.insert(kb.direct_weights.end(), w.begin() + (k - 1) * taps, w.begin() + k * taps);
+    }
+  }
+  if (!plan) return kb;
+  auto put = [&](const std::vector<double>& v, std::vector<opmath_t>& dst) {
+    for (const double x : v) dst.push_back(static_cast<opmath_t>(x));
+  };
+  kb.num_columns = static_cast<int64_t>(plan->columns.size());
+  for (const auto& column : plan->columns) put(column, kb.columns);
+  kb.term_begin.push_back(0);
+  for (const int64_t k : kb.factored) {
+    for (const auto& term : plan->terms[k - 1]) {
+      kb.term_column.push_back(term.column);
+      put(term.row, kb.term_rows);
+    }
+    kb.term_begin.push_back(static_cast<int64_t>(kb.term_column.size()));
+  }
+  return kb;
+}
+
+// correlate<KB, ...> for a run-time KB in 1..4, no accumulation: KB column passes at once.
+template <typename opmath_t>
+void correlate_columns(int64_t kb, const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t taps,
+                       opmath_t* const* dst, int64_t len) {
+  switch (kb) {
+    case 4: correlate<4, 2, false>(src, off, w, taps, taps, dst, len); break;
+    case 3: correlate<3, 2, false>(src, off, w, taps, taps, dst, len); break;
+    case 2: correlate<2, 3, false>(src, off, w, taps, taps, dst, len); break;
+    default: correlate<1, 4, false>(src, off, w, taps, taps, dst, len); break;
+  }
+}
+
+}  // namespace cpu
+}  // namespace fixedbranch

@@ -1,0 +1,247 @@
+// The strided NCHW kernels that run a task plane by plane (planes.h).
+#include "cpu/planes.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/staging.h"
+
+namespace fixedbranch {
+namespace cpu {
+namespace {
+
+// Strided NCHW passes of direct filters run plane by plane. Rows at a stride are short (a wavelet level of a
+// 56-pixel map has 28-pixel rows), and row by row the correlation spent more on each call's setup and partial last
+// vector than on its arithmetic. A task's padded rows are staged as sh*sw polyphase planes instead: plane
+// (r % sh, q % sw) holds padded pixel (r, q) at row r / sh, column q / sw, each plane row `pitch` values. Every tap
+// of every output of the task is then one offset into contiguous memory, the task is one correlation over its
+// rows * pitch values. A plane row holds the Wo + (S2-1)/sw pixels the outputs of a row read; when that is Wo (a
+// stride as wide as the filter, as in the Haar transform) and a map's rows are contiguous, the correlation writes the
+// maps in place, else into rows of `pitch` values whose last (S2-1)/sw are dropped.
+struct Planes {
+  int64_t sh, sw, rows, pitch;
+  int64_t size() const { return rows * pitch; }
+  int64_t at(int64_t r, int64_t q) const { return ((r % sh) * sw + q % sw) * size() + (r / sh) * pitch + q / sw; }
+};
+
+// dst[j] (+)= the phase rows' value of padded column q = j + lpad, for j in [0, W): phase q % sw (its row at
+// row + (q % sw) * phase_stride) at q / sw.
+template <bool kAccumulate, typename opmath_t>
+void interleave_phases(const opmath_t* row, int64_t phase_stride, int64_t sw, int64_t lpad, int64_t W, opmath_t* dst) {
+  using Vec = at::vec::Vectorized<opmath_t>;
+  constexpr int64_t V = Vec::size();
+  if (sw == 2) {
+    // Even columns j = 2k read a[k], odd ones b[k]: interleave a vector of each, the last pair in part.
+    const opmath_t* a = row + (lpad % 2) * phase_stride + lpad / 2;
+    const opmath_t* b = row + ((lpad + 1) % 2) * phase_stride + (lpad + 1) / 2;
+    const int64_t even = (W + 1) / 2, odd = W / 2;
+    for (int64_t k = 0; k < even; k += V) {
+      const auto pair = at::vec::interleave2(Vec::loadu(a + k, std::min(even - k, V)),
+                                             Vec::loadu(b + k, std::max<int64_t>(0, std::min(odd - k, V))));
+      const int64_t left = W - 2 * k;  // columns from 2k on
+      const int64_t n0 = std::min(left, V), n1 = std::max<int64_t>(0, std::min(left - V, V));
+      (kAccumulate ? Vec::loadu(dst + 2 * k, n0) + pair.first : pair.first).store(dst + 2 * k, n0);
+      if (n1 > 0)
+        (kAccumulate ? Vec::loadu(dst + 2 * k + V, n1) + pair.second : pair.second).store(dst + 2 * k + V, n1);
+    }
+    return;
+  }
+  for (int64_t pc = 0; pc < sw; ++pc) {
+    const opmath_t* src = row + pc * phase_stride;
+    const int64_t j0 = ((pc - lpad) % sw + sw) % sw, m0 = (j0 + lpad) / sw;
+    if (sw == 1 && kAccumulate) {
+      at::vec::map2([](Vec x, Vec y) { return x + y; }, dst, dst, src + m0, W);
+    } else if (sw == 1) {
+      std::copy_n(src + m0, W, dst);
+    } else {
+      for (int64_t j = j0, m = m0; j < W; j += sw, ++m) dst[j] = (kAccumulate ? dst[j] : opmath_t(0)) + src[m];
+    }
+  }
+}
+
+}  // namespace
+
+// The forward of every filter when all are direct, y in NCHW (any strides) and a stride > 1.
+template <typename scalar_t>
+void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar_t>>& kb, const BranchArgs& a,
+                    at::Tensor& out) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t C = a.C, H = a.H, W = a.W, Ho = a.out_h, Wo = a.out_w, K = a.K, sh = a.stride_h, sw = a.stride_w;
+  const int64_t S1 = kb.S1, S2 = kb.S2, taps = S1 * S2;
+  const SamePad& pad = a.pad;
+  const int64_t pw = W + S2 - 1, pitch = Wo + (S2 - 1) / sw;
+  // Per output row: sh padded rows (sh*sw plane rows) and K rows of maps, each about `pitch` values.
+  const Tiling tl = make_tiling(C, Ho, pitch, sh * sw + K, (S1 - 1) / sh, /*channels_last=*/false, sizeof(opmath_t));
+  const Planes planes{sh, sw, tl.rows + (S1 - 1) / sh, pitch};  // every task's plane geometry
+  std::vector<int64_t> off(taps);
+  for (int64_t r = 0; r < S1; ++r)
+    for (int64_t q = 0; q < S2; ++q) off[r * S2 + q] = planes.at(r, q);
+  const int64_t map_len = tl.rows * pitch + kSlack<opmath_t>;
+  const scalar_t* y_ptr = y.const_data_ptr<scalar_t>();
+  scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+  const int64_t osW = out.stride(3), slot_osC = a.channel_step() * out.stride(1);
+  const bool in_place = std::is_same_v<scalar_t, opmath_t> && pitch == Wo && osW == 1 && out.stride(2) == Wo;
+
+  at::parallel_for(0, tl.tasks(a.N), tl.grain(Wo, K + 1), [&](int64_t begin, int64_t end) {
+    // The last tap of the last dropped output reads (S2-1)/sw < pitch values past the planes.
+    std::vector<opmath_t> tile(sh * sw * planes.size() + pitch + kSlack<opmath_t>);
+    std::vector<opmath_t> row(pw), maps(K * map_len);
+    std::vector<opmath_t*> dst(K);
+    for (int64_t id = begin; id < end; ++id) {
+      for (int64_t k = 0; k < K; ++k) dst[k] = maps.data() + k * map_len;
+      const Task t = locate(tl, id, C, Ho);
+      const int64_t n = t.i1 - t.i0;
+      const View v{H, W, y.stride(2), y.stride(3), y.stride(1), 1};
+      const scalar_t* base = y_ptr + t.n * y.stride(0) + t.c0 * y.stride(1);
+      for (int64_t r = 0; r < (n - 1) * sh + S1; ++r) {
+        opmath_t* dst = tile.data() + planes.at(r, 0);
+        const int64_t source = pad_source_index(t.i0 * sh - pad.top + r, H, a.mode);
+        if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+          // Float rows split straight from y; only the few border columns go pixel by pixel.
+          if (sw == 2 && v.sW == 1 && source >= 0) {
+            const scalar_t* src = base + source * v.sH;
+            split_phases(src, W, 2, 1, pitch, dst, planes.size(), pad.left);
+            for (int64_t q = 0; q < pw; ++q) {
+              if (q == pad.left) q += W;
+              if (q >= pw) break;
+              if (q / 2 >= pitch) continue;
+              const int64_t j = pad_source_index(q - pad.left, W, a.mode);
+              dst[(q % 2) * planes.size() + q / 2] = j < 0 ? opmath_t(0) : src[j];
+            }
+            continue;
+          }
+        }
+        stage_rows(base, v, t.i0 * sh - pad.top + r, 1, pad.left, pad.right, a.mode, row.data());
+        split_phases(row.data(), pw, sw, 1, pitch, dst, planes.size());
+      }
+      scalar_t* out_task = out_ptr + t.n * out.stride(0) + t.i0 * out.stride(2);
+      if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+        if (in_place) {
+          for (int64_t k = 1; k <= K; ++k) dst[k - 1] = out_task + a.channel(a.slot(k), t.c0) * out.stride(1);
+        }
+      }
+      correlate_branches(tile.data(), off.data(), kb.direct_weights.data(), taps, K, dst.data(), 1, n * pitch, 0);
+      for (int64_t i = 0; i < n; ++i) {
+        scalar_t* out_row = out_task + i * out.stride(2);
+        if (a.identity)
+          store_row(tile.data() + planes.at(i * sh + pad.top, pad.left), Wo, 1,
+                    out_row + a.channel(0, t.c0) * out.stride(1), osW, slot_osC);
+        if (!in_place)
+          for (int64_t k = 1; k <= K; ++k)
+            store_row(dst[k - 1] + i * pitch, Wo, 1, out_row + a.channel(a.slot(k), t.c0) * out.stride(1), osW,
+                      slot_osC);
+      }
+    }
+  });
+}
+
+// The strided backward plane by plane (see forward_planes), for live filters that are all direct, g in NCHW and
+// zero padding. A task stages each live gradient's rows once, with Dr zero rows above and Dc zero pixels to the left.
+// Padded pixel (pr + sh*mr, pc + sw*mc) of the adjoint gathers only the taps (pr + sh*dr, pc + sw*dc), from
+// gradient pixel (mr - dr, mc - dc): so each phase (pr, pc) is one correlation of the staged rows over the whole task,
+// and the phases are interleaved into dL/dy's rows.
+template <typename scalar_t>
+void backward_planes(const at::Tensor& g, const std::vector<int64_t>& live,
+                     const std::vector<at::opmath_type<scalar_t>>& weights, int64_t S1, int64_t S2, const BranchArgs& a,
+                     at::Tensor& grad_y) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t C = a.C, H = a.H, W = a.W, Ho = a.out_h, Wo = a.out_w, sh = a.stride_h, sw = a.stride_w;
+  const int64_t taps = S1 * S2, L = static_cast<int64_t>(live.size()), P = sh * sw;
+  const SamePad& pad = a.pad;
+  const int64_t Dr = (S1 - 1) / sh, Dc = (S2 - 1) / sw;
+  const int64_t Mc = (pad.left + W - 1) / sw + 1;  // phase columns the image's columns reach
+  const int64_t pitch = Dc + std::max(Wo, Mc);     // of staged gradient rows and of phase rows
+  // Per image row: L/sh staged gradient rows and sw phase rows (sh*sw phases, one row each per sh image rows).
+  const Tiling tl = make_tiling(C, H, pitch, (L + P + sh - 1) / sh + 1, Dr, /*channels_last=*/false, sizeof(opmath_t));
+  const int64_t max_phase_rows = (tl.rows + sh - 1) / sh + 1;
+  // Each phase's taps: offsets into the staged rows and, per source, weights.
+  std::vector<std::vector<int64_t>> phase_off(P);
+  std::vector<std::vector<opmath_t>> phase_w(P);
+  for (int64_t pr = 0; pr < sh; ++pr)
+    for (int64_t pc = 0; pc < sw; ++pc) {
+      std::vector<int64_t>& off = phase_off[pr * sw + pc];
+      for (int64_t ra = pr, dr = 0; ra < S1; ra += sh, ++dr)
+        for (int64_t cb = pc, dc = 0; cb < S2; cb += sw, ++dc) off.push_back((Dr - dr) * pitch + Dc - dc);
+      for (int64_t l = 0; l < L; ++l)
+        for (int64_t ra = pr; ra < S1; ra += sh)
+          for (int64_t cb = pc; cb < S2; cb += sw) phase_w[pr * sw + pc].push_back(weights[l * taps + ra * S2 + cb]);
+    }
+  const int64_t stage_len = (max_phase_rows + Dr + 1) * pitch + kSlack<opmath_t>;
+  const int64_t phase_len = max_phase_rows * pitch + kSlack<opmath_t>;
+  const bool identity_live = a.identity && !a.stopped[0];
+  const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
+  scalar_t* gy_ptr = grad_y.mutable_data_ptr<scalar_t>();
+
+  at::parallel_for(0, tl.tasks(a.N), tl.grain(W, a.K + 1), [&](int64_t begin, int64_t end) {
+    std::vector<opmath_t> stage(L * stage_len), phases(P * phase_len), acc(tl.rows * W);
+    std::vector<const opmath_t*> sources(L);
+    for (int64_t l = 0; l < L; ++l) sources[l] = stage.data() + l * stage_len;
+    for (int64_t id = begin; id < end; ++id) {
+      const Task t = locate(tl, id, C, H);
+      const int64_t mr0 = (t.i0 + pad.top) / sh, nm = (t.i1 + pad.top - 1) / sh + 1 - mr0;
+      const View v{Ho, Wo, g.stride(2), g.stride(3), a.channel_step() * g.stride(1), 1};
+      auto g_slot = [&](int64_t b) { return g_ptr + t.n * g.stride(0) + a.channel(b, t.c0) * g.stride(1); };
+      for (int64_t l = 0; l < L; ++l) {
+        const scalar_t* base = g_slot(a.slot(live[l]));
+        opmath_t* row = stage.data() + l * stage_len;
+        for (int64_t o = mr0 - Dr; o < mr0 + nm; ++o, row += pitch) {
+          if (o < 0 || o >= Ho) {
+            std::fill(row, row + pitch, opmath_t(0));
+            continue;
+          }
+          std::fill(row, row + Dc, opmath_t(0));
+          copy_pixels(base + o * g.stride(2), v, Wo, 1, row + Dc);
+          std::fill(row + Dc + Wo, row + pitch, opmath_t(0));
+        }
+      }
+      for (int64_t phase = 0; phase < P && L > 0; ++phase) {
+        const int64_t nt = static_cast<int64_t>(phase_off[phase].size());
+        opmath_t* dst = phases.data() + phase * phase_len;
+        if (nt == 0) {
+          std::fill(dst, dst + nm * pitch, opmath_t(0));
+        } else {
+          correlate_sum<false>(sources.data(), L, phase_off[phase].data(), phase_w[phase].data(), nt, dst, nm * pitch);
+        }
+      }
+      // This task's rows of dL/dy: in place where they are float or double rows of W values, W apart.
+      const int64_t n = t.i1 - t.i0;
+      scalar_t* gy_base = gy_ptr + t.n * grad_y.stride(0) + t.c0 * grad_y.stride(1);
+      opmath_t* rows = acc.data();
+      if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+        if (grad_y.stride(3) == 1 && grad_y.stride(2) == W) rows = gy_base + t.i0 * W;
+      }
+      if (identity_live) identity_adjoint_rows(g_slot(0), v, sh, sw, t.i0, n, W, rows);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t p = t.i0 + i + pad.top;
+        const opmath_t* row = phases.data() + (p % sh) * sw * phase_len + (p / sh - mr0) * pitch;
+        if (L == 0) {
+          if (!identity_live) std::fill(rows + i * W, rows + (i + 1) * W, opmath_t(0));
+        } else if (identity_live) {
+          interleave_phases<true>(row, phase_len, sw, pad.left, W, rows + i * W);
+        } else {
+          interleave_phases<false>(row, phase_len, sw, pad.left, W, rows + i * W);
+        }
+      }
+      if (rows == acc.data())
+        for (int64_t i = 0; i < n; ++i)
+          store_row(rows + i * W, W, 1, gy_base + (t.i0 + i) * grad_y.stride(2), grad_y.stride(3), grad_y.stride(1));
+    }
+  });
+}
+
+#define FIXEDBRANCH_PLANES(scalar_t)                                                                                   \
+  template void forward_planes<scalar_t>(const at::Tensor&, const KernelBank<at::opmath_type<scalar_t>>&,            \
+                                         const BranchArgs&, at::Tensor&);                                             \
+  template void backward_planes<scalar_t>(const at::Tensor&, const std::vector<int64_t>&,                             \
+                                          const std::vector<at::opmath_type<scalar_t>>&, int64_t, int64_t,           \
+                                          const BranchArgs&, at::Tensor&);
+FIXEDBRANCH_PLANES(float)
+FIXEDBRANCH_PLANES(double)
+FIXEDBRANCH_PLANES(c10::Half)
+FIXEDBRANCH_PLANES(c10::BFloat16)
+#undef FIXEDBRANCH_PLANES
+
+}  // namespace cpu
+}  // namespace fixedbranch

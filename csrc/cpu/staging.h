@@ -1,0 +1,249 @@
+// How the CPU kernels move rows between tensors and a task's cache-sized buffers: staging padded (and polyphase)
+// input rows widened to opmath_t, storing finished rows in any dtype and layout, and cutting the work into tasks.
+// Shared by the row kernels (fixed_branch_cpu.cpp) and the plane kernels (planes.cpp).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "fixed_branch.h"
+
+namespace fixedbranch {
+namespace cpu {
+
+// Size of a task's staged tile: small enough for L2 with the output rows, large enough that the S1-1 halo rows
+// staged twice stay a small fraction in channels_last.
+constexpr int64_t kTileBytes = 128 * 1024;
+// Channels per task in channels_last; bounds the tile width when C is large.
+constexpr int64_t kChannelBlock = 64;
+
+template <typename src_t, typename dst_t>
+inline void convert_run(const src_t* src, int64_t stride, int64_t n, dst_t* dst) {
+  if (stride == 1) {
+    if constexpr (std::is_same_v<src_t, dst_t>) {
+      std::memcpy(dst, src, n * sizeof(dst_t));
+    } else {
+      at::vec::convert(src, dst, n);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<dst_t>(src[i * stride]);
+  }
+}
+
+// Geometry of one task's view of a 4-D tensor: `Cv` channels (stride sC) of every pixel are stored together.
+struct View {
+  int64_t H, W, sH, sW, sC, Cv;
+};
+
+// Copies npix pixels of Cv values, read `v.sW` apart (channels `v.sC` apart), to dst with `step` pixels between
+// consecutive ones (step > 1 leaves the gaps alone: the identity's adjoint at a stride).
+template <typename scalar_t, typename opmath_t>
+void copy_pixels(const scalar_t* src, const View& v, int64_t npix, int64_t step, opmath_t* dst) {
+  if (v.Cv == 1) {
+    if (step == 1) {
+      convert_run(src, v.sW, npix, dst);
+    } else {
+      for (int64_t j = 0; j < npix; ++j) dst[j * step] = static_cast<opmath_t>(src[j * v.sW]);
+    }
+  } else if (step == 1 && v.sC == 1 && v.sW == v.Cv) {  // channels_last with the block spanning all channels
+    convert_run(src, 1, npix * v.Cv, dst);
+  } else {
+    for (int64_t j = 0; j < npix; ++j) convert_run(src + j * v.sW, v.sC, v.Cv, dst + j * step * v.Cv);
+  }
+}
+
+// Stages rows row0 .. row0+nrows-1 (padded coordinates, mapped through `mode`) with `lpad` and `rpad` border
+// columns into dst, row-major, Cv values per pixel.
+template <typename scalar_t, typename opmath_t>
+void stage_rows(const scalar_t* base, const View& v, int64_t row0, int64_t nrows, int64_t lpad, int64_t rpad,
+                PadMode mode, opmath_t* dst) {
+  const int64_t pw = lpad + v.W + rpad;
+  const int64_t row_len = pw * v.Cv;
+  for (int64_t t = 0; t < nrows; ++t, dst += row_len) {
+    const int64_t r = pad_source_index(row0 + t, v.H, mode);
+    if (r < 0) {
+      std::fill(dst, dst + row_len, opmath_t(0));
+      continue;
+    }
+    const scalar_t* src = base + r * v.sH;
+    copy_pixels(src, v, v.W, 1, dst + lpad * v.Cv);
+    for (int64_t q = 0; q < pw; ++q) {
+      if (q == lpad) q += v.W;
+      if (q >= pw) break;
+      const int64_t j = pad_source_index(q - lpad, v.W, mode);
+      opmath_t* d = dst + q * v.Cv;
+      if (j < 0) {
+        std::fill(d, d + v.Cv, opmath_t(0));
+      } else {
+        convert_run(src + j * v.sW, v.sC, v.Cv, d);
+      }
+    }
+  }
+}
+
+// A strided forward reads every sw-th padded column. Its staged rows are stored in polyphase order: padded column
+// q at (q % sw) * phase_len + q / sw, so that the columns one tap reads for consecutive outputs are contiguous and
+// the correlation vectorises as at stride 1 (tap b of output x reads phase b % sw at x + b / sw).
+struct RowLayout {
+  int64_t pw, sw, phase_len;
+  int64_t values() const { return sw * phase_len; }  // pixels per staged row
+  int64_t at(int64_t q) const { return (q % sw) * phase_len + q / sw; }
+};
+
+inline RowLayout row_layout(int64_t pw, int64_t sw) { return {pw, sw, (pw + sw - 1) / sw}; }
+
+// Splits a row of pw pixels (Cv values each), the padded row's columns from `first` on, into the padded row's sw
+// column phases: pixel x, padded column q = first + x, to dst + (q % sw) * phase_stride + (q / sw) * cv, where
+// q / sw < keep.
+template <typename opmath_t>
+void split_phases(const opmath_t* row, int64_t pw, int64_t sw, int64_t cv, int64_t keep, opmath_t* dst,
+                  int64_t phase_stride, int64_t first = 0) {
+  if (sw == 2 && cv == 1) {
+    // Stride 2, one value per pixel (NCHW): split even and odd pixels a vector pair at a time, the last pair loaded
+    // and stored in part.
+    using Vec = at::vec::Vectorized<opmath_t>;
+    constexpr int64_t V = Vec::size();
+    // Pixel 2k is column first + 2k: phase first % 2, index k + first / 2; pixel 2k+1: the other phase,
+    // index k + (first + 1) / 2.
+    opmath_t* to_even = dst + (first % 2) * phase_stride + first / 2;
+    opmath_t* to_odd = dst + ((first + 1) % 2) * phase_stride + (first + 1) / 2;
+    const int64_t even = std::min((pw + 1) / 2, keep - first / 2), odd = std::min(pw / 2, keep - (first + 1) / 2);
+    for (int64_t m = 0; m < std::max(even, odd); m += V) {
+      const int64_t left = pw - 2 * m;  // pixels from 2m on
+      const Vec lo = Vec::loadu(row + 2 * m, std::min(left, V));
+      const Vec hi = left > V ? Vec::loadu(row + 2 * m + V, std::min(left - V, V)) : Vec(0);
+      const auto split = at::vec::deinterleave2(lo, hi);
+      split.first.store(to_even + m, std::max<int64_t>(0, std::min(even - m, V)));
+      split.second.store(to_odd + m, std::max<int64_t>(0, std::min(odd - m, V)));
+    }
+    return;
+  }
+  TORCH_INTERNAL_ASSERT(first == 0);
+  // Phase by phase, so that no pixel pays a division.
+  for (int64_t phase = 0; phase < sw; ++phase) {
+    const opmath_t* from = row + phase * cv;
+    opmath_t* to = dst + phase * phase_stride;
+    const int64_t count = std::min((pw - phase + sw - 1) / sw, keep);
+    if (cv == 1) {
+      for (int64_t m = 0; m < count; ++m) to[m] = from[m * sw];
+    } else {
+      for (int64_t m = 0; m < count; ++m) std::copy_n(from + m * sw * cv, cv, to + m * cv);
+    }
+  }
+}
+
+template <typename scalar_t, typename opmath_t>
+void stage_rows_strided(const scalar_t* base, const View& v, int64_t row0, int64_t nrows, const SamePad& pad,
+                        PadMode mode, const RowLayout& layout, opmath_t* scratch, opmath_t* dst) {
+  if (layout.sw == 1) {
+    stage_rows(base, v, row0, nrows, pad.left, pad.right, mode, dst);
+    return;
+  }
+  const int64_t row_len = layout.values() * v.Cv;
+  for (int64_t t = 0; t < nrows; ++t, dst += row_len) {
+    stage_rows(base, v, row0 + t, 1, pad.left, pad.right, mode, scratch);
+    std::fill(dst, dst + row_len, opmath_t(0));  // the phases' unused tails
+    split_phases(scratch, layout.pw, layout.sw, v.Cv, layout.phase_len, dst, layout.phase_len * v.Cv);
+  }
+}
+
+// Rows row0 .. row0+nrows-1 of the identity's adjoint, W pixels of Cv values: g (described by v) where the row and
+// column are multiples of the stride (y[::sh, ::sw] is the identity branch), 0 elsewhere.
+template <typename scalar_t, typename opmath_t>
+void identity_adjoint_rows(const scalar_t* base, const View& v, int64_t sh, int64_t sw, int64_t row0, int64_t nrows,
+                           int64_t W, opmath_t* dst) {
+  const int64_t row_len = W * v.Cv;
+  for (int64_t t = 0; t < nrows; ++t, dst += row_len) {
+    const int64_t r = row0 + t;
+    if (sw != 1 || r % sh != 0) std::fill(dst, dst + row_len, opmath_t(0));
+    if (r % sh == 0) copy_pixels(base + (r / sh) * v.sH, v, v.W, sw, dst);
+  }
+}
+
+// Elements a staged buffer carries past its end, so that a full vector may be loaded at every tap of the last,
+// partial vector of a row.
+template <typename opmath_t>
+constexpr int64_t kSlack = 4 * at::vec::Vectorized<opmath_t>::size();
+
+// Writes W*Cv staged values of one row to a tensor whose pixels are `sW` apart and channels `sC` apart.
+template <typename scalar_t, typename opmath_t>
+void store_row(const opmath_t* src, int64_t W, int64_t Cv, scalar_t* dst, int64_t sW, int64_t sC) {
+  auto put = [](const opmath_t* s, int64_t n, scalar_t* d, int64_t stride) {
+    if (stride == 1) {
+      if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+        std::memcpy(d, s, n * sizeof(scalar_t));
+      } else {
+        at::vec::convert(s, d, n);
+      }
+    } else {
+      for (int64_t i = 0; i < n; ++i) d[i * stride] = static_cast<scalar_t>(s[i]);
+    }
+  };
+  if (Cv == 1) {
+    put(src, W, dst, sW);
+  } else if (sC == 1 && sW == Cv) {
+    put(src, W * Cv, dst, 1);
+  } else {
+    for (int64_t j = 0; j < W; ++j) put(src + j * Cv, Cv, dst + j * sW, sC);
+  }
+}
+
+// Task decomposition shared by forward and backward: images x channel blocks x row blocks.
+struct Tiling {
+  int64_t cv, channel_blocks, rows, row_blocks;
+  int64_t tasks(int64_t n) const { return n * channel_blocks * row_blocks; }
+  // Tasks per thread at least: small inputs run inline instead of waking a thread team for microseconds of work.
+  int64_t grain(int64_t W, int64_t maps) const {
+    return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, rows * W * cv * maps));
+  }
+};
+
+// `rows` output rows per task, each staging `rows_per_output` input rows of `tile_row_values` values per channel,
+// plus `halo_rows` shared with the next block.
+inline Tiling make_tiling(int64_t C, int64_t rows, int64_t tile_row_values, int64_t rows_per_output, int64_t halo_rows,
+                   bool channels_last, int64_t opmath_size) {
+  Tiling t{};
+  t.cv = channels_last ? std::min(C, kChannelBlock) : 1;
+  t.channel_blocks = channels_last ? (C + t.cv - 1) / t.cv : C;
+  const int64_t row_bytes = std::max<int64_t>(tile_row_values * t.cv * opmath_size * rows_per_output, 1);
+  // At least four output rows per halo row, even past the budget: wide channels_last rows (K gradient maps of
+  // 32+ channels in backward) would otherwise stage each input row three times for one output row.
+  t.rows = std::clamp<int64_t>(std::max(kTileBytes / row_bytes - halo_rows, 4 * halo_rows), 1,
+                               std::max<int64_t>(rows, 1));
+  t.row_blocks = (rows + t.rows - 1) / t.rows;
+  return t;
+}
+
+// Offsets of the S1*S2 taps in a staged tile whose rows hold `layout.values()` pixels of Cv values.
+inline std::vector<int64_t> tap_offsets(int64_t s1, int64_t s2, const RowLayout& layout, int64_t cv) {
+  std::vector<int64_t> off(s1 * s2);
+  for (int64_t a = 0; a < s1; ++a)
+    for (int64_t b = 0; b < s2; ++b) off[a * s2 + b] = (a * layout.values() + layout.at(b)) * cv;
+  return off;
+}
+
+// Where to find task `task`'s image, channel block and row block.
+struct Task {
+  int64_t n, c0, cv, i0, i1;
+};
+
+inline Task locate(const Tiling& tl, int64_t task, int64_t C, int64_t H) {
+  const int64_t rb = task % tl.row_blocks;
+  const int64_t cb = (task / tl.row_blocks) % tl.channel_blocks;
+  const int64_t c0 = cb * tl.cv, i0 = rb * tl.rows;
+  return {task / (tl.row_blocks * tl.channel_blocks), c0, std::min(tl.cv, C - c0), i0, std::min(H, i0 + tl.rows)};
+}
+
+inline bool is_channels_last(const at::Tensor& t) {
+  return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
+}
+
+}  // namespace cpu
+}  // namespace fixedbranch
