@@ -37,7 +37,9 @@ def cpu_model() -> str:
 
 def revision() -> dict:
     """The committed revision of the tree (``git rev-parse HEAD``) and whether the tree differed from it (tracked
-    files modified): a result measured a commit, or a commit plus uncommitted changes."""
+    files modified): a result measured a commit, or a commit plus uncommitted changes. Results written since the
+    commit (benchmarks/results/, as ``make bench`` writes one study after another) do not count: they change no
+    code that is measured."""
 
     def git(*args: str) -> str | None:
         try:
@@ -47,7 +49,7 @@ def revision() -> dict:
         return proc.stdout.strip() if proc.returncode == 0 else None
 
     commit = git("rev-parse", "--short=12", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
