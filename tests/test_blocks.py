@@ -207,6 +207,26 @@ def test_harm2d_matches_published_formulation(ni, no, k, kwargs, fused, device, 
     assert len(fused_calls) == (1 if fused else 0)
 
 
+def test_evaluation_folds_skip_submodules_with_hooks():
+    """A hook on a submodule that evaluation mode would fold away keeps that submodule called, with the same result."""
+    x = torch.randn(2, 4, 9, 9, dtype=F64)
+    for block, submodule in ((blocks.Harm2d(4, 6, 3, padding=1, use_bn=True), "bn"),
+                             (blocks.PredefinedFilterModule(4, 6, "All", 4, f=16), "norm2")):
+        block = block.double()
+        randomise(block)
+        block.eval()
+        folded = block(x)
+        with blocks.published_formulation():
+            expected = block(x)
+        calls = []
+        handle = getattr(block, submodule).register_forward_hook(lambda *args: calls.append(1))
+        hooked = block(x)
+        handle.remove()
+        assert calls == [1], submodule
+        assert_close(folded, expected, F64, f"{submodule} folded")
+        assert_close(hooked, expected, F64, f"{submodule} hooked")
+
+
 def test_harm2d_initial_values_are_published():
     torch.manual_seed(0)
     block = blocks.Harm2d(4, 6, 3, padding=1, use_bn=True, level=2, DC=False)

@@ -79,3 +79,20 @@ def same_padding(kernel_size: int, padding, dilation, stride) -> bool:
     if isinstance(padding, str):
         return padding == "same" and stride in (1, (1, 1), [1, 1])
     return padding in (half, (half, half), [half, half])
+
+
+def has_hooks(*modules: nn.Module) -> bool:
+    """Whether any of ``modules`` has forward hooks, which a block must then call rather than fold away."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def batch_norm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(scale, shift) with ``bn(z) = z * scale + shift`` per channel: a ``BatchNorm2d`` (exactly, no subclass) in
+    evaluation mode on its running statistics, without hooks; None for anything else."""
+    if type(bn) is not nn.BatchNorm2d or bn.training or bn.running_mean is None or has_hooks(bn):
+        return None
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    return scale, shift if bn.bias is None else shift + bn.bias

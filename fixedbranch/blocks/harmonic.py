@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ._common import published, same_padding, shared_bank
+from ._common import has_hooks, published, same_padding, shared_bank
 
 __all__ = ["Harm2d"]
 
@@ -98,7 +98,7 @@ class Harm2d(nn.Module):
             # One convolution whose filters are the learned combinations of the DCT filters.
             filters = torch.sum(self.weight * self.dct, dim=2)
             return F.conv2d(x, filters, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        if not published() and not self.bn.training and self.bn.running_mean is not None:
+        if not published() and not self.bn.training and self.bn.running_mean is not None and not has_hooks(self.bn):
             filters, bias = self._folded()
             return F.conv2d(x, filters, bias, self.stride, self.padding, self.dilation, self.groups)
         bank = shared_bank(self, self.dct, x.shape[1]) if self.fused and not published() else None

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ._common import published, same_padding, shared_bank
+from ._common import batch_norm_affine, has_hooks, published, same_padding, shared_bank
 
 __all__ = ["ParameterizedFilterMode", "PredefinedConvnxn", "PredefinedFilterModule"]
 
@@ -157,7 +157,9 @@ class PredefinedFilterModule(nn.Module):
 
     Fused where every filter runs on every channel (``f`` = the number of filters, as in PFNet's first module) and
     the filters are fixed; ``f = 1`` (one filter per channel, a depthwise convolution), other widths, even ``k``
-    and ``predefined_filters_require_grad=True`` run the published formulation.
+    and ``predefined_filters_require_grad=True`` run the published formulation. In evaluation mode ``norm2`` (a
+    BatchNorm2d on its running statistics) is folded into ``conv1x1``'s weights, as inference engines do, unless
+    either carries hooks.
 
     Example:
         >>> from fixedbranch.blocks import PredefinedFilterModule
@@ -187,4 +189,20 @@ class PredefinedFilterModule(nn.Module):
         return self.predev_conv.fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm2(self.conv1x1(self.relu(self.norm1(self.predev_conv(x)))))
+        z = self.relu(self.norm1(self.predev_conv(x)))
+        folded = None if published() else self._folded_output_stage()
+        if folded is not None:
+            return F.conv2d(z, *folded)
+        return self.norm2(self.conv1x1(z))
+
+    def _folded_output_stage(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """In evaluation mode, ``norm2(conv1x1(z))`` as one 1x1 convolution's (weight, bias): BatchNorm on its
+        running statistics is a per-channel affine map, folded into the convolution's weights. None where the
+        submodules are not the plain nn.Conv2d and nn.BatchNorm2d, or carry hooks."""
+        affine = batch_norm_affine(self.norm2)
+        conv = self.conv1x1
+        if affine is None or type(conv) is not nn.Conv2d or has_hooks(conv):
+            return None
+        scale, shift = affine
+        bias = shift if conv.bias is None else conv.bias * scale + shift
+        return conv.weight * scale.view(-1, 1, 1, 1), bias
