@@ -58,6 +58,10 @@ def _worker(rank: int, store_path: str, result_path: str) -> None:
         _train(model, *_data(), rank=rank, world_size=WORLD_SIZE)
         if rank == 0:
             torch.save(model.module.state_dict(), result_path)
+        # Both ranks leave together: a rank that tears gloo down while its peer is still connected can make the
+        # peer's gloo thread abort the process ("terminate called without an active exception", seen once on a
+        # loaded 2-core machine).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -24,17 +24,24 @@ constexpr int64_t kTileBytes = 128 * 1024;
 // Channels per task in channels_last; bounds the tile width when C is large.
 constexpr int64_t kChannelBlock = 64;
 
+// dst[i * dst_stride] = src[i * src_stride] for i in [0, n), converted: contiguous runs as one copy or one vector
+// conversion.
 template <typename src_t, typename dst_t>
-inline void convert_run(const src_t* src, int64_t stride, int64_t n, dst_t* dst) {
-  if (stride == 1) {
+inline void convert_strided(const src_t* src, int64_t src_stride, dst_t* dst, int64_t dst_stride, int64_t n) {
+  if (src_stride == 1 && dst_stride == 1) {
     if constexpr (std::is_same_v<src_t, dst_t>) {
       std::memcpy(dst, src, n * sizeof(dst_t));
     } else {
       at::vec::convert(src, dst, n);
     }
   } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<dst_t>(src[i * stride]);
+    for (int64_t i = 0; i < n; ++i) dst[i * dst_stride] = static_cast<dst_t>(src[i * src_stride]);
   }
+}
+
+template <typename src_t, typename dst_t>
+inline void convert_run(const src_t* src, int64_t stride, int64_t n, dst_t* dst) {
+  convert_strided(src, stride, dst, 1, n);
 }
 
 // Geometry of one task's view of a 4-D tensor: `Cv` channels (stride sC) of every pixel are stored together.
@@ -175,17 +182,7 @@ constexpr int64_t kSlack = 4 * at::vec::Vectorized<opmath_t>::size();
 // Writes W*Cv staged values of one row to a tensor whose pixels are `sW` apart and channels `sC` apart.
 template <typename scalar_t, typename opmath_t>
 void store_row(const opmath_t* src, int64_t W, int64_t Cv, scalar_t* dst, int64_t sW, int64_t sC) {
-  auto put = [](const opmath_t* s, int64_t n, scalar_t* d, int64_t stride) {
-    if (stride == 1) {
-      if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-        std::memcpy(d, s, n * sizeof(scalar_t));
-      } else {
-        at::vec::convert(s, d, n);
-      }
-    } else {
-      for (int64_t i = 0; i < n; ++i) d[i * stride] = static_cast<scalar_t>(s[i]);
-    }
-  };
+  auto put = [](const opmath_t* s, int64_t n, scalar_t* d, int64_t stride) { convert_strided(s, 1, d, stride, n); };
   if (Cv == 1) {
     put(src, W, dst, sW);
   } else if (sC == 1 && sW == Cv) {
