@@ -313,3 +313,34 @@ def test_fixed_branch_conv2d_module_padding_as_nn_conv2d(conv_padding, conv_mode
     conv.load_state_dict(layer.state_dict())
     x = torch.randn(2, 2, 11, 13)
     assert_close(layer(x), reference.fixed_branch(conv(x), bank.float()), torch.float32, "conv padding")
+
+
+# The strided NCHW kernels that run a task plane by plane (csrc/cpu/planes.cpp), case by case: a filter as wide as
+# the stride (outputs written in place), wider and narrower filters (rows of a plane longer than the output's),
+# the stride larger than the filter (phases with no tap), odd sizes, strided views, the identity live or stopped and
+# every filter stopped (the identity's gradient alone), in float64, float32 and bfloat16 (rows through op-math buffers).
+PLANE_CASES = [
+    ((2, 2), 2, (8, 12), (), True), ((2, 2), 2, (7, 9), (1,), False), ((4, 4), 2, (9, 10), (0, 2), True),
+    ((3, 3), (2, 3), (11, 13), (), False), ((1, 2), (1, 2), (5, 8), (1, 2), True), ((3, 1), 3, (10, 4), (), True),
+    ((2, 2), 3, (8, 8), (0,), True), ((3, 3), 2, (6, 6), (1, 2), True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("s,stride,hw,stop,identity", PLANE_CASES)
+def test_strided_plane_kernels_match_reference(s, stride, hw, stop, identity, dtype):
+    gen = torch.Generator().manual_seed(sum(s) + sum(hw))
+    bank = torch.randn(2, *s, generator=gen, dtype=torch.float64)
+    wide = torch.randn(2, 3, hw[0], 2 * hw[1], generator=gen, dtype=torch.float64)
+    for y in (wide[..., : hw[1]].contiguous(), wide[..., ::2]):  # contiguous rows, and every other column
+        y = y.to(dtype).requires_grad_(True)
+        with factoring("never"):
+            out = fb.fixed_branch(y, bank, "zeros", stop, identity=identity, order="channel", stride=stride)
+            g = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(dtype)
+            (grad,) = torch.autograd.grad(out, y, g)
+        y64 = y.detach().double().requires_grad_(True)
+        expected = reference.fixed_branch(y64, bank.to(dtype).double(), "zeros", stop, identity=identity,
+                                          order="channel", stride=stride)
+        (expected_grad,) = torch.autograd.grad(expected, y64, g.double())
+        assert_close(out, expected, dtype, f"forward {s} {stride} {hw}")
+        assert_close(grad, expected_grad, dtype, f"gradient {s} {stride} {hw}")
