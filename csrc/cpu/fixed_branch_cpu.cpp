@@ -431,13 +431,10 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
         if (i < t.i0 || i >= t.i1) return;
         opmath_t* dst = acc.data() + (i - t.i0) * W * cv;
         at::vec::map2([](auto x, auto y) { return x + y; }, dst, dst, row + pad.left * cv, W * cv);
-        for (int64_t q = 0; q < pw; ++q) {
-          if (q == pad.left) q += W;
-          if (q >= pw) break;
-          const int64_t j = pad_source_index(q - pad.left, W, mode);
-          if (j < 0) continue;
+        for_each_border(pad.left, W, pw, mode, [&](int64_t q, int64_t j) {
+          if (j < 0) return;
           for (int64_t c = 0; c < cv; ++c) dst[j * cv + c] += row[q * cv + c];
-        }
+        });
       };
 
       if (identity_live) {
@@ -452,12 +449,9 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
         } else {
           run_rows(p0, p1, 0, pw, /*in_place=*/false, fold);
           // Border rows of the padded image whose source row lies in this block.
-          for (int64_t p = 0; p < H + S1 - 1; ++p) {
-            if (p == pad.top) p += H;
-            if (p >= H + S1 - 1) break;
-            const int64_t i = pad_source_index(p - pad.top, H, mode);
+          for_each_border(pad.top, H, H + S1 - 1, mode, [&](int64_t p, int64_t i) {
             if (i >= t.i0 && i < t.i1) run_rows(p, p + 1, 0, pw, /*in_place=*/false, fold);
-          }
+          });
         }
       }
       scalar_t* gy_base = gy_ptr + t.n * grad_y.stride(0) + t.c0 * grad_y.stride(1);

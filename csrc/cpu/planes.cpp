@@ -96,25 +96,21 @@ void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar
       const View v{H, W, y.stride(2), y.stride(3), y.stride(1), 1};
       const scalar_t* base = y_ptr + t.n * y.stride(0) + t.c0 * y.stride(1);
       for (int64_t r = 0; r < (n - 1) * sh + S1; ++r) {
-        opmath_t* dst = tile.data() + planes.at(r, 0);
+        opmath_t* plane_row = tile.data() + planes.at(r, 0);  // row r of the planes of column phase 0
         const int64_t source = pad_source_index(t.i0 * sh - pad.top + r, H, a.mode);
         if constexpr (std::is_same_v<scalar_t, opmath_t>) {
           // Float rows split straight from y; only the few border columns go pixel by pixel.
           if (sw == 2 && v.sW == 1 && source >= 0) {
             const scalar_t* src = base + source * v.sH;
-            split_phases(src, W, 2, 1, pitch, dst, planes.size(), pad.left);
-            for (int64_t q = 0; q < pw; ++q) {
-              if (q == pad.left) q += W;
-              if (q >= pw) break;
-              if (q / 2 >= pitch) continue;
-              const int64_t j = pad_source_index(q - pad.left, W, a.mode);
-              dst[(q % 2) * planes.size() + q / 2] = j < 0 ? opmath_t(0) : src[j];
-            }
+            split_phases(src, W, 2, 1, pitch, plane_row, planes.size(), pad.left);
+            for_each_border(pad.left, W, pw, a.mode, [&](int64_t q, int64_t j) {
+              if (q / 2 < pitch) plane_row[(q % 2) * planes.size() + q / 2] = j < 0 ? opmath_t(0) : src[j];
+            });
             continue;
           }
         }
         stage_rows(base, v, t.i0 * sh - pad.top + r, 1, pad.left, pad.right, a.mode, row.data());
-        split_phases(row.data(), pw, sw, 1, pitch, dst, planes.size());
+        split_phases(row.data(), pw, sw, 1, pitch, plane_row, planes.size());
       }
       scalar_t* out_task = out_ptr + t.n * out.stride(0) + t.i0 * out.stride(2);
       if constexpr (std::is_same_v<scalar_t, opmath_t>) {

@@ -66,6 +66,17 @@ void copy_pixels(const scalar_t* src, const View& v, int64_t npix, int64_t step,
   }
 }
 
+// Calls f(q, j) for each border index q of a padded axis of `padded` entries whose image part is the n entries from
+// `lead` on: j is the image index the padding copies into q (pad_source_index), -1 for a zero.
+template <typename F>
+inline void for_each_border(int64_t lead, int64_t n, int64_t padded, PadMode mode, F&& f) {
+  for (int64_t q = 0; q < padded; ++q) {
+    if (q == lead) q += n;
+    if (q >= padded) break;
+    f(q, pad_source_index(q - lead, n, mode));
+  }
+}
+
 // Stages rows row0 .. row0+nrows-1 (padded coordinates, mapped through `mode`) with `lpad` and `rpad` border
 // columns into dst, row-major, Cv values per pixel.
 template <typename scalar_t, typename opmath_t>
@@ -81,17 +92,14 @@ void stage_rows(const scalar_t* base, const View& v, int64_t row0, int64_t nrows
     }
     const scalar_t* src = base + r * v.sH;
     copy_pixels(src, v, v.W, 1, dst + lpad * v.Cv);
-    for (int64_t q = 0; q < pw; ++q) {
-      if (q == lpad) q += v.W;
-      if (q >= pw) break;
-      const int64_t j = pad_source_index(q - lpad, v.W, mode);
+    for_each_border(lpad, v.W, pw, mode, [&](int64_t q, int64_t j) {
       opmath_t* d = dst + q * v.Cv;
       if (j < 0) {
         std::fill(d, d + v.Cv, opmath_t(0));
       } else {
         convert_run(src + j * v.sW, v.sC, v.Cv, d);
       }
-    }
+    });
   }
 }
 
