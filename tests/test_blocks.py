@@ -227,6 +227,18 @@ def test_evaluation_folds_skip_submodules_with_hooks():
         assert_close(hooked, expected, F64, f"{submodule} hooked")
 
 
+def test_pfm_evaluation_fold_keeps_a_replaced_convolution_geometry():
+    """A conv1x1 replaced by another nn.Conv2d (3x3, padded, with a bias) folds with its own geometry."""
+    block = blocks.PredefinedFilterModule(4, 6, "All", 4, f=16).double()
+    block.conv1x1 = nn.Conv2d(block.conv1x1.in_channels, 6, 3, padding=1, bias=True).double()
+    randomise(block)
+    block.eval()
+    x = torch.randn(2, 4, 9, 9, dtype=F64)
+    with blocks.published_formulation():
+        expected = block(x)
+    assert_close(block(x), expected, F64, "replaced conv1x1 folded")
+
+
 def test_harm2d_initial_values_are_published():
     torch.manual_seed(0)
     block = blocks.Harm2d(4, 6, 3, padding=1, use_bn=True, level=2, DC=False)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ._common import has_hooks, published, same_padding, shared_bank
+from ._common import batch_norm_affine, published, same_padding, shared_bank
 
 __all__ = ["Harm2d"]
 
@@ -98,8 +98,9 @@ class Harm2d(nn.Module):
             # One convolution whose filters are the learned combinations of the DCT filters.
             filters = torch.sum(self.weight * self.dct, dim=2)
             return F.conv2d(x, filters, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        if not published() and not self.bn.training and self.bn.running_mean is not None and not has_hooks(self.bn):
-            filters, bias = self._folded()
+        affine = None if published() else batch_norm_affine(self.bn)
+        if affine is not None:
+            filters, bias = self._folded(*affine)
             return F.conv2d(x, filters, bias, self.stride, self.padding, self.dilation, self.groups)
         bank = shared_bank(self, self.dct, x.shape[1]) if self.fused and not published() else None
         if bank is not None:
@@ -108,19 +109,22 @@ class Harm2d(nn.Module):
             x = F.conv2d(x, self.dct, None, self.stride, self.padding, self.dilation, groups=x.shape[1])
         return F.conv2d(self.bn(x), self.weight, self.bias, padding=0, groups=self.groups)
 
-    def _folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The filters and bias of the one convolution equal to the DCT bank, BatchNorm on its running statistics and
-        the 1x1 convolution: bn(z)_c = z_c * r_c - m_c * r_c with r = 1/sqrt(running_var + eps) is affine, so
-        weight[o, c] * r_c folds into the DCT filter of channel c, and the shifts into the bias."""
-        ni_g, out = self.weight.shape[1] // self.dct_filters, self.weight.shape[0]
-        rstd = torch.rsqrt(self.bn.running_var + self.bn.eps)
-        scaled = self.weight.flatten(1) * rstd.view(self.groups, 1, -1).expand(-1, out // self.groups, -1).flatten(0, 1)
-        bank = self.dct.view(self.groups, ni_g, self.dct_filters, -1)  # (groups, ni/groups, K, k*k)
-        filters = torch.einsum("goik,gikp->goip", scaled.view(self.groups, out // self.groups, ni_g, -1), bank)
-        filters = filters.reshape(out, ni_g, self.kernel_size, self.kernel_size)
-        shift = (scaled * self.bn.running_mean.view(self.groups, 1, -1).expand(-1, out // self.groups, -1)
-                 .flatten(0, 1)).sum(1)
-        return filters, -shift if self.bias is None else self.bias - shift
+    def _folded(self, scale: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The filters and bias of the one convolution equal to the DCT bank, ``bn`` and the 1x1 convolution, given
+        bn(z)_c = z_c * scale_c + shift_c: weight[o, c] * scale_c folds into the DCT filter of channel c, and
+        weight[o, c] * shift_c into the bias."""
+        out, groups = self.weight.shape[0], self.groups
+        ni_g = self.weight.shape[1] // self.dct_filters
+
+        def by_output(v: torch.Tensor) -> torch.Tensor:  # (ni*K,) to (out, ni/groups*K): output o's input channels
+            return v.view(groups, 1, -1).expand(-1, out // groups, -1).flatten(0, 1)
+
+        weight = self.weight.flatten(1)
+        bank = self.dct.view(groups, ni_g, self.dct_filters, -1)  # (groups, ni/groups, K, k*k)
+        filters = torch.einsum("goik,gikp->goip", (weight * by_output(scale)).view(groups, out // groups, ni_g, -1),
+                               bank).reshape(out, ni_g, self.kernel_size, self.kernel_size)
+        shifted = (weight * by_output(shift)).sum(1)
+        return filters, shifted if self.bias is None else self.bias + shifted
 
     def extra_repr(self) -> str:
         parts = [f"kernel_size={self.kernel_size}", f"stride={self.stride}", f"padding={self.padding}"]

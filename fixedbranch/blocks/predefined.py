@@ -192,16 +192,17 @@ class PredefinedFilterModule(nn.Module):
         z = self.relu(self.norm1(self.predev_conv(x)))
         folded = None if published() else self._folded_output_stage()
         if folded is not None:
-            return F.conv2d(z, *folded)
+            conv = self.conv1x1
+            return F.conv2d(z, *folded, conv.stride, conv.padding, conv.dilation, conv.groups)
         return self.norm2(self.conv1x1(z))
 
     def _folded_output_stage(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """In evaluation mode, ``norm2(conv1x1(z))`` as one 1x1 convolution's (weight, bias): BatchNorm on its
-        running statistics is a per-channel affine map, folded into the convolution's weights. None where the
-        submodules are not the plain nn.Conv2d and nn.BatchNorm2d, or carry hooks."""
+        """In evaluation mode, the (weight, bias) of ``conv1x1`` with ``norm2`` folded in: BatchNorm on its running
+        statistics is a per-channel affine map of the convolution's output. None where the submodules are not a
+        plain nn.Conv2d (zero padding) and nn.BatchNorm2d, or carry hooks."""
         affine = batch_norm_affine(self.norm2)
         conv = self.conv1x1
-        if affine is None or type(conv) is not nn.Conv2d or has_hooks(conv):
+        if affine is None or type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or has_hooks(conv):
             return None
         scale, shift = affine
         bias = shift if conv.bias is None else conv.bias * scale + shift
