@@ -344,3 +344,50 @@ def test_strided_plane_kernels_match_reference(s, stride, hw, stop, identity, dt
         (expected_grad,) = torch.autograd.grad(expected, y64, g.double())
         assert_close(out, expected, dtype, f"forward {s} {stride} {hw}")
         assert_close(grad, expected_grad, dtype, f"gradient {s} {stride} {hw}")
+
+
+# The 2x2, stride-2 kernels (csrc/cpu/tiles.cpp), case by case: rows of one output (Wo = 1), shorter than a vector,
+# just under, at and over a vector of float32 and float64, and wider; one and several rows per map (a row's last
+# vector runs over into the next row only inside a run of contiguous rows); y and the gradient with contiguous rows,
+# rows of a wider tensor, zero strides (an expanded gradient) and channels_last (the row kernels); every padding mode
+# (even sizes read none), both orders, the identity live, stopped or absent, and stopped filters.
+TILE_CASES = [
+    ((2, 2), (), True, "branch"), ((4, 30), (1,), False, "channel"), ((6, 32), (0, 2), True, "channel"),
+    ((2, 34), (), False, "branch"), ((10, 56), (3,), True, "channel"), ((4, 66), (0,), True, "branch"),
+    ((8, 16), (1, 2, 3, 4), True, "channel"), ((8, 12), (), True, "channel"), ((6, 4), (2,), False, "branch"),
+    ((12, 20), (), True, "branch"),
+]
+
+
+def _rows_of_wider(t: torch.Tensor) -> torch.Tensor:
+    """t's values in rows that are a slice of twice as wide rows: contiguous along W, not from row to row."""
+    wide = torch.zeros(*t.shape[:3], 2 * t.shape[3], dtype=t.dtype)
+    wide[..., : t.shape[3]] = t
+    return wide[..., : t.shape[3]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("hw,stop,identity,order", TILE_CASES)
+def test_tile_kernels_match_reference(hw, stop, identity, order, dtype):
+    gen = torch.Generator().manual_seed(sum(hw) + len(stop))
+    bank = torch.randn(4, 2, 2, generator=gen, dtype=torch.float64)
+    y64 = torch.randn(2, 3, *hw, generator=gen, dtype=torch.float64)
+    for mode in PADDING_MODES:
+        expected = reference.fixed_branch(y64.requires_grad_(True), bank.to(dtype).double(), mode, stop,
+                                          identity=identity, order=order, stride=2)
+        g64 = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+        for y_layout, g_layout in (("contiguous", "contiguous"), ("wider", "expanded"), ("channels_last", "wider")):
+            y = y64.detach().to(dtype)
+            y = _rows_of_wider(y) if y_layout == "wider" else to_layout(y, y_layout)
+            y.requires_grad_(True)
+            if g_layout == "expanded":
+                g = make_grad(expected.shape, dtype, "cpu", "expanded", gen)
+            else:
+                g = g64.to(dtype)
+                g = _rows_of_wider(g) if g_layout == "wider" else g
+            (expected_grad,) = torch.autograd.grad(expected, y64, g.double(), retain_graph=True)
+            out = fb.fixed_branch(y, bank, mode, stop, identity=identity, order=order, stride=2)
+            (grad,) = torch.autograd.grad(out, y, g)
+            what = f"{hw} {mode} y {y_layout} g {g_layout}"
+            assert_close(out, expected, dtype, f"forward {what}")
+            assert_close(grad, expected_grad, dtype, f"gradient {what}")

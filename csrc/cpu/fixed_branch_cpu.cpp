@@ -27,6 +27,7 @@
 #include "cpu/correlate.h"
 #include "cpu/planes.h"
 #include "cpu/staging.h"
+#include "cpu/tiles.h"
 #include "fixed_branch.h"
 #include "output_memory.h"
 
@@ -465,12 +466,21 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
 // A fresh output of tens of MB would fault in 4 KiB at a time as the kernel writes it; see output_memory.cpp.
 void forward_cpu(const at::Tensor& y, const at::Tensor& bank, const BranchArgs& args, at::Tensor& out) {
   prepare_output(out);
+  if (fits_tiles(y, out, bank, args)) {
+    AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "fixed_branch_tiles", [&] { forward_tiles<scalar_t>(y, bank, args, out); });
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "fixed_branch_cpu",
                                   [&] { forward_kernel<scalar_t>(y, bank, args, out); });
 }
 
 void backward_cpu(const at::Tensor& grad_output, const at::Tensor& bank, const BranchArgs& args, at::Tensor& grad_y) {
   prepare_output(grad_y);
+  if (fits_tiles(grad_output, grad_y, bank, args)) {
+    AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "fixed_branch_backward_tiles",
+                               [&] { backward_tiles<scalar_t>(grad_output, bank, args, grad_y); });
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "fixed_branch_backward_cpu",
                                   [&] { backward_kernel<scalar_t>(grad_output, bank, args, grad_y); });
 }
