@@ -19,6 +19,7 @@
 #include "bank_plan/bank_plan.h"
 #include "checks.h"
 #include "cpu/cost_model.h"
+#include "cpu/depthwise.h"
 #include "fixed_branch.h"
 
 namespace fixedbranch {
@@ -260,6 +261,9 @@ TORCH_LIBRARY(fixedbranch, m) {
       "fixed_branch_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor bank, int[2] stride=1, int[2] padding=0, "
       "int[2] dilation=1, int groups=1, str padding_mode=\"zeros\", int[] stop_gradient=[], bool identity=True, "
       "str order=\"branch\", int[2] filter_stride=1) -> Tensor");
+  // dL/dweight of a depthwise convolution (groups = channels, stride 1, dilation 1, zero padding) on the CPU, which
+  // the published blocks' trainable depthwise convolutions use (cpu/depthwise.cpp).
+  m.def("_depthwise_conv2d_weight_grad(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] padding) -> Tensor");
   // The checks alone, told in the caller's names: a module's options at construction (no image yet), and
   // branch_contributions' arguments before it runs the backward once per branch.
   m.def(
@@ -288,6 +292,7 @@ TORCH_LIBRARY_IMPL(fixedbranch, CPU, m) {
   m.impl("fixed_branch", &fixed_branch);
   m.impl("_fixed_branch_backward", &fixed_branch_backward);
   m.impl("fixed_branch_transpose", &fixed_branch_transpose);
+  m.impl("_depthwise_conv2d_weight_grad", &depthwise_conv2d_weight_grad);
 }
 
 TORCH_LIBRARY_IMPL(fixedbranch, CUDA, m) {

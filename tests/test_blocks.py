@@ -21,6 +21,7 @@ from torch import nn
 
 import fixedbranch as fb
 from fixedbranch import blocks, ops
+from fixedbranch.blocks import _depthwise
 
 from .common import assert_close, cpu_and_cuda
 
@@ -432,6 +433,21 @@ def test_wtconv2d_matches_published_formulation(channels, kernel_size, stride, b
     assert block.fused
     assert_same_block(published, block, torch.randn(2, channels, h, w, dtype=F64, device=device))
     assert len(fused_calls) == 2 * levels  # one transform per level, in each mode
+
+
+def test_wtconv2d_trains_with_the_fused_depthwise_weight_gradient(monkeypatch):
+    """At sizes where it pays, the depthwise convolutions' weight gradients run fused, with the published results."""
+    pytest.importorskip("pywt")
+    calls = []
+    original = _depthwise._weight_grad
+    monkeypatch.setattr(_depthwise, "_weight_grad", lambda *args: calls.append(args[1].shape) or original(*args))
+    published = PublishedWTConv2d(4, 5, 1, True, 2, "db1").double()
+    randomise(published)
+    block = blocks.WTConv2d(4, 4, 5, 1, True, 2, "db1").double()
+    assert_same_block(published, block, torch.randn(2, 4, 64, 64, dtype=F64))
+    # In each mode, the base convolution (2x4x64x64) and the first level's (2x16x32x32); the second level's is too
+    # small to pay.
+    assert sorted(calls) == sorted([(2, 4, 64, 64), (2, 16, 32, 32)] * 2)
 
 
 def test_wtconv2d_initial_values_are_published():

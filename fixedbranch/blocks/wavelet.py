@@ -8,6 +8,7 @@ from torch import nn
 
 from .. import ops
 from ._common import published, shared_bank
+from ._depthwise import depthwise_conv2d, depthwise_padding
 
 __all__ = ["WTConv2d"]
 
@@ -36,12 +37,16 @@ def scaled_conv(conv: nn.Conv2d, scale: nn.Module, x: torch.Tensor) -> torch.Ten
     """``scale(conv(x))`` as one convolution, the per-channel scale folded into the filters and the bias.
 
     Equal up to rounding, and it saves a pass over the convolution's output forward and two backward (the scale's
-    gradients with respect to its input and to itself).
+    gradients with respect to its input and to itself). A depthwise ``conv`` (as published) takes its weight
+    gradient from the fused CPU pass (``depthwise_conv2d``).
     """
     s = scale.weight.reshape(-1)
+    weight = conv.weight * s[:, None, None, None]
     bias = None if conv.bias is None else conv.bias * s
-    return F.conv2d(x, conv.weight * s[:, None, None, None], bias, conv.stride, conv.padding, conv.dilation,
-                    conv.groups)
+    padding = depthwise_padding(conv)
+    if padding is not None:
+        return depthwise_conv2d(x, weight, bias, padding)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class _ScaleModule(nn.Module):
