@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "bank_plan/bank_plan.h"
@@ -17,52 +18,46 @@
 namespace fixedbranch {
 namespace cpu {
 
-// dst[k][x] (+)= sum_t w[k * w_stride + t] * src[x + off[t]] for x in [0, len) and KB branches at once.
+// dst[k][x] (+)= sum_t w[k * w_stride + t] * src[x + off[t]] for x in [0, len) and KB branches at once, for `rows`
+// rows whose src and dst lie src_pitch and dst_pitch apart.
 //
 // The input vectors of a tap are loaded once and feed all KB branches, so a step of U vectors costs U input loads
 // and KB weight broadcasts for KB*U FMAs. One branch at a time needed a broadcast and a load per FMA and ran at a
-// third of the FMA rate (3.0 ns per pixel for K=4 3x3 float32, in cache, on one AVX2 core). src must be readable
-// kSlack elements past src + len + max(off).
+// third of the FMA rate (3.0 ns per pixel for K=4 3x3 float32, in cache, on one AVX2 core). A row's last values
+// take single vectors, the very last stored in part. src must be readable a vector past src + len + max(off) in
+// every row.
 template <int KB, int U, bool kAccumulate, typename opmath_t>
 void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t w_stride, int64_t taps,
-               opmath_t* const* dst, int64_t len) {
+               opmath_t* const* dst, int64_t len, int64_t rows = 1, int64_t src_pitch = 0, int64_t dst_pitch = 0) {
   using Vec = at::vec::Vectorized<opmath_t>;
   constexpr int64_t V = Vec::size();
   static_assert(U * V <= kSlack<opmath_t>, "slack too small for one step");
-  auto step = [&](int64_t x, Vec (&acc)[KB][U]) {
+  // N vectors from x on; the last one keeps `last` values (V: all).
+  auto step = [&](const opmath_t* s, opmath_t* const* d, int64_t x, auto vectors, int64_t last) {
+    constexpr int N = decltype(vectors)::value;
+    Vec acc[KB][N];
+    for (int k = 0; k < KB; ++k)
+      for (int u = 0; u < N; ++u)
+        acc[k][u] = kAccumulate ? Vec::loadu(d[k] + x + u * V, u + 1 < N ? V : last) : Vec(opmath_t(0));
     for (int64_t t = 0; t < taps; ++t) {
-      const opmath_t* s = src + x + off[t];
-      Vec in[U];
-      for (int u = 0; u < U; ++u) in[u] = Vec::loadu(s + u * V);
+      const opmath_t* in_t = s + x + off[t];
+      Vec in[N];
+      for (int u = 0; u < N; ++u) in[u] = Vec::loadu(in_t + u * V);
       for (int k = 0; k < KB; ++k) {
         const Vec wk(w[k * w_stride + t]);
-        for (int u = 0; u < U; ++u) acc[k][u] = at::vec::fmadd(wk, in[u], acc[k][u]);
+        for (int u = 0; u < N; ++u) acc[k][u] = at::vec::fmadd(wk, in[u], acc[k][u]);
       }
     }
+    for (int k = 0; k < KB; ++k)
+      for (int u = 0; u < N; ++u) acc[k][u].store(d[k] + x + u * V, u + 1 < N ? V : last);
   };
-  int64_t x = 0;
-  for (; x + U * V <= len; x += U * V) {
-    Vec acc[KB][U];
-    for (int k = 0; k < KB; ++k)
-      for (int u = 0; u < U; ++u) acc[k][u] = kAccumulate ? Vec::loadu(dst[k] + x + u * V) : Vec(0);
-    step(x, acc);
-    for (int k = 0; k < KB; ++k)
-      for (int u = 0; u < U; ++u) acc[k][u].store(dst[k] + x + u * V);
-  }
-  if (x == len) return;
-  // The tail runs full vectors over the slack and keeps only its len - x values.
-  const int64_t n = len - x;
-  alignas(64) opmath_t buf[KB][U * V];
-  Vec acc[KB][U];
-  for (int k = 0; k < KB; ++k) {
-    std::fill(buf[k], buf[k] + U * V, opmath_t(0));
-    if (kAccumulate) std::copy(dst[k] + x, dst[k] + len, buf[k]);
-    for (int u = 0; u < U; ++u) acc[k][u] = Vec::loadu(buf[k] + u * V);
-  }
-  step(x, acc);
-  for (int k = 0; k < KB; ++k) {
-    for (int u = 0; u < U; ++u) acc[k][u].store(buf[k] + u * V);
-    std::copy(buf[k], buf[k] + n, dst[k] + x);
+  opmath_t* d[KB];
+  for (int64_t r = 0; r < rows; ++r) {
+    const opmath_t* s = src + r * src_pitch;
+    for (int k = 0; k < KB; ++k) d[k] = dst[k] + r * dst_pitch;
+    int64_t x = 0;
+    for (; x + U * V <= len; x += U * V) step(s, d, x, std::integral_constant<int, U>{}, V);
+    for (; x < len; x += V) step(s, d, x, std::integral_constant<int, 1>{}, std::min(V, len - x));
   }
 }
 
@@ -91,6 +86,23 @@ void correlate_branches(const opmath_t* src, const int64_t* off, const opmath_t*
         case 6: correlate<2, 1, false>(s, off, wk, taps, taps, d, cv); break;
         default: correlate<1, 1, false>(s, off, wk, taps, taps, d, cv); break;
       }
+    }
+  }
+}
+
+// All K branches of `rows` rows of `len` values, four branches at a time: row r reads src + r * src_pitch and writes
+// branch k at dst[k] + r * dst_pitch.
+template <typename opmath_t>
+void correlate_rows(const opmath_t* src, int64_t src_pitch, const int64_t* off, const opmath_t* w, int64_t taps,
+                    int64_t K, opmath_t* const* dst, int64_t dst_pitch, int64_t rows, int64_t len) {
+  for (int64_t k = 0; k < K; k += 4) {
+    const opmath_t* wk = w + k * taps;
+    opmath_t* const* d = dst + k;
+    switch (std::min<int64_t>(4, K - k)) {
+      case 4: correlate<4, 2, false>(src, off, wk, taps, taps, d, len, rows, src_pitch, dst_pitch); break;
+      case 3: correlate<3, 2, false>(src, off, wk, taps, taps, d, len, rows, src_pitch, dst_pitch); break;
+      case 2: correlate<2, 3, false>(src, off, wk, taps, taps, d, len, rows, src_pitch, dst_pitch); break;
+      default: correlate<1, 4, false>(src, off, wk, taps, taps, d, len, rows, src_pitch, dst_pitch); break;
     }
   }
 }
