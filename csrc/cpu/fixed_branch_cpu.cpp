@@ -378,6 +378,14 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
       const Phases& h_phases = cv == tl.cv ? h_phases_full : h_phases_tail;
       const View v{Ho, Wo, g.stride(2), g.stride(3), slot_gsC, cv};
       auto g_slot = [&](int64_t b) { return g_ptr + t.n * g.stride(0) + a.channel(b, t.c0) * g.stride(1); };
+      // This task's rows of dL/dy: in place where grad_y holds them as acc would (float or double, the task's rows
+      // of W pixels of cv channels one contiguous run), which saves storing them afterwards.
+      scalar_t* gy_base = gy_ptr + t.n * grad_y.stride(0) + t.c0 * grad_y.stride(1);
+      opmath_t* rows = acc.data();
+      if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+        if ((cv == 1 || grad_y.stride(1) == 1) && grad_y.stride(3) == cv && grad_y.stride(2) == W * cv)
+          rows = gy_base + t.i0 * grad_y.stride(2);
+      }
 
       // Padded rows [p0, p1) into `put(p, row)` (row: padded columns [qa, qb)), or added in place into acc.
       auto run_rows = [&](int64_t p0, int64_t p1, int64_t qa, int64_t qb, bool in_place, auto&& put) {
@@ -413,7 +421,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
           const int64_t nr = std::min(kRows, p1 - p);
           opmath_t* dst[kRows];
           for (int64_t r = 0; r < nr; ++r)
-            dst[r] = in_place ? acc.data() + ((p + r - pad.top - t.i0) * W - pad.left) * cv + qa * cv
+            dst[r] = in_place ? rows + ((p + r - pad.top - t.i0) * W - pad.left) * cv + qa * cv
                               : adj.data() + r * h_pitch;
           bool accumulate = in_place;
           if (Ld > 0) {
@@ -430,7 +438,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
       auto fold = [&](int64_t p, const opmath_t* row) {
         const int64_t i = pad_source_index(p - pad.top, H, mode);
         if (i < t.i0 || i >= t.i1) return;
-        opmath_t* dst = acc.data() + (i - t.i0) * W * cv;
+        opmath_t* dst = rows + (i - t.i0) * W * cv;
         at::vec::map2([](auto x, auto y) { return x + y; }, dst, dst, row + pad.left * cv, W * cv);
         for_each_border(pad.left, W, pw, mode, [&](int64_t q, int64_t j) {
           if (j < 0) return;
@@ -439,9 +447,9 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
       };
 
       if (identity_live) {
-        identity_adjoint_rows(g_slot(0), v, sh, sw, t.i0, t.i1 - t.i0, W, acc.data());
+        identity_adjoint_rows(g_slot(0), v, sh, sw, t.i0, t.i1 - t.i0, W, rows);
       } else {
-        std::fill(acc.begin(), acc.begin() + (t.i1 - t.i0) * W * cv, opmath_t(0));
+        std::fill(rows, rows + (t.i1 - t.i0) * W * cv, opmath_t(0));
       }
       if (L > 0) {
         const int64_t p0 = t.i0 + pad.top, p1 = t.i1 + pad.top;
@@ -455,10 +463,10 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
           });
         }
       }
-      scalar_t* gy_base = gy_ptr + t.n * grad_y.stride(0) + t.c0 * grad_y.stride(1);
-      for (int64_t i = t.i0; i < t.i1; ++i)
-        store_row(acc.data() + (i - t.i0) * W * cv, W, cv, gy_base + i * grad_y.stride(2), grad_y.stride(3),
-                  grad_y.stride(1));
+      if (rows == acc.data())
+        for (int64_t i = t.i0; i < t.i1; ++i)
+          store_row(acc.data() + (i - t.i0) * W * cv, W, cv, gy_base + i * grad_y.stride(2), grad_y.stride(3),
+                    grad_y.stride(1));
     }
   });
 }
