@@ -494,22 +494,40 @@ def _nearly_separable_bank():
     return bank + 1e-9 * torch.randn(bank.shape, generator=torch.Generator().manual_seed(0), dtype=bank.dtype)
 
 
-def test_each_cpu_pass_runs_the_path_its_plan_names():
-    """A DCT 5x5 bank: the forward correlates directly (faster there), the backward runs the plan."""
-    bank = filters.dct(5).float()
+def _shared_column_bank():
+    # Eight rank-1 3x3 filters on one column: their forward row passes share every load (factored pays), their
+    # backward row passes do not (direct pays).
+    rows = torch.randn(8, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return torch.einsum("i,kj->kij", torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64), rows)
+
+
+# (bank, (forward path, backward path)): Gaussians at four scales have a column each, so a forward row pass runs
+# alone and direct pays there, while the backward's shared column accumulators make factored pay.
+PASS_PATH_CASES = [
+    (lambda: filters.bank(*(filters.gaussian(5, s) for s in (0.6, 0.9, 1.3, 2.0))), ("direct", "factored")),
+    (_shared_column_bank, ("factored", "direct")),
+]
+
+
+@pytest.mark.parametrize("make_bank,paths", PASS_PATH_CASES)
+def test_each_cpu_pass_runs_the_path_its_plan_names(make_bank, paths):
+    """The pass whose plan is direct gives the direct correlation's result bit for bit; the factored one does not."""
+    bank = make_bank().float()
     plan = bank_plan(bank)
-    assert plan.cpu_paths == ("direct", "factored") and plan.cpu_path == "direct forward, factored backward"
+    assert plan.cpu_paths == paths and plan.cpu_path == f"{paths[0]} forward, {paths[1]} backward"
     gen = torch.Generator().manual_seed(0)
-    y, g = torch.randn(1, 2, 12, 12, generator=gen), torch.randn(1, 52, 12, 12, generator=gen)
+    k = bank.shape[0]
+    y, g = torch.randn(1, 2, 12, 12, generator=gen), torch.randn(1, 2 * (k + 1), 12, 12, generator=gen)
 
     def run():
         backward = torch.ops.fixedbranch._fixed_branch_backward(g, bank, "zeros", [], True, "branch", [1, 1], [12, 12])
         return fixedbranch.fixed_branch(y, bank), backward
 
-    forward, backward = run()
+    results = run()
     with factoring("never"):
-        direct_forward, direct_backward = run()
-    assert torch.equal(forward, direct_forward) and not torch.equal(backward, direct_backward)
+        direct = run()
+    for path, result, expected in zip(paths, results, direct):
+        assert torch.equal(result, expected) == (path == "direct"), path
 
 
 @pytest.mark.parametrize("kind", ["FixedBranch", "FixedBranchConv2d"])

@@ -194,9 +194,10 @@ KernelBank<opmath_t> kernel_bank(const at::Tensor& bank, Pass pass) {
   return kb;
 }
 
-// correlate<KB, ...> for a run-time KB in 1..4, no accumulation: KB column passes at once.
+// correlate<KB, ...> for a run-time KB in 1..4, no accumulation: KB passes over one input at once (column passes,
+// or the row passes of filters that share a column).
 template <typename opmath_t>
-void correlate_columns(int64_t kb, const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t taps,
+void correlate_group(int64_t kb, const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t taps,
                        opmath_t* const* dst, int64_t len) {
   switch (kb) {
     case 4: correlate<4, 2, false>(src, off, w, taps, taps, dst, len); break;

@@ -3,7 +3,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <atomic>
+#include <map>
 
 #include "checks.h"
 
@@ -11,16 +13,16 @@ namespace fixedbranch {
 namespace {
 
 // The CPU kernels' relative cost of a row-pass tap and of one intermediate pass, in direct taps. A direct tap feeds
-// four branches from one load, a row-pass tap needs a load of its own, and each intermediate row (a column pass, a
-// factored filter's row) is written and read once more. The forward pays more per factored filter: its row pass
-// writes that filter's map on its own, where a direct pass writes four maps from one pass over the staged rows.
-// Weighted so, the estimate picks the path the bank sweep (python -m benchmarks banks) measures faster, forward and
-// backward. Measured on the 2-core AMD EPYC (2 threads, warm allocator, best of 7, ms at 5 and 37.5 MB outputs,
-// direct / factored): forward 3x3 standard 0.19 / 0.33, 2.00 / 3.14; DCT 5x5 0.32 / 0.26, 3.58 / 4.79; DCT 7x7
-// 0.92 / 0.84, 4.85 / 4.52; Gaussian+LoG 7x7 0.61 / 1.53, 4.32 / 7.72; Gabor 11x11 1.36 / 1.26, 9.51 / 8.94;
-// backward 3x3 0.32 / 0.47, 3.61 / 4.90; DCT 5x5 0.46 / 0.34, 6.09 / 4.86; DCT 7x7 1.44 / 0.80, 8.30 / 5.13;
-// Gaussian+LoG 0.93 / 1.53, 7.90 / 11.96; Gabor 2.01 / 1.82, 14.45 / 12.96. Only DCT 5x5's small forward
-// disagrees (a 0.06 ms loss, against 1.2 ms gained at 37.5 MB).
+// four branches from one load, a row-pass tap of one filter needs a load of its own, and each intermediate row (a
+// column pass, a factored filter's row) is written and read once more. In the forward, a filter whose row pass runs
+// alone also writes its map alone, where a direct pass (or the shared row pass of up to four single-term filters on
+// one column, pays_on_cpu) writes four maps from one pass over its input. Weighted so, the estimate picks the path
+// the bank sweep (python -m benchmarks banks) measures faster, forward and backward. Measured on the 2-core AMD EPYC
+// (2 threads, warm allocator, best of 9, ms at 5 and 37.5 MB outputs, direct / factored): forward 3x3 standard
+// 0.19 / 0.33, 2.02 / 2.69; DCT 5x5 0.34 / 0.14, 3.85 / 2.90; DCT 7x7 1.07 / 0.30, 5.41 / 2.79; Gaussian+LoG 7x7
+// 0.62 / 0.76, 4.64 / 6.20; Gabor 11x11 1.40 / 1.24, 9.60 / 8.92; backward 3x3 0.34 / 0.46, 3.46 / 4.77; DCT 5x5
+// 0.49 / 0.35, 6.62 / 5.01; DCT 7x7 1.58 / 0.78, 8.69 / 5.81; Gaussian+LoG 0.98 / 1.50, 8.22 / 12.06; Gabor
+// 1.90 / 1.68, 14.73 / 13.16.
 constexpr double kRowTapCost = 2.0, kPassCost = 4.0, kForwardFilterPassCost = 16.0;
 
 constexpr const char* kFactoringNames[] = {"auto", "never", "always"};
@@ -31,16 +33,27 @@ std::atomic<int> factoring_setting{static_cast<int>(Factoring::Auto)};
 Factoring factoring_policy() { return static_cast<Factoring>(factoring_setting.load(std::memory_order_relaxed)); }
 
 bool pays_on_cpu(const BankPlan& plan, Pass pass) {
-  const double filter_pass = pass == Pass::Forward ? kForwardFilterPassCost : kPassCost;
-  double factored_cost = 0;
+  const bool forward = pass == Pass::Forward;
+  double factored_cost = static_cast<double>(plan.columns.size()) * (plan.S1 + kPassCost);
+  std::map<int64_t, int64_t> sharing;  // the forward's single-term filters per column
   for (int64_t k = 0; k < plan.K; ++k) {
-    if (plan.factored(k)) {
-      factored_cost += kRowTapCost * plan.S2 * static_cast<double>(plan.terms[k].size()) + filter_pass;
-    } else {
+    if (!plan.factored(k)) {
       factored_cost += static_cast<double>(plan.S1 * plan.S2);
+    } else if (forward && plan.terms[k].size() == 1) {
+      ++sharing[plan.terms[k][0].column];
+    } else {
+      factored_cost += kRowTapCost * plan.S2 * static_cast<double>(plan.terms[k].size()) +
+                       (forward ? kForwardFilterPassCost : kPassCost);
     }
   }
-  factored_cost += static_cast<double>(plan.columns.size()) * (plan.S1 + kPassCost);
+  // The forward runs the row passes of up to four single-term filters on one column together: each load feeds
+  // them all, and they write their maps from one pass, as direct filters do.
+  for (const auto& [column, filters] : sharing) {
+    for (int64_t left = filters; left > 0; left -= 4) {
+      const double c = static_cast<double>(std::min<int64_t>(4, left));
+      factored_cost += c * ((1.0 + 1.0 / c) * plan.S2 + (c > 1 ? kPassCost : kForwardFilterPassCost));
+    }
+  }
   return factored_cost < static_cast<double>(plan.direct_taps());
 }
 

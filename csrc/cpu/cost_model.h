@@ -13,7 +13,8 @@
 namespace fixedbranch {
 
 // The CPU kernels' passes, which the cost model weighs apart: the forward writes each factored filter's map from a
-// row pass of its own, the backward sums the row passes' adjoints into shared column accumulators.
+// row pass (shared by up to four single-term filters on one column), the backward sums the row passes' adjoints
+// into shared column accumulators.
 enum class Pass { Forward, Backward };
 
 // Whether the CPU kernels' `pass` runs `plan` rather than the direct correlation of every filter (their default).

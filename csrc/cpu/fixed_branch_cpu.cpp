@@ -56,6 +56,28 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
   const std::vector<int64_t> off_full = tap_offsets(S1, S2, layout, tl.cv);
   const std::vector<int64_t> off_tail = tap_offsets(S1, S2, layout, C % tl.cv == 0 ? tl.cv : C % tl.cv);
   const int64_t centre = pad.top * layout.values() + layout.at(pad.left);  // y's pixel (i*sh, j*sw), in pixels
+  // Factored filters of one term (a separable filter: every DCT basis filter) grouped by their column: a row pass
+  // loads each shifted vector of the column's row once for up to four filters (correlate<KB>) instead of once per
+  // filter, which made it one load per multiply-add. Filters of several terms sum them in registers (correlate_sum).
+  struct RowGroup {
+    int64_t column;
+    std::vector<int64_t> filters;  // indices into kb.factored
+    std::vector<opmath_t> rows;    // their row filters, S2 each
+  };
+  std::vector<RowGroup> row_groups;
+  std::vector<int64_t> several_terms;  // indices into kb.factored
+  for (int64_t j = 0; j < static_cast<int64_t>(kb.factored.size()); ++j) {
+    const int64_t e = kb.term_begin[j];
+    if (kb.term_begin[j + 1] - e != 1) {
+      several_terms.push_back(j);
+      continue;
+    }
+    auto grp = std::find_if(row_groups.begin(), row_groups.end(),
+                            [&](const RowGroup& r) { return r.column == kb.term_column[e]; });
+    if (grp == row_groups.end()) grp = row_groups.insert(row_groups.end(), RowGroup{kb.term_column[e], {}, {}});
+    grp->filters.push_back(j);
+    grp->rows.insert(grp->rows.end(), kb.term_rows.begin() + e * S2, kb.term_rows.begin() + (e + 1) * S2);
+  }
 
   const scalar_t* y_ptr = y.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
@@ -116,10 +138,19 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
             opmath_t* column_dst[4];
             const int64_t n = std::min<int64_t>(4, U - u);
             for (int64_t c = 0; c < n; ++c) column_dst[c] = columns.data() + (u + c) * (row_len + kSlack<opmath_t>);
-            correlate_columns(n, src, col_off.data(), kb.columns.data() + u * S1, S1, column_dst, len);
+            correlate_group(n, src, col_off.data(), kb.columns.data() + u * S1, S1, column_dst, len);
           }
-          // Row passes: each factored filter sums its terms' rows of the column passes in registers.
-          for (size_t j = 0; j < kb.factored.size(); ++j) {
+          // Row passes.
+          for (const RowGroup& grp : row_groups) {
+            const opmath_t* column = columns.data() + grp.column * (row_len + kSlack<opmath_t>);
+            for (size_t f = 0; f < grp.filters.size(); f += 4) {
+              const int64_t n = std::min<int64_t>(4, static_cast<int64_t>(grp.filters.size() - f));
+              opmath_t* row_dst[4];
+              for (int64_t c = 0; c < n; ++c) row_dst[c] = row_for(kb.factored[grp.filters[f + c]], i, false);
+              correlate_group(n, column, row_off.data(), grp.rows.data() + f * S2, S2, row_dst, Wo * cv);
+            }
+          }
+          for (const int64_t j : several_terms) {
             terms.clear();
             for (int64_t e = kb.term_begin[j]; e < kb.term_begin[j + 1]; ++e)
               terms.push_back(columns.data() + kb.term_column[e] * (row_len + kSlack<opmath_t>));
