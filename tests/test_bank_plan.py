@@ -530,6 +530,21 @@ def test_each_cpu_pass_runs_the_path_its_plan_names(make_bank, paths):
         assert torch.equal(result, expected) == (path == "direct"), path
 
 
+def test_a_strided_forward_weighs_its_column_passes_by_the_stride():
+    """A Daubechies-2 bank runs factored at stride 1 and direct at a wavelet level's stride 2 (its column passes cover
+    twice the columns per output there); bit for bit the direct correlation's result where it runs direct."""
+    bank = filters.wavelet("db2").float()
+    y = torch.randn(1, 2, 12, 12, generator=torch.Generator().manual_seed(0))
+
+    def run(stride):
+        return fixedbranch.fixed_branch(y, bank, identity=False, order="channel", stride=stride)
+
+    results = {stride: run(stride) for stride in (1, 2)}
+    with factoring("never"):
+        direct = {stride: run(stride) for stride in (1, 2)}
+    assert not torch.equal(results[1], direct[1]) and torch.equal(results[2], direct[2])
+
+
 @pytest.mark.parametrize("kind", ["FixedBranch", "FixedBranchConv2d"])
 def test_module_plan_is_the_plan_the_operator_runs(kind):
     bank = _nearly_separable_bank()

@@ -18,11 +18,12 @@ namespace fixedbranch {
 enum class Pass { Forward, Backward };
 
 // Whether the CPU kernels' `pass` runs `plan` rather than the direct correlation of every filter (their default).
-bool pays_on_cpu(const BankPlan& plan, Pass pass);
+// A forward at column stride `stride_w` runs its column passes over every column of the rows it keeps.
+bool pays_on_cpu(const BankPlan& plan, Pass pass, int64_t stride_w = 1);
 
 // The plan the CPU kernels' `pass` runs for `bank` (rounded to the compute dtype, on the CPU), or null where it
 // correlates every filter directly: by pays_on_cpu, unless fixedbranch::_set_factoring forced a path.
-std::shared_ptr<const BankPlan> cpu_plan(const at::Tensor& bank, Pass pass);
+std::shared_ptr<const BankPlan> cpu_plan(const at::Tensor& bank, Pass pass, int64_t stride_w = 1);
 
 // How a bank's plan is used: by the cost model (Auto), never, or whenever the plan factors a filter.
 enum class Factoring : int { Auto = 0, Never = 1, Always = 2 };

@@ -47,7 +47,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
   const SamePad& pad = a.pad;
   const RowLayout layout = row_layout(W + S2 - 1, a.stride_w);
   const bool cl = is_channels_last(out);
-  const KernelBank<opmath_t> kb = kernel_bank<opmath_t>(bank, Pass::Forward);
+  const KernelBank<opmath_t> kb = kernel_bank<opmath_t>(bank, Pass::Forward, a.stride_w);
   const int64_t Kd = static_cast<int64_t>(kb.direct.size()), U = kb.num_columns;
   if (!cl && a.strided() && U == 0) return forward_planes<scalar_t>(y, kb, a, out);
   // A task's tile holds its staged rows and, for a factored bank, the U column passes of one row.
