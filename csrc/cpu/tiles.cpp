@@ -2,8 +2,9 @@
 // other output reads it: the forward loads two rows of y, splits their even and odd columns (one permute per
 // vector pair) and writes every map; the backward loads each live gradient once and interleaves the four sums of
 // a tile back into two rows of dL/dy. y and the maps move once, straight between the tensors: the plane kernels
-// staged every row into polyphase planes first and spent more on that than on the arithmetic (0.6 ms forward,
-// 0.95 ms backward for N8 C96 56x56 float32 on 2 cores, against 0.12 ms for a copy of y).
+// staged every row into polyphase planes first and spent more on that than on the arithmetic: 0.58-0.69 ms forward
+// and 0.95 ms backward for N8 C96 56x56 float32 on 2 cores, against 0.12 ms for a copy of y; these take 0.30 and
+// 0.22-0.37 ms.
 #include "cpu/tiles.h"
 
 #include <ATen/Parallel.h>
@@ -12,6 +13,8 @@
 
 #include <algorithm>
 #include <vector>
+
+#include "cpu/correlate.h"
 
 namespace fixedbranch {
 namespace cpu {
@@ -57,12 +60,6 @@ void store_pairs(const at::vec::Vectorized<T>& even, const at::vec::Vectorized<T
   if (2 * m > V) pair.second.store(p + V, 2 * m - V);
 }
 
-template <typename T>
-std::vector<T> tile_weights(const at::Tensor& bank) {
-  const at::Tensor b = bank.to(at::CppTypeToScalarType<T>::value).contiguous();
-  return std::vector<T>(b.const_data_ptr<T>(), b.const_data_ptr<T>() + b.numel());
-}
-
 }  // namespace
 
 bool fits_tiles(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& bank, const BranchArgs& a) {
@@ -76,7 +73,7 @@ void forward_tiles(const at::Tensor& y, const at::Tensor& bank, const BranchArgs
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const int64_t K = a.K, Ho = a.out_h, Wo = a.out_w;
-  const std::vector<T> w = tile_weights<T>(bank);  // w[4k + 2a + b]: tap (a, b) of filter k+1
+  const std::vector<T> w = bank_values<T>(bank);  // w[4k + 2a + b]: tap (a, b) of filter k+1
   const T* y_ptr = y.const_data_ptr<T>();
   T* out_ptr = out.mutable_data_ptr<T>();
   const int64_t ysN = y.stride(0), ysC = y.stride(1), ysH = y.stride(2);
@@ -118,7 +115,7 @@ void backward_tiles(const at::Tensor& g, const at::Tensor& bank, const BranchArg
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const int64_t Ho = a.out_h, Wo = a.out_w;
-  const std::vector<T> bank_w = tile_weights<T>(bank);
+  const std::vector<T> bank_w = bank_values<T>(bank);
   std::vector<int64_t> live;  // filters whose gradient reaches y
   std::vector<T> w;           // their taps, 4 each
   for (int64_t k = 1; k <= a.K; ++k) {
