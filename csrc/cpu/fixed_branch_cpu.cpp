@@ -122,11 +122,20 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
         buffered[k] = true;
         return rows.data() + (k - 1) * Wo * cv;
       };
+      // NCHW float/double rows of the direct filters go straight into the output, all of the task's rows in one
+      // call: a call per row spent on setting up what made the 3x3 bank's forward (y = 4x7x96x96 float32, 2
+      // threads) take 0.184 ms instead of 0.153.
+      const bool direct_rows_at_once = std::is_same_v<scalar_t, opmath_t> && direct && cv == 1 && Kd > 0;
+      if (direct_rows_at_once) {
+        for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], t.i0, /*per_pixel=*/true);
+        correlate_rows(tile.data(), sh * len, off, kb.direct_weights.data(), taps, Kd, dst.data(), osH, t.i1 - t.i0,
+                       Wo);
+      }
       for (int64_t i = t.i0; i < t.i1; ++i) {
         const opmath_t* src = tile.data() + (i - t.i0) * sh * len;
         // The identity is y itself, copied from the staged centre: exact for every dtype.
         if (a.identity) store_row(src + centre * cv, Wo, cv, slot_row(0, i), osW, slot_osC);
-        if (Kd > 0) {
+        if (Kd > 0 && !direct_rows_at_once) {
           for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], i, /*per_pixel=*/true);
           const bool in_place = !buffered[kb.direct[0]];
           correlate_branches(src, off, kb.direct_weights.data(), taps, Kd, dst.data(), cv == 1 ? 1 : Wo,
