@@ -169,6 +169,17 @@ struct KernelBank {
   std::vector<int64_t> term_begin;            // terms of factored filter j: [term_begin[j], term_begin[j+1])
   std::vector<int64_t> term_column;           // per term, its column
   std::vector<opmath_t> term_rows;            // per term, S2 values
+  // The factored filters of one term (a separable filter: every DCT basis filter) grouped by their column: the
+  // forward's row pass loads each shifted vector of the column's row once for up to four of them (correlate<KB>)
+  // instead of once per filter, which made it one load per multiply-add (cost_model.cpp weighs the same groups).
+  // Filters of several terms sum them in registers (correlate_sum).
+  struct RowGroup {
+    int64_t column;
+    std::vector<int64_t> filters;  // indices into `factored`
+    std::vector<opmath_t> rows;    // their row filters, S2 each
+  };
+  std::vector<RowGroup> row_groups;
+  std::vector<int64_t> several_terms;  // indices into `factored`
 };
 
 template <typename opmath_t>
@@ -200,6 +211,18 @@ KernelBank<opmath_t> kernel_bank(const at::Tensor& bank, Pass pass, int64_t stri
       put(term.row, kb.term_rows);
     }
     kb.term_begin.push_back(static_cast<int64_t>(kb.term_column.size()));
+  }
+  for (int64_t j = 0; j < static_cast<int64_t>(kb.factored.size()); ++j) {
+    const int64_t e = kb.term_begin[j];
+    if (kb.term_begin[j + 1] - e != 1) {
+      kb.several_terms.push_back(j);
+      continue;
+    }
+    auto grp = std::find_if(kb.row_groups.begin(), kb.row_groups.end(),
+                            [&](const auto& r) { return r.column == kb.term_column[e]; });
+    if (grp == kb.row_groups.end()) grp = kb.row_groups.insert(kb.row_groups.end(), {kb.term_column[e], {}, {}});
+    grp->filters.push_back(j);
+    grp->rows.insert(grp->rows.end(), kb.term_rows.begin() + e * kb.S2, kb.term_rows.begin() + (e + 1) * kb.S2);
   }
   return kb;
 }

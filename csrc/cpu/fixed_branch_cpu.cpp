@@ -46,6 +46,9 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
   const int64_t S1 = bank.size(1), S2 = bank.size(2), taps = S1 * S2;
   const SamePad& pad = a.pad;
   const RowLayout layout = row_layout(W + S2 - 1, a.stride_w);
+  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+    if (fits_tiles(y, out, bank, a)) return forward_tiles<scalar_t>(y, bank, a, out);
+  }
   const bool cl = is_channels_last(out);
   const KernelBank<opmath_t> kb = kernel_bank<opmath_t>(bank, Pass::Forward, a.stride_w);
   const int64_t Kd = static_cast<int64_t>(kb.direct.size()), U = kb.num_columns;
@@ -56,28 +59,6 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
   const std::vector<int64_t> off_full = tap_offsets(S1, S2, layout, tl.cv);
   const std::vector<int64_t> off_tail = tap_offsets(S1, S2, layout, C % tl.cv == 0 ? tl.cv : C % tl.cv);
   const int64_t centre = pad.top * layout.values() + layout.at(pad.left);  // y's pixel (i*sh, j*sw), in pixels
-  // Factored filters of one term (a separable filter: every DCT basis filter) grouped by their column: a row pass
-  // loads each shifted vector of the column's row once for up to four filters (correlate<KB>) instead of once per
-  // filter, which made it one load per multiply-add. Filters of several terms sum them in registers (correlate_sum).
-  struct RowGroup {
-    int64_t column;
-    std::vector<int64_t> filters;  // indices into kb.factored
-    std::vector<opmath_t> rows;    // their row filters, S2 each
-  };
-  std::vector<RowGroup> row_groups;
-  std::vector<int64_t> several_terms;  // indices into kb.factored
-  for (int64_t j = 0; j < static_cast<int64_t>(kb.factored.size()); ++j) {
-    const int64_t e = kb.term_begin[j];
-    if (kb.term_begin[j + 1] - e != 1) {
-      several_terms.push_back(j);
-      continue;
-    }
-    auto grp = std::find_if(row_groups.begin(), row_groups.end(),
-                            [&](const RowGroup& r) { return r.column == kb.term_column[e]; });
-    if (grp == row_groups.end()) grp = row_groups.insert(row_groups.end(), RowGroup{kb.term_column[e], {}, {}});
-    grp->filters.push_back(j);
-    grp->rows.insert(grp->rows.end(), kb.term_rows.begin() + e * S2, kb.term_rows.begin() + (e + 1) * S2);
-  }
 
   const scalar_t* y_ptr = y.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
@@ -125,7 +106,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
       // NCHW float/double rows of the direct filters go straight into the output, all of the task's rows in one
       // call: a call per row spent on setting up what made the 3x3 bank's forward (y = 4x7x96x96 float32, 2
       // threads) take 0.184 ms instead of 0.153.
-      const bool direct_rows_at_once = std::is_same_v<scalar_t, opmath_t> && direct && cv == 1 && Kd > 0;
+      const bool direct_rows_at_once = direct && cv == 1 && Kd > 0;
       if (direct_rows_at_once) {
         for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], t.i0, /*per_pixel=*/true);
         correlate_rows(tile.data(), sh * len, off, kb.direct_weights.data(), taps, Kd, dst.data(), osH, t.i1 - t.i0,
@@ -149,8 +130,8 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
             for (int64_t c = 0; c < n; ++c) column_dst[c] = columns.data() + (u + c) * (row_len + kSlack<opmath_t>);
             correlate_group(n, src, col_off.data(), kb.columns.data() + u * S1, S1, column_dst, len);
           }
-          // Row passes.
-          for (const RowGroup& grp : row_groups) {
+          // Row passes: the single-term filters a column at a time, the others summing their terms.
+          for (const auto& grp : kb.row_groups) {
             const opmath_t* column = columns.data() + grp.column * (row_len + kSlack<opmath_t>);
             for (size_t f = 0; f < grp.filters.size(); f += 4) {
               const int64_t n = std::min<int64_t>(4, static_cast<int64_t>(grp.filters.size() - f));
@@ -159,7 +140,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
               correlate_group(n, column, row_off.data(), grp.rows.data() + f * S2, S2, row_dst, Wo * cv);
             }
           }
-          for (const int64_t j : several_terms) {
+          for (const int64_t j : kb.several_terms) {
             terms.clear();
             for (int64_t e = kb.term_begin[j]; e < kb.term_begin[j + 1]; ++e)
               terms.push_back(columns.data() + kb.term_column[e] * (row_len + kSlack<opmath_t>));
@@ -341,6 +322,9 @@ void gather_columns(const Gather<opmath_t>& g, const Phases& ph, int64_t cv, int
 template <typename scalar_t>
 void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchArgs& a, at::Tensor& grad_y) {
   using opmath_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+    if (fits_tiles(g, grad_y, bank, a)) return backward_tiles<scalar_t>(g, bank, a, grad_y);
+  }
   const int64_t C = a.C, H = a.H, W = a.W, Ho = a.out_h, Wo = a.out_w, sh = a.stride_h, sw = a.stride_w;
   const int64_t S1 = bank.size(1), S2 = bank.size(2), taps = S1 * S2;
   const SamePad& pad = a.pad;
@@ -514,21 +498,12 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
 // A fresh output of tens of MB would fault in 4 KiB at a time as the kernel writes it; see output_memory.cpp.
 void forward_cpu(const at::Tensor& y, const at::Tensor& bank, const BranchArgs& args, at::Tensor& out) {
   prepare_output(out);
-  if (fits_tiles(y, out, bank, args)) {
-    AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "fixed_branch_tiles", [&] { forward_tiles<scalar_t>(y, bank, args, out); });
-    return;
-  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "fixed_branch_cpu",
                                   [&] { forward_kernel<scalar_t>(y, bank, args, out); });
 }
 
 void backward_cpu(const at::Tensor& grad_output, const at::Tensor& bank, const BranchArgs& args, at::Tensor& grad_y) {
   prepare_output(grad_y);
-  if (fits_tiles(grad_output, grad_y, bank, args)) {
-    AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "fixed_branch_backward_tiles",
-                               [&] { backward_tiles<scalar_t>(grad_output, bank, args, grad_y); });
-    return;
-  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "fixed_branch_backward_cpu",
                                   [&] { backward_kernel<scalar_t>(grad_output, bank, args, grad_y); });
 }

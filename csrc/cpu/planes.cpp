@@ -111,15 +111,14 @@ void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar
         split_phases(row.data(), pw, sw, 1, pitch, plane_row, planes.size());
       }
       scalar_t* out_task = out_ptr + t.n * out.stride(0) + t.i0 * out.stride(2);
+      int64_t dst_pitch = pitch;
       if constexpr (std::is_same_v<scalar_t, opmath_t>) {
         if (in_place) {
           for (int64_t k = 1; k <= K; ++k) dst[k - 1] = out_task + a.channel(a.slot(k), t.c0) * out.stride(1);
-          correlate_rows(tile.data(), pitch, off.data(), kb.direct_weights.data(), taps, K, dst.data(), out.stride(2),
-                         n, Wo);
+          dst_pitch = out.stride(2);
         }
       }
-      if (!in_place)
-        correlate_branches(tile.data(), off.data(), kb.direct_weights.data(), taps, K, dst.data(), 1, n * pitch, 0);
+      correlate_rows(tile.data(), pitch, off.data(), kb.direct_weights.data(), taps, K, dst.data(), dst_pitch, n, Wo);
       for (int64_t i = 0; i < n; ++i) {
         scalar_t* out_row = out_task + i * out.stride(2);
         if (a.identity)

@@ -201,13 +201,16 @@ void store_row(const opmath_t* src, int64_t W, int64_t Cv, scalar_t* dst, int64_
 }
 
 // Task decomposition shared by forward and backward: images x channel blocks x row blocks.
+// Tasks per thread at least, for tasks of `values` values each: small inputs run inline instead of waking a thread
+// team for microseconds of work.
+inline int64_t tasks_per_grain(int64_t values) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, values));
+}
+
 struct Tiling {
   int64_t cv, channel_blocks, rows, row_blocks;
   int64_t tasks(int64_t n) const { return n * channel_blocks * row_blocks; }
-  // Tasks per thread at least: small inputs run inline instead of waking a thread team for microseconds of work.
-  int64_t grain(int64_t W, int64_t maps) const {
-    return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, rows * W * cv * maps));
-  }
+  int64_t grain(int64_t W, int64_t maps) const { return tasks_per_grain(rows * W * cv * maps); }
 };
 
 // `rows` output rows per task, each staging `rows_per_output` input rows of `tile_row_values` values per channel,

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cpu/correlate.h"
+#include "cpu/staging.h"
 
 namespace fixedbranch {
 namespace cpu {
@@ -29,11 +30,6 @@ void for_each_run(int64_t begin, int64_t end, int64_t C, int64_t rows, F&& f) {
     f(id / (C * rows), id / rows % C, i, count);
     id += count;
   }
-}
-
-// Passes of at least GRAIN_SIZE values per thread: small ones run inline.
-int64_t row_grain(int64_t values_per_row) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, values_per_row));
 }
 
 // The even and odd pixels of the 2m values at p (m <= V).
@@ -82,7 +78,7 @@ void forward_tiles(const at::Tensor& y, const at::Tensor& bank, const BranchArgs
   // written (or read) later in the same run: no masked load or store but the run's last row's. Only rows of a vector
   // or more: a shorter row's vector would reach past the next row.
   const bool runs_on = ysH == a.W && osH == Wo && Wo >= V;
-  at::parallel_for(0, a.N * a.C * Ho, row_grain(2 * a.W + (K + 1) * Wo), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, a.N * a.C * Ho, tasks_per_grain(2 * a.W + (K + 1) * Wo), [&](int64_t begin, int64_t end) {
     std::vector<T*> maps(K);
     for_each_run(begin, end, a.C, Ho, [&](int64_t n, int64_t c, int64_t i, int64_t count) {
       const T* top = y_ptr + n * ysN + c * ysC + 2 * i * ysH;
@@ -130,7 +126,7 @@ void backward_tiles(const at::Tensor& g, const at::Tensor& bank, const BranchArg
   const int64_t gsN = g.stride(0), gsC = g.stride(1), gsH = g.stride(2);
   const int64_t dsN = grad_y.stride(0), dsC = grad_y.stride(1), dsH = grad_y.stride(2);
   const bool runs_on = gsH == Wo && dsH == a.W && Wo >= V;  // as in forward_tiles
-  at::parallel_for(0, a.N * a.C * Ho, row_grain((L + 1) * Wo + 2 * a.W), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, a.N * a.C * Ho, tasks_per_grain((L + 1) * Wo + 2 * a.W), [&](int64_t begin, int64_t end) {
     std::vector<const T*> sources(L);
     for_each_run(begin, end, a.C, Ho, [&](int64_t n, int64_t c, int64_t i, int64_t count) {
       const T* row = g_ptr + n * gsN + i * gsH;
