@@ -10,6 +10,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
@@ -26,13 +27,8 @@ template <int NB, typename T>
 void accumulate_row(const T* g, const T* x, int64_t Wo, at::vec::Vectorized<T> (&acc)[NB]) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  int64_t j = 0;
-  for (; j + V <= Wo; j += V) {
-    const Vec gv = Vec::loadu(g + j);
-    for (int b = 0; b < NB; ++b) acc[b] = at::vec::fmadd(gv, Vec::loadu(x + j + b), acc[b]);
-  }
-  if (j < Wo) {
-    const Vec gv = Vec::loadu(g + j, Wo - j);
+  for (int64_t j = 0; j < Wo; j += V) {
+    const Vec gv = Vec::loadu(g + j, std::min(V, Wo - j));
     for (int b = 0; b < NB; ++b) acc[b] = at::vec::fmadd(gv, Vec::loadu(x + j + b), acc[b]);
   }
 }
@@ -44,13 +40,7 @@ void accumulate_taps(const T* g, int64_t Ho, int64_t Wo, const T* rows, int64_t 
   Vec acc[NB];
   for (int b = 0; b < NB; ++b) acc[b] = Vec(T(0));
   for (int64_t i = 0; i < Ho; ++i) accumulate_row<NB>(g + i * Wo, rows + i * pitch, Wo, acc);
-  alignas(64) T lanes[Vec::size()];
-  for (int b = 0; b < NB; ++b) {
-    acc[b].store(lanes);
-    T sum = 0;
-    for (int64_t l = 0; l < Vec::size(); ++l) sum += lanes[l];
-    taps[b] += sum;
-  }
+  for (int b = 0; b < NB; ++b) taps[b] += at::vec::vec_reduce_all([](Vec& p, Vec& q) { return p + q; }, acc[b]);
 }
 
 template <typename T>
@@ -122,7 +112,7 @@ at::Tensor depthwise_conv2d_weight_grad(const at::Tensor& grad_output, const at:
                         grad_output.size(2) == Ho && grad_output.size(3) == Wo,
                     what, ": expected grad_output of shape (", input.size(0), ", ", input.size(1), ", ", Ho, ", ", Wo,
                     ") for input ", input.sizes(), ", got ", grad_output.sizes());
-  at::Tensor grad_w = at::empty({input.size(1), 1, S1, S2}, input.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad_w = at::empty({input.size(1), 1, S1, S2}, input.options());
   if (input.numel() == 0) return grad_w.zero_();
   const at::Tensor g = grad_output.contiguous(), x = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise_conv2d_weight_grad",
