@@ -320,6 +320,12 @@ def _fixed_branch_transpose_fake(z, bank, padding_mode="zeros", identity=True, o
                        memory_format=suggest_memory_format(z))
 
 
+@torch.library.register_fake("fixedbranch::_depthwise_conv2d_weight_grad")
+def _depthwise_conv2d_weight_grad_fake(grad_output, input, kernel_size, padding):
+    _fake_same_device("fixedbranch._depthwise_conv2d_weight_grad", "grad_output", grad_output, input, "input")
+    return input.new_empty(input.shape[1], 1, *kernel_size)
+
+
 @torch.library.register_fake("fixedbranch::fixed_branch_conv2d")
 def _fixed_branch_conv2d_fake(x, weight, bias, bank, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
                               padding_mode="zeros", stop_gradient=(), identity=True, order="branch",
