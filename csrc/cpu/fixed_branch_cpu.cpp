@@ -384,7 +384,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
   scalar_t* gy_ptr = grad_y.mutable_data_ptr<scalar_t>();
   const int64_t slot_gsC = a.channel_step() * g.stride(1);
-  constexpr int64_t kRows = 4;  // the gather's row block
+  constexpr int64_t kRows = 4;       // the gather's row block
+  constexpr int64_t kAheadRows = 8;  // gradient rows prefetched ahead of the staging
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(W, a.K + 1), [&](int64_t begin, int64_t end) {
     const int64_t g_pitch = Wg * tl.cv, h_pitch = pw * tl.cv;
@@ -395,6 +396,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     const int64_t phase_pitch = ceil_div(pw, sw) * tl.cv + kSlack<opmath_t>;
     std::vector<opmath_t> phase_buf(kRows * phase_pitch);
     std::vector<const opmath_t*> g_rows(L * max_rows), h_rows(G * max_rows), term_rows;
+    std::vector<const scalar_t*> g_base(L);  // each live filter's gradient plane
     for (int64_t id = begin; id < end; ++id) {
       const Task t = locate(tl, id, C, H);
       const int64_t cv = t.cv;
@@ -416,33 +418,43 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
         const int64_t o0 = std::max<int64_t>(0, ceil_div(p0 - S1 + 1, sh));
         const int64_t o1 = std::min(Ho, floor_div(p1 - 1, sh) + 1);
         const int64_t nO = std::max<int64_t>(0, o1 - o0);
-        for (int64_t l = 0; l < L; ++l) {
-          const scalar_t* base = g_slot(a.slot(live[l]));
-          for (int64_t o = o0; o < o1; ++o) {
-            opmath_t* row = stage.data() + (l * max_rows + (o - o0)) * g_pitch;
-            std::fill(row, row + E * cv, opmath_t(0));
-            copy_pixels(base + o * g.stride(2), v, Wo, 1, row + E * cv);
-            std::fill(row + (E + Wo) * cv, row + Wg * cv, opmath_t(0));
-            g_rows[l * nO + (o - o0)] = row + E * cv;
+        for (int64_t l = 0; l < L; ++l) g_base[l] = g_slot(a.slot(live[l]));
+        // Direct banks stage gradient rows as the row blocks reach them, with the rows kAheadRows further on
+        // prefetched: reading g from memory then overlaps the arithmetic instead of preceding it task by task (3x3
+        // K=4, y = 4x51x96x96 float32, 2 threads: 3.6 -> 3.1 ms). Factored banks stage the task's rows and run their
+        // transposed row passes first: interleaved with the column gathers they ran 15-20% slower.
+        const bool incremental = G == 0;
+        int64_t staged = o0;  // rows o0 .. staged-1 are staged
+        auto stage_until = [&](int64_t o_end) {
+          for (; staged < o_end; ++staged) {
+            const int64_t o = staged;
+            for (int64_t l = 0; l < L; ++l) {
+              opmath_t* row = stage.data() + (l * max_rows + (o - o0)) * g_pitch;
+              std::fill(row, row + E * cv, opmath_t(0));
+              copy_pixels(g_base[l] + o * g.stride(2), v, Wo, 1, row + E * cv);
+              std::fill(row + (E + Wo) * cv, row + Wg * cv, opmath_t(0));
+              g_rows[l * nO + (o - o0)] = row + E * cv;
+              if (incremental && o + kAheadRows < Ho)
+                prefetch_pixels(g_base[l] + (o + kAheadRows) * g.stride(2), v, Wo);
+            }
+            // h_u[o][q] for every padded column q.
+            for (int64_t u = 0; u < G; ++u) {
+              const Group& grp = groups[u];
+              const int64_t ns = static_cast<int64_t>(grp.sources.size());
+              term_rows.resize(ns);
+              for (int64_t e = 0; e < ns; ++e) term_rows[e] = g_rows[grp.sources[e] * nO + (o - o0)];
+              opmath_t* hrow = h.data() + (u * max_rows + (o - o0)) * h_pitch;
+              h_rows[u * nO + (o - o0)] = hrow;
+              const Gather<opmath_t> pass{term_rows.data(), ns, o, 1, grp.rows.data(), 1, S2, 1};
+              gather_columns(pass, g_phases, cv, o, 1, 0, pw, &hrow, false, phase_buf.data(), phase_pitch);
+            }
           }
-        }
-        // h_u[o][q] for every padded column q, one row at a time.
-        for (int64_t u = 0; u < G; ++u) {
-          const Group& grp = groups[u];
-          const int64_t ns = static_cast<int64_t>(grp.sources.size());
-          term_rows.resize(ns);
-          for (int64_t o = o0; o < o1; ++o) {
-            for (int64_t e = 0; e < ns; ++e) term_rows[e] = g_rows[grp.sources[e] * nO + (o - o0)];
-            opmath_t* hrow = h.data() + (u * max_rows + (o - o0)) * h_pitch;
-            h_rows[u * nO + (o - o0)] = hrow;
-            const Gather<opmath_t> pass{term_rows.data(), ns, o, 1, grp.rows.data(), 1, S2, 1};
-            gather_columns(pass, g_phases, cv, o, 1, 0, pw, &hrow, false, phase_buf.data(), phase_pitch);
-          }
-        }
+        };
         const Gather<opmath_t> direct{g_rows.data(), Ld, o0, nO, wl.data(), S1, S2, sh};
         const Gather<opmath_t> columns{h_rows.data(), G, o0, nO, group_columns.data(), S1, 1, sh};
         for (int64_t p = p0; p < p1; p += kRows) {
           const int64_t nr = std::min(kRows, p1 - p);
+          stage_until(incremental ? std::min(o1, floor_div(p + nr - 1, sh) + 1) : o1);
           opmath_t* dst[kRows];
           for (int64_t r = 0; r < nr; ++r)
             dst[r] = in_place ? rows + ((p + r - pad.top - t.i0) * W - pad.left) * cv + qa * cv

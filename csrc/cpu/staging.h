@@ -30,7 +30,13 @@ template <typename src_t, typename dst_t>
 inline void convert_strided(const src_t* src, int64_t src_stride, dst_t* dst, int64_t dst_stride, int64_t n) {
   if (src_stride == 1 && dst_stride == 1) {
     if constexpr (std::is_same_v<src_t, dst_t>) {
-      std::memcpy(dst, src, n * sizeof(dst_t));
+      // Rows are short (a few hundred bytes): a vector loop inline, where memcpy's call and size dispatch cost
+      // as much as the copy.
+      using Vec = at::vec::Vectorized<dst_t>;
+      constexpr int64_t V = Vec::size();
+      int64_t i = 0;
+      for (; i + V <= n; i += V) Vec::loadu(src + i).store(dst + i);
+      if (i < n) Vec::loadu(src + i, n - i).store(dst + i, n - i);
     } else {
       at::vec::convert(src, dst, n);
     }
@@ -64,6 +70,16 @@ void copy_pixels(const scalar_t* src, const View& v, int64_t npix, int64_t step,
   } else {
     for (int64_t j = 0; j < npix; ++j) convert_run(src + j * v.sW, v.sC, v.Cv, dst + j * step * v.Cv);
   }
+}
+
+// Asks for the cache lines of npix pixels (described by v) ahead of their use: rows of contiguous values only, the
+// others are left to the hardware.
+template <typename scalar_t>
+inline void prefetch_pixels(const scalar_t* src, const View& v, int64_t npix) {
+  if (v.sW != 1 || v.Cv != 1) return;
+  const char* p = reinterpret_cast<const char*>(src);
+  const int64_t bytes = npix * static_cast<int64_t>(sizeof(scalar_t));
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b);
 }
 
 // Calls f(q, j) for each border index q of a padded axis of `padded` entries whose image part is the n entries from
