@@ -418,30 +418,37 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
         const int64_t o0 = std::max<int64_t>(0, ceil_div(p0 - S1 + 1, sh));
         const int64_t o1 = std::min(Ho, floor_div(p1 - 1, sh) + 1);
         const int64_t nO = std::max<int64_t>(0, o1 - o0);
+        auto stage_row = [&](int64_t l, int64_t o) {
+          opmath_t* row = stage.data() + (l * max_rows + (o - o0)) * g_pitch;
+          std::fill(row, row + E * cv, opmath_t(0));
+          copy_pixels(g_base[l] + o * g.stride(2), v, Wo, 1, row + E * cv);
+          std::fill(row + (E + Wo) * cv, row + Wg * cv, opmath_t(0));
+          g_rows[l * nO + (o - o0)] = row + E * cv;
+        };
         for (int64_t l = 0; l < L; ++l) g_base[l] = g_slot(a.slot(live[l]));
         // Direct banks stage gradient rows as the row blocks reach them, with the rows kAheadRows further on
         // prefetched: reading g from memory then overlaps the arithmetic instead of preceding it task by task (3x3
-        // K=4, y = 4x51x96x96 float32, 2 threads: 3.6 -> 3.1 ms). Factored banks stage the task's rows and run their
-        // transposed row passes first: interleaved with the column gathers they ran 15-20% slower.
+        // K=4, y = 4x51x96x96 float32, 2 threads: 3.5 -> 3.1 ms). Factored banks stage all the task's rows first,
+        // one gradient slot after another, then run their transposed row passes: read row by row across 25-49 slots
+        // at once, the DCT banks' backward ran 1.3-1.5x slower at 38 MB.
         const bool incremental = G == 0;
         int64_t staged = o0;  // rows o0 .. staged-1 are staged
         auto stage_until = [&](int64_t o_end) {
-          for (; staged < o_end; ++staged) {
-            const int64_t o = staged;
+          for (; staged < o_end; ++staged)
             for (int64_t l = 0; l < L; ++l) {
-              opmath_t* row = stage.data() + (l * max_rows + (o - o0)) * g_pitch;
-              std::fill(row, row + E * cv, opmath_t(0));
-              copy_pixels(g_base[l] + o * g.stride(2), v, Wo, 1, row + E * cv);
-              std::fill(row + (E + Wo) * cv, row + Wg * cv, opmath_t(0));
-              g_rows[l * nO + (o - o0)] = row + E * cv;
-              if (incremental && o + kAheadRows < Ho)
-                prefetch_pixels(g_base[l] + (o + kAheadRows) * g.stride(2), v, Wo);
+              stage_row(l, staged);
+              if (staged + kAheadRows < Ho) prefetch_pixels(g_base[l] + (staged + kAheadRows) * g.stride(2), v, Wo);
             }
-            // h_u[o][q] for every padded column q.
-            for (int64_t u = 0; u < G; ++u) {
-              const Group& grp = groups[u];
-              const int64_t ns = static_cast<int64_t>(grp.sources.size());
-              term_rows.resize(ns);
+        };
+        if (!incremental) {
+          for (int64_t l = 0; l < L; ++l)
+            for (int64_t o = o0; o < o1; ++o) stage_row(l, o);
+          // h_u[o][q] for every padded column q, one row at a time.
+          for (int64_t u = 0; u < G; ++u) {
+            const Group& grp = groups[u];
+            const int64_t ns = static_cast<int64_t>(grp.sources.size());
+            term_rows.resize(ns);
+            for (int64_t o = o0; o < o1; ++o) {
               for (int64_t e = 0; e < ns; ++e) term_rows[e] = g_rows[grp.sources[e] * nO + (o - o0)];
               opmath_t* hrow = h.data() + (u * max_rows + (o - o0)) * h_pitch;
               h_rows[u * nO + (o - o0)] = hrow;
@@ -449,12 +456,12 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
               gather_columns(pass, g_phases, cv, o, 1, 0, pw, &hrow, false, phase_buf.data(), phase_pitch);
             }
           }
-        };
+        }
         const Gather<opmath_t> direct{g_rows.data(), Ld, o0, nO, wl.data(), S1, S2, sh};
         const Gather<opmath_t> columns{h_rows.data(), G, o0, nO, group_columns.data(), S1, 1, sh};
         for (int64_t p = p0; p < p1; p += kRows) {
           const int64_t nr = std::min(kRows, p1 - p);
-          stage_until(incremental ? std::min(o1, floor_div(p + nr - 1, sh) + 1) : o1);
+          if (incremental) stage_until(std::min(o1, floor_div(p + nr - 1, sh) + 1));
           opmath_t* dst[kRows];
           for (int64_t r = 0; r < nr; ++r)
             dst[r] = in_place ? rows + ((p + r - pad.top - t.i0) * W - pad.left) * cv + qa * cv
