@@ -9,7 +9,6 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
