@@ -391,3 +391,23 @@ def test_tile_kernels_match_reference(hw, stop, identity, order, dtype):
             what = f"{hw} {mode} y {y_layout} g {g_layout}"
             assert_close(out, expected, dtype, f"forward {what}")
             assert_close(grad, expected_grad, dtype, f"gradient {what}")
+
+
+# Images tall enough that a task holds a block of rows, not the whole image: the backward stages each task's gradient
+# rows as its row blocks reach them (direct banks) or all first (factored), in every padding mode.
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("policy", ["never", "always"])
+def test_tall_images_in_row_blocks_match_reference(policy, dtype):
+    gen = torch.Generator().manual_seed(7)
+    bank = separable_bank(4, 5, 3, gen)
+    y64 = torch.randn(2, 3, 300, 21, generator=gen, dtype=torch.float64)
+    for mode in PADDING_MODES:
+        expected = reference.fixed_branch(y64.requires_grad_(True), bank.to(dtype).double(), mode, [2])
+        g = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+        (expected_grad,) = torch.autograd.grad(expected, y64, g)
+        y = y64.detach().to(dtype).requires_grad_(True)
+        with factoring(policy):
+            out = fb.fixed_branch(y, bank, mode, [2])
+            (grad,) = torch.autograd.grad(out, y, g.to(dtype))
+        assert_close(out, expected, dtype, f"forward {mode}")
+        assert_close(grad, expected_grad, dtype, f"gradient {mode}")
