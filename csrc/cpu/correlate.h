@@ -18,17 +18,16 @@
 namespace fixedbranch {
 namespace cpu {
 
-// dst[k][x] (+)= sum_t w[k * w_stride + t] * src[x + off[t]] for x in [0, len) and KB branches at once, for `rows`
-// rows whose src and dst lie src_pitch and dst_pitch apart.
+// dst[k][x] = sum_t w[k * taps + t] * src[x + off[t]] for x in [0, len) and KB branches at once, for `rows` rows
+// whose src and dst lie src_pitch and dst_pitch apart.
 //
 // The input vectors of a tap are loaded once and feed all KB branches, so a step of U vectors costs U input loads
 // and KB weight broadcasts for KB*U FMAs. One branch at a time needed a broadcast and a load per FMA and ran at a
 // third of the FMA rate (3.0 ns per pixel for K=4 3x3 float32, in cache, on one AVX2 core). A row's last values
 // take single vectors, the very last stored in part. src must be readable a vector past src + len + max(off) in
 // every row.
-template <int KB, int U, bool kAccumulate, typename opmath_t>
-void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t w_stride, int64_t taps,
-               opmath_t* const* dst, int64_t len, int64_t rows = 1, int64_t src_pitch = 0, int64_t dst_pitch = 0) {
+template <int KB, int U, typename opmath_t>
+void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t taps, opmath_t* const* dst, int64_t len, int64_t rows = 1, int64_t src_pitch = 0, int64_t dst_pitch = 0) {
   using Vec = at::vec::Vectorized<opmath_t>;
   constexpr int64_t V = Vec::size();
   static_assert(U * V <= kSlack<opmath_t>, "slack too small for one step");
@@ -37,14 +36,13 @@ void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64
     constexpr int N = decltype(vectors)::value;
     Vec acc[KB][N];
     for (int k = 0; k < KB; ++k)
-      for (int u = 0; u < N; ++u)
-        acc[k][u] = kAccumulate ? Vec::loadu(d[k] + x + u * V, u + 1 < N ? V : last) : Vec(opmath_t(0));
+      for (int u = 0; u < N; ++u) acc[k][u] = Vec(opmath_t(0));
     for (int64_t t = 0; t < taps; ++t) {
       const opmath_t* in_t = s + x + off[t];
       Vec in[N];
       for (int u = 0; u < N; ++u) in[u] = Vec::loadu(in_t + u * V);
       for (int k = 0; k < KB; ++k) {
-        const Vec wk(w[k * w_stride + t]);
+        const Vec wk(w[k * taps + t]);
         for (int u = 0; u < N; ++u) acc[k][u] = at::vec::fmadd(wk, in[u], acc[k][u]);
       }
     }
@@ -87,14 +85,14 @@ void correlate_branches(const opmath_t* src, const int64_t* off, const opmath_t*
       // Short runs (a few channels per pixel) take one vector per step so that they rarely reach the tail.
       const bool short_run = cv < 2 * at::vec::Vectorized<opmath_t>::size();
       switch (kb + (short_run ? 4 : 0)) {
-        case 4: correlate<4, 2, false>(s, off, wk, taps, taps, d, cv); break;
-        case 3: correlate<3, 2, false>(s, off, wk, taps, taps, d, cv); break;
-        case 2: correlate<2, 3, false>(s, off, wk, taps, taps, d, cv); break;
-        case 1: correlate<1, 4, false>(s, off, wk, taps, taps, d, cv); break;
-        case 8: correlate<4, 1, false>(s, off, wk, taps, taps, d, cv); break;
-        case 7: correlate<3, 1, false>(s, off, wk, taps, taps, d, cv); break;
-        case 6: correlate<2, 1, false>(s, off, wk, taps, taps, d, cv); break;
-        default: correlate<1, 1, false>(s, off, wk, taps, taps, d, cv); break;
+        case 4: correlate<4, 2>(s, off, wk, taps, d, cv); break;
+        case 3: correlate<3, 2>(s, off, wk, taps, d, cv); break;
+        case 2: correlate<2, 3>(s, off, wk, taps, d, cv); break;
+        case 1: correlate<1, 4>(s, off, wk, taps, d, cv); break;
+        case 8: correlate<4, 1>(s, off, wk, taps, d, cv); break;
+        case 7: correlate<3, 1>(s, off, wk, taps, d, cv); break;
+        case 6: correlate<2, 1>(s, off, wk, taps, d, cv); break;
+        default: correlate<1, 1>(s, off, wk, taps, d, cv); break;
       }
     }
   }
@@ -109,17 +107,17 @@ void correlate_rows(const opmath_t* src, int64_t src_pitch, const int64_t* off, 
     const opmath_t* wk = w + k * taps;
     opmath_t* const* d = dst + k;
     switch (std::min<int64_t>(4, K - k)) {
-      case 4: correlate<4, 2, false>(src, off, wk, taps, taps, d, len, rows, src_pitch, dst_pitch); break;
-      case 3: correlate<3, 2, false>(src, off, wk, taps, taps, d, len, rows, src_pitch, dst_pitch); break;
-      case 2: correlate<2, 3, false>(src, off, wk, taps, taps, d, len, rows, src_pitch, dst_pitch); break;
-      default: correlate<1, 4, false>(src, off, wk, taps, taps, d, len, rows, src_pitch, dst_pitch); break;
+      case 4: correlate<4, 2>(src, off, wk, taps, d, len, rows, src_pitch, dst_pitch); break;
+      case 3: correlate<3, 2>(src, off, wk, taps, d, len, rows, src_pitch, dst_pitch); break;
+      case 2: correlate<2, 3>(src, off, wk, taps, d, len, rows, src_pitch, dst_pitch); break;
+      default: correlate<1, 4>(src, off, wk, taps, d, len, rows, src_pitch, dst_pitch); break;
     }
   }
 }
 
-// dst[x] (+)= sum_s sum_t w[s * taps + t] * src[s][x + off[t]]: the backward's sum over branches, kept in
-// registers across all sources so that the sum is written once.
-template <bool kAccumulate, typename opmath_t>
+// dst[x] = sum_s sum_t w[s * taps + t] * src[s][x + off[t]]: the backward's sum over branches, kept in registers
+// across all sources so that the sum is written once.
+template <typename opmath_t>
 void correlate_sum(const opmath_t* const* src, int64_t nsrc, const int64_t* off, const opmath_t* w, int64_t taps,
                    opmath_t* dst, int64_t len) {
   using Vec = at::vec::Vectorized<opmath_t>;
@@ -137,16 +135,15 @@ void correlate_sum(const opmath_t* const* src, int64_t nsrc, const int64_t* off,
   int64_t x = 0;
   for (; x + U * V <= len; x += U * V) {
     Vec acc[U];
-    for (int u = 0; u < U; ++u) acc[u] = kAccumulate ? Vec::loadu(dst + x + u * V) : Vec(0);
+    for (int u = 0; u < U; ++u) acc[u] = Vec(0);
     step(x, acc);
     for (int u = 0; u < U; ++u) acc[u].store(dst + x + u * V);
   }
   if (x == len) return;
-  alignas(64) opmath_t buf[U * V] = {};
-  if (kAccumulate) std::copy(dst + x, dst + len, buf);
   Vec acc[U];
-  for (int u = 0; u < U; ++u) acc[u] = Vec::loadu(buf + u * V);
+  for (int u = 0; u < U; ++u) acc[u] = Vec(0);
   step(x, acc);
+  alignas(64) opmath_t buf[U * V];
   for (int u = 0; u < U; ++u) acc[u].store(buf + u * V);
   std::copy(buf, buf + (len - x), dst + x);
 }
@@ -227,16 +224,16 @@ KernelBank<opmath_t> kernel_bank(const at::Tensor& bank, Pass pass, int64_t stri
   return kb;
 }
 
-// correlate<KB, ...> for a run-time KB in 1..4, no accumulation: KB passes over one input at once (column passes,
-// or the row passes of filters that share a column).
+// correlate<KB, ...> for a run-time KB in 1..4: KB passes over one input at once (column passes, or the row passes
+// of filters that share a column).
 template <typename opmath_t>
 void correlate_group(int64_t kb, const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t taps,
-                       opmath_t* const* dst, int64_t len) {
+                     opmath_t* const* dst, int64_t len) {
   switch (kb) {
-    case 4: correlate<4, 2, false>(src, off, w, taps, taps, dst, len); break;
-    case 3: correlate<3, 2, false>(src, off, w, taps, taps, dst, len); break;
-    case 2: correlate<2, 3, false>(src, off, w, taps, taps, dst, len); break;
-    default: correlate<1, 4, false>(src, off, w, taps, taps, dst, len); break;
+    case 4: correlate<4, 2>(src, off, w, taps, dst, len); break;
+    case 3: correlate<3, 2>(src, off, w, taps, dst, len); break;
+    case 2: correlate<2, 3>(src, off, w, taps, dst, len); break;
+    default: correlate<1, 4>(src, off, w, taps, dst, len); break;
   }
 }
 

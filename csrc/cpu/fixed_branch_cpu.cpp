@@ -144,7 +144,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
             terms.clear();
             for (int64_t e = kb.term_begin[j]; e < kb.term_begin[j + 1]; ++e)
               terms.push_back(columns.data() + kb.term_column[e] * (row_len + kSlack<opmath_t>));
-            correlate_sum<false>(terms.data(), static_cast<int64_t>(terms.size()), row_off.data(),
+            correlate_sum(terms.data(), static_cast<int64_t>(terms.size()), row_off.data(),
                                  kb.term_rows.data() + kb.term_begin[j] * S2, S2,
                                  row_for(kb.factored[j], i, /*per_pixel=*/false), Wo * cv);
           }

@@ -198,7 +198,7 @@ void backward_planes(const at::Tensor& g, const std::vector<int64_t>& live,
         if (nt == 0) {
           std::fill(dst, dst + nm * pitch, opmath_t(0));
         } else {
-          correlate_sum<false>(sources.data(), L, phase_off[phase].data(), phase_w[phase].data(), nt, dst, nm * pitch);
+          correlate_sum(sources.data(), L, phase_off[phase].data(), phase_w[phase].data(), nt, dst, nm * pitch);
         }
       }
       // This task's rows of dL/dy: in place where they are float or double rows of W values, W apart.
