@@ -187,9 +187,7 @@ void backward_planes(const at::Tensor& g, const std::vector<int64_t>& live,
             std::fill(row, row + pitch, opmath_t(0));
             continue;
           }
-          std::fill(row, row + Dc, opmath_t(0));
-          copy_pixels(base + o * g.stride(2), v, Wo, 1, row + Dc);
-          std::fill(row + Dc + Wo, row + pitch, opmath_t(0));
+          stage_zero_padded(base + o * g.stride(2), v, Wo, Dc, pitch, row);
         }
       }
       for (int64_t phase = 0; phase < P && L > 0; ++phase) {

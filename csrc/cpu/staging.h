@@ -71,6 +71,15 @@ void copy_pixels(const scalar_t* src, const View& v, int64_t npix, int64_t step,
   }
 }
 
+// Stages npix pixels (described by v) after `lead` zero pixels, zeros following them up to `total` pixels: a
+// gradient row as the backward's gathers read it, every tap that falls outside the row reading a zero.
+template <typename scalar_t, typename opmath_t>
+void stage_zero_padded(const scalar_t* src, const View& v, int64_t npix, int64_t lead, int64_t total, opmath_t* dst) {
+  std::fill(dst, dst + lead * v.Cv, opmath_t(0));
+  copy_pixels(src, v, npix, 1, dst + lead * v.Cv);
+  std::fill(dst + (lead + npix) * v.Cv, dst + total * v.Cv, opmath_t(0));
+}
+
 // Asks for the cache lines of npix pixels (described by v) ahead of their use: rows of contiguous values only, the
 // others are left to the hardware.
 template <typename scalar_t>
