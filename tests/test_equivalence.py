@@ -411,3 +411,28 @@ def test_tall_images_in_row_blocks_match_reference(policy, dtype):
             (grad,) = torch.autograd.grad(out, y, g.to(dtype))
         assert_close(out, expected, dtype, f"forward {mode}")
         assert_close(grad, expected_grad, dtype, f"gradient {mode}")
+
+
+# The factored forward runs the row passes of the single-term filters on one column in register blocks of several
+# branches, over all of a task's rows at once where the output takes them in place: a DCT 5x5 basis (five filters on
+# each of five columns) and thirteen filters on one column (blocks of uneven split), at stride 1 and 2, in both
+# layouts (channels_last runs row by row), against the reference.
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_column_groups_in_blocks_match_reference(layout, stride, dtype):
+    gen = torch.Generator().manual_seed(11)
+    column = torch.randn(5, generator=gen, dtype=torch.float64)
+    one_column = torch.einsum("a,kb->kab", column, torch.randn(13, 5, generator=gen, dtype=torch.float64))
+    for bank in (fb.filters.dct(5), one_column):
+        y64 = torch.randn(2, 3, 40, 29, generator=gen, dtype=torch.float64)
+        expected = reference.fixed_branch(y64.requires_grad_(True), bank.to(dtype).double(), "reflect", [1],
+                                          stride=stride)
+        g = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+        (expected_grad,) = torch.autograd.grad(expected, y64, g)
+        y = to_layout(y64.detach().to(dtype), layout).requires_grad_(True)
+        with factoring("always"):
+            out = fb.fixed_branch(y, bank, "reflect", [1], stride=stride)
+            (grad,) = torch.autograd.grad(out, y, g.to(dtype))
+        assert_close(out, expected, dtype, f"forward, {bank.shape[0]} filters")
+        assert_close(grad, expected_grad, dtype, f"gradient, {bank.shape[0]} filters")

@@ -98,20 +98,35 @@ void correlate_branches(const opmath_t* src, const int64_t* off, const opmath_t*
   }
 }
 
-// All K branches of `rows` rows of `len` values, four branches at a time: row r reads src + r * src_pitch and writes
-// branch k at dst[k] + r * dst_pitch.
+// correlate<KB, ...> for a run-time KB in 1..kMaxBranches.
 template <typename opmath_t>
-void correlate_rows(const opmath_t* src, int64_t src_pitch, const int64_t* off, const opmath_t* w, int64_t taps,
-                    int64_t K, opmath_t* const* dst, int64_t dst_pitch, int64_t rows, int64_t len) {
-  for (int64_t k = 0; k < K; k += 4) {
-    const opmath_t* wk = w + k * taps;
-    opmath_t* const* d = dst + k;
-    switch (std::min<int64_t>(4, K - k)) {
-      case 4: correlate<4, 2>(src, off, wk, taps, d, len, rows, src_pitch, dst_pitch); break;
-      case 3: correlate<3, 2>(src, off, wk, taps, d, len, rows, src_pitch, dst_pitch); break;
-      case 2: correlate<2, 3>(src, off, wk, taps, d, len, rows, src_pitch, dst_pitch); break;
-      default: correlate<1, 4>(src, off, wk, taps, d, len, rows, src_pitch, dst_pitch); break;
-    }
+void correlate_block(int64_t kb, const opmath_t* src, int64_t src_pitch, const int64_t* off, const opmath_t* w,
+                     int64_t taps, opmath_t* const* dst, int64_t dst_pitch, int64_t rows, int64_t len) {
+  switch (kb) {
+    case 6: if constexpr (kMaxBranches >= 6) correlate<6, 2>(src, off, w, taps, dst, len, rows, src_pitch, dst_pitch);
+      break;
+    case 5: if constexpr (kMaxBranches >= 5) correlate<5, 2>(src, off, w, taps, dst, len, rows, src_pitch, dst_pitch);
+      break;
+    case 4: correlate<4, 2>(src, off, w, taps, dst, len, rows, src_pitch, dst_pitch); break;
+    case 3: correlate<3, 2>(src, off, w, taps, dst, len, rows, src_pitch, dst_pitch); break;
+    case 2: correlate<2, 3>(src, off, w, taps, dst, len, rows, src_pitch, dst_pitch); break;
+    default: correlate<1, 4>(src, off, w, taps, dst, len, rows, src_pitch, dst_pitch); break;
+  }
+}
+
+// K branches over one input (a bank's direct filters, its column passes, the row passes of filters that share a
+// column), `rows` rows of `len` values: row r reads src + r * src_pitch and writes branch k at dst[k] + r * dst_pitch.
+// The branches run in as few blocks as kMaxBranches allows, of even sizes: five as one block, not four and a block
+// of one, which loads an input vector per multiply-add (the DCT 5x5 forward spent as long on its blocks of one as
+// on the blocks of four, 4x the work).
+template <typename opmath_t>
+void correlate_blocks(int64_t K, const opmath_t* src, int64_t src_pitch, const int64_t* off, const opmath_t* w,
+                      int64_t taps, opmath_t* const* dst, int64_t dst_pitch, int64_t rows, int64_t len) {
+  const int64_t blocks = branch_blocks(K);
+  for (int64_t b = 0, k = 0; b < blocks; ++b) {
+    const int64_t kb = (K - k) / (blocks - b);
+    correlate_block(kb, src, src_pitch, off, w + k * taps, taps, dst + k, dst_pitch, rows, len);
+    k += kb;
   }
 }
 
@@ -167,7 +182,7 @@ struct KernelBank {
   std::vector<int64_t> term_column;           // per term, its column
   std::vector<opmath_t> term_rows;            // per term, S2 values
   // The factored filters of one term (a separable filter: every DCT basis filter) grouped by their column: the
-  // forward's row pass loads each shifted vector of the column's row once for up to four of them (correlate<KB>)
+  // forward's row pass loads each shifted vector of the column's row once for a block of them (correlate<KB>)
   // instead of once per filter, which made it one load per multiply-add (cost_model.cpp weighs the same groups).
   // Filters of several terms sum them in registers (correlate_sum).
   struct RowGroup {
@@ -222,19 +237,6 @@ KernelBank<opmath_t> kernel_bank(const at::Tensor& bank, Pass pass, int64_t stri
     grp->rows.insert(grp->rows.end(), kb.term_rows.begin() + e * kb.S2, kb.term_rows.begin() + (e + 1) * kb.S2);
   }
   return kb;
-}
-
-// correlate<KB, ...> for a run-time KB in 1..4: KB passes over one input at once (column passes, or the row passes
-// of filters that share a column).
-template <typename opmath_t>
-void correlate_group(int64_t kb, const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t taps,
-                     opmath_t* const* dst, int64_t len) {
-  switch (kb) {
-    case 4: correlate<4, 2>(src, off, w, taps, dst, len); break;
-    case 3: correlate<3, 2>(src, off, w, taps, dst, len); break;
-    case 2: correlate<2, 3>(src, off, w, taps, dst, len); break;
-    default: correlate<1, 4>(src, off, w, taps, dst, len); break;
-  }
 }
 
 }  // namespace cpu

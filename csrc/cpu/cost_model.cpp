@@ -15,8 +15,8 @@ namespace {
 // The CPU kernels' relative cost of a row-pass tap and of one intermediate pass, in direct taps. A direct tap feeds
 // four branches from one load, a row-pass tap of one filter needs a load of its own, and each intermediate row (a
 // column pass, a factored filter's row) is written and read once more. In the forward, a filter whose row pass runs
-// alone also writes its map alone, where a direct pass (or the shared row pass of up to four single-term filters on
-// one column, pays_on_cpu) writes four maps from one pass over its input. Weighted so, the estimate picks the path
+// alone also writes its map alone, where a direct pass (or the shared row pass of the single-term filters on one
+// column, pays_on_cpu) writes several maps from one pass over its input. Weighted so, the estimate picks the path
 // the bank sweep (python -m benchmarks banks) measures faster, forward and backward. Measured on the 2-core AMD EPYC
 // (2 threads, warm allocator, best of 9, ms at 5 and 37.5 MB outputs, direct / factored): forward 3x3 standard
 // 0.19 / 0.33, 2.02 / 2.69; DCT 5x5 0.34 / 0.14, 3.85 / 2.90; DCT 7x7 1.07 / 0.30, 5.41 / 2.79; Gaussian+LoG 7x7
@@ -50,12 +50,16 @@ bool pays_on_cpu(const BankPlan& plan, Pass pass, int64_t stride_w) {
                        (forward ? kForwardFilterPassCost : kPassCost);
     }
   }
-  // The forward runs the row passes of up to four single-term filters on one column together: each load feeds
-  // them all, and they write their maps from one pass, as direct filters do.
+  // The forward runs the row passes of the single-term filters on one column together, in blocks of at most
+  // kMaxBranches of even sizes (correlate_blocks): each load feeds a block, which writes its maps from one pass, as
+  // direct filters do.
   for (const auto& [column, filters] : sharing) {
-    for (int64_t left = filters; left > 0; left -= 4) {
-      const double c = static_cast<double>(std::min<int64_t>(4, left));
-      factored_cost += c * ((1.0 + 1.0 / c) * plan.S2 + (c > 1 ? kPassCost : kForwardFilterPassCost));
+    const int64_t blocks = branch_blocks(filters);
+    for (int64_t b = 0, left = filters; b < blocks; ++b) {
+      const int64_t n = left / (blocks - b);
+      const double c = static_cast<double>(n);
+      factored_cost += c * ((1.0 + 1.0 / c) * plan.S2 + (n > 1 ? kPassCost : kForwardFilterPassCost));
+      left -= n;
     }
   }
   return factored_cost < static_cast<double>(plan.direct_taps());

@@ -12,9 +12,22 @@
 
 namespace fixedbranch {
 
+// The most branches one register-blocked pass of the CPU kernels (correlate<KB, 2> in correlate.h) runs at once:
+// 2*KB accumulators and the input vectors fit the 32 vector registers of AVX-512 up to KB = 8, but blocks of 7 and 8
+// ran the DCT 7x7 forward (in cache) and the Gaussian/LoG 7x7 one 1.1x slower than blocks of 4 and 3, or 4 and 4;
+// blocks of at most 6 ran them as fast or faster. The 16 registers of AVX2 hold KB = 4.
+#ifdef CPU_CAPABILITY_AVX512
+constexpr int64_t kMaxBranches = 6;
+#else
+constexpr int64_t kMaxBranches = 4;
+#endif
+
+// A run of n branches in as few blocks of at most kMaxBranches as possible, of even sizes.
+inline int64_t branch_blocks(int64_t n) { return (n + kMaxBranches - 1) / kMaxBranches; }
+
 // The CPU kernels' passes, which the cost model weighs apart: the forward writes each factored filter's map from a
-// row pass (shared by up to four single-term filters on one column), the backward sums the row passes' adjoints
-// into shared column accumulators.
+// row pass (shared by the single-term filters on one column, kMaxBranches at a time), the backward sums the row
+// passes' adjoints into shared column accumulators.
 enum class Pass { Forward, Backward };
 
 // Whether the CPU kernels' `pass` runs `plan` rather than the direct correlation of every filter (their default).

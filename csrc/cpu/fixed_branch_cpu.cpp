@@ -76,8 +76,13 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
     std::vector<opmath_t> tile(staged_rows * row_len + kSlack<opmath_t>);
     std::vector<opmath_t> scratch(layout.pw * tl.cv);   // one padded row before the polyphase reordering
     std::vector<opmath_t> rows(K * Wo * tl.cv);          // one output row per filter, before conversion or scattering
-    std::vector<opmath_t> columns(U * (row_len + kSlack<opmath_t>));  // the column passes of one output row
-    std::vector<opmath_t*> dst(K);
+    // The column passes of a factored bank: column u's row i (of the task) at column_plane(u) + (i - i0) * len, for
+    // every row of the task when they run at once, else for the current row only.
+    const int64_t plane_pitch = tl.rows * row_len + kSlack<opmath_t>;
+    std::vector<opmath_t> columns(U * plane_pitch);
+    auto column_plane = [&](int64_t u) { return columns.data() + u * plane_pitch; };
+    std::vector<opmath_t*> dst(K), column_dst(U);
+    for (int64_t u = 0; u < U; ++u) column_dst[u] = column_plane(u);
     std::vector<const opmath_t*> terms;
     std::vector<int64_t> col_off(S1), row_off(S2);
     std::vector<bool> buffered(K + 1);  // filter k's row is in `rows`, still to be stored
@@ -103,51 +108,58 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
         buffered[k] = true;
         return rows.data() + (k - 1) * Wo * cv;
       };
-      // NCHW float/double rows of the direct filters go straight into the output, all of the task's rows in one
-      // call: a call per row spent on setting up what made the 3x3 bank's forward (y = 4x7x96x96 float32, 2
-      // threads) take 0.184 ms instead of 0.153.
-      const bool direct_rows_at_once = direct && cv == 1 && Kd > 0;
-      if (direct_rows_at_once) {
+      // A factored bank's column passes over n staged rows from src (sh * len apart) into row 0 .. n-1 of each plane.
+      auto column_passes = [&](const opmath_t* src, int64_t n) {
+        correlate_blocks(U, src, sh * len, col_off.data(), kb.columns.data(), S1, column_dst.data(), len, n, len);
+      };
+      // The factored filters of several terms, output row i, from the planes' row at `at`.
+      auto several_terms = [&](int64_t i, int64_t at) {
+        for (const int64_t j : kb.several_terms) {
+          terms.clear();
+          for (int64_t e = kb.term_begin[j]; e < kb.term_begin[j + 1]; ++e)
+            terms.push_back(column_plane(kb.term_column[e]) + at);
+          correlate_sum(terms.data(), static_cast<int64_t>(terms.size()), row_off.data(),
+                        kb.term_rows.data() + kb.term_begin[j] * S2, S2, row_for(kb.factored[j], i, false), Wo * cv);
+        }
+      };
+      // NCHW float/double rows go straight into the output, all of the task's rows in one call: a call per row spent
+      // on setting up what made the 3x3 bank's forward (y = 4x7x96x96 float32, 2 threads) take 0.184 ms instead of
+      // 0.153. A factored bank runs its column passes over all the task's rows first, then each row pass over them.
+      const bool rows_at_once = direct && cv == 1;
+      const int64_t n_rows = t.i1 - t.i0;
+      if (rows_at_once && Kd > 0) {
         for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], t.i0, /*per_pixel=*/true);
-        correlate_rows(tile.data(), sh * len, off, kb.direct_weights.data(), taps, Kd, dst.data(), osH, t.i1 - t.i0,
-                       Wo);
+        correlate_blocks(Kd, tile.data(), sh * len, off, kb.direct_weights.data(), taps, dst.data(), osH, n_rows, Wo);
+      }
+      if (rows_at_once && U > 0) {
+        column_passes(tile.data(), n_rows);
+        for (const auto& grp : kb.row_groups) {
+          const int64_t nf = static_cast<int64_t>(grp.filters.size());
+          for (int64_t f = 0; f < nf; ++f) dst[f] = row_for(kb.factored[grp.filters[f]], t.i0, false);
+          correlate_blocks(nf, column_plane(grp.column), len, row_off.data(), grp.rows.data(), S2, dst.data(), osH,
+                           n_rows, Wo);
+        }
+        for (int64_t i = t.i0; i < t.i1; ++i) several_terms(i, (i - t.i0) * len);
       }
       for (int64_t i = t.i0; i < t.i1; ++i) {
         const opmath_t* src = tile.data() + (i - t.i0) * sh * len;
         // The identity is y itself, copied from the staged centre: exact for every dtype.
         if (a.identity) store_row(src + centre * cv, Wo, cv, slot_row(0, i), osW, slot_osC);
-        if (Kd > 0 && !direct_rows_at_once) {
+        if (Kd > 0 && !rows_at_once) {
           for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], i, /*per_pixel=*/true);
           const bool in_place = !buffered[kb.direct[0]];
           correlate_branches(src, off, kb.direct_weights.data(), taps, Kd, dst.data(), cv == 1 ? 1 : Wo,
                              cv == 1 ? Wo : cv, in_place ? osW : cv);
         }
-        if (U > 0) {
-          // Column passes over the whole staged row (every phase), up to four columns per pass over the input.
-          for (int64_t u = 0; u < U; u += 4) {
-            opmath_t* column_dst[4];
-            const int64_t n = std::min<int64_t>(4, U - u);
-            for (int64_t c = 0; c < n; ++c) column_dst[c] = columns.data() + (u + c) * (row_len + kSlack<opmath_t>);
-            correlate_group(n, src, col_off.data(), kb.columns.data() + u * S1, S1, column_dst, len);
-          }
-          // Row passes: the single-term filters a column at a time, the others summing their terms.
+        if (U > 0 && !rows_at_once) {
+          column_passes(src, 1);
           for (const auto& grp : kb.row_groups) {
-            const opmath_t* column = columns.data() + grp.column * (row_len + kSlack<opmath_t>);
-            for (size_t f = 0; f < grp.filters.size(); f += 4) {
-              const int64_t n = std::min<int64_t>(4, static_cast<int64_t>(grp.filters.size() - f));
-              opmath_t* row_dst[4];
-              for (int64_t c = 0; c < n; ++c) row_dst[c] = row_for(kb.factored[grp.filters[f + c]], i, false);
-              correlate_group(n, column, row_off.data(), grp.rows.data() + f * S2, S2, row_dst, Wo * cv);
-            }
+            const int64_t nf = static_cast<int64_t>(grp.filters.size());
+            for (int64_t f = 0; f < nf; ++f) dst[f] = row_for(kb.factored[grp.filters[f]], i, false);
+            correlate_blocks(nf, column_plane(grp.column), 0, row_off.data(), grp.rows.data(), S2, dst.data(), 0, 1,
+                             Wo * cv);
           }
-          for (const int64_t j : kb.several_terms) {
-            terms.clear();
-            for (int64_t e = kb.term_begin[j]; e < kb.term_begin[j + 1]; ++e)
-              terms.push_back(columns.data() + kb.term_column[e] * (row_len + kSlack<opmath_t>));
-            correlate_sum(terms.data(), static_cast<int64_t>(terms.size()), row_off.data(),
-                                 kb.term_rows.data() + kb.term_begin[j] * S2, S2,
-                                 row_for(kb.factored[j], i, /*per_pixel=*/false), Wo * cv);
-          }
+          several_terms(i, 0);
         }
         for (int64_t k = 1; k <= K; ++k)
           if (buffered[k])

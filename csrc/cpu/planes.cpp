@@ -118,7 +118,7 @@ void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar
           dst_pitch = out.stride(2);
         }
       }
-      correlate_rows(tile.data(), pitch, off.data(), kb.direct_weights.data(), taps, K, dst.data(), dst_pitch, n, Wo);
+      correlate_blocks(K, tile.data(), pitch, off.data(), kb.direct_weights.data(), taps, dst.data(), dst_pitch, n, Wo);
       for (int64_t i = 0; i < n; ++i) {
         scalar_t* out_row = out_task + i * out.stride(2);
         if (a.identity)
