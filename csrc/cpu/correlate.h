@@ -27,7 +27,8 @@ namespace cpu {
 // take single vectors, the very last stored in part. src must be readable a vector past src + len + max(off) in
 // every row.
 template <int KB, int U, typename opmath_t>
-void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t taps, opmath_t* const* dst, int64_t len, int64_t rows = 1, int64_t src_pitch = 0, int64_t dst_pitch = 0) {
+void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t taps, opmath_t* const* dst,
+               int64_t len, int64_t rows = 1, int64_t src_pitch = 0, int64_t dst_pitch = 0) {
   using Vec = at::vec::Vectorized<opmath_t>;
   constexpr int64_t V = Vec::size();
   static_assert(U * V <= kSlack<opmath_t>, "slack too small for one step");
@@ -130,37 +131,44 @@ void correlate_blocks(int64_t K, const opmath_t* src, int64_t src_pitch, const i
   }
 }
 
-// dst[x] = sum_s sum_t w[s * taps + t] * src[s][x + off[t]]: the backward's sum over branches, kept in registers
-// across all sources so that the sum is written once.
+// dst[x] = sum_s sum_t w[s * taps + t] * src[s][x + off[t]]: a sum over branches (the backward's, a factored
+// filter's terms), kept in registers across all sources so that it is written once; `rows` rows whose sources lie
+// src_pitch apart and whose dst lie dst_pitch apart. As in correlate, a row's last values take one step of as many
+// vectors as they need, the very last stored in part; sources must be readable a vector past x + off[t].
 template <typename opmath_t>
 void correlate_sum(const opmath_t* const* src, int64_t nsrc, const int64_t* off, const opmath_t* w, int64_t taps,
-                   opmath_t* dst, int64_t len) {
+                   opmath_t* dst, int64_t len, int64_t rows = 1, int64_t src_pitch = 0, int64_t dst_pitch = 0) {
   using Vec = at::vec::Vectorized<opmath_t>;
   constexpr int64_t V = Vec::size();
   constexpr int U = 4;
-  auto step = [&](int64_t x, Vec (&acc)[U]) {
+  auto step = [&](int64_t at, opmath_t* d, int64_t x, auto vectors, int64_t last) {
+    constexpr int N = decltype(vectors)::value;
+    Vec acc[N];
+    for (int u = 0; u < N; ++u) acc[u] = Vec(opmath_t(0));
     for (int64_t s = 0; s < nsrc; ++s) {
       for (int64_t t = 0; t < taps; ++t) {
         const Vec wt(w[s * taps + t]);
-        const opmath_t* p = src[s] + x + off[t];
-        for (int u = 0; u < U; ++u) acc[u] = at::vec::fmadd(wt, Vec::loadu(p + u * V), acc[u]);
+        const opmath_t* p = src[s] + at + x + off[t];
+        for (int u = 0; u < N; ++u) acc[u] = at::vec::fmadd(wt, Vec::loadu(p + u * V), acc[u]);
       }
     }
+    for (int u = 0; u < N; ++u) acc[u].store(d + x + u * V, u + 1 < N ? V : last);
   };
-  int64_t x = 0;
-  for (; x + U * V <= len; x += U * V) {
-    Vec acc[U];
-    for (int u = 0; u < U; ++u) acc[u] = Vec(0);
-    step(x, acc);
-    for (int u = 0; u < U; ++u) acc[u].store(dst + x + u * V);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t at = r * src_pitch;
+    opmath_t* d = dst + r * dst_pitch;
+    int64_t x = 0;
+    for (; x + U * V <= len; x += U * V) step(at, d, x, std::integral_constant<int, U>{}, V);
+    const int64_t rest = len - x;
+    if (rest == 0) continue;
+    const int64_t last = rest - (rest - 1) / V * V;
+    switch ((rest + V - 1) / V) {
+      case 1: step(at, d, x, std::integral_constant<int, 1>{}, last); break;
+      case 2: step(at, d, x, std::integral_constant<int, 2>{}, last); break;
+      case 3: step(at, d, x, std::integral_constant<int, 3>{}, last); break;
+      default: step(at, d, x, std::integral_constant<int, 4>{}, last); break;
+    }
   }
-  if (x == len) return;
-  Vec acc[U];
-  for (int u = 0; u < U; ++u) acc[u] = Vec(0);
-  step(x, acc);
-  alignas(64) opmath_t buf[U * V];
-  for (int u = 0; u < U; ++u) acc[u].store(buf + u * V);
-  std::copy(buf, buf + (len - x), dst + x);
 }
 
 template <typename opmath_t>

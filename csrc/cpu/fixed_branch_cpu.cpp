@@ -112,14 +112,16 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
       auto column_passes = [&](const opmath_t* src, int64_t n) {
         correlate_blocks(U, src, sh * len, col_off.data(), kb.columns.data(), S1, column_dst.data(), len, n, len);
       };
-      // The factored filters of several terms, output row i, from the planes' row at `at`.
-      auto several_terms = [&](int64_t i, int64_t at) {
+      // The factored filters of several terms, output rows i .. i+n-1 (n > 1: in place, osH apart), from the
+      // planes' row at `at` on.
+      auto several_terms = [&](int64_t i, int64_t at, int64_t n) {
         for (const int64_t j : kb.several_terms) {
           terms.clear();
           for (int64_t e = kb.term_begin[j]; e < kb.term_begin[j + 1]; ++e)
             terms.push_back(column_plane(kb.term_column[e]) + at);
           correlate_sum(terms.data(), static_cast<int64_t>(terms.size()), row_off.data(),
-                        kb.term_rows.data() + kb.term_begin[j] * S2, S2, row_for(kb.factored[j], i, false), Wo * cv);
+                        kb.term_rows.data() + kb.term_begin[j] * S2, S2, row_for(kb.factored[j], i, false), Wo * cv,
+                        n, len, osH);
         }
       };
       // NCHW float/double rows go straight into the output, all of the task's rows in one call: a call per row spent
@@ -139,7 +141,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
           correlate_blocks(nf, column_plane(grp.column), len, row_off.data(), grp.rows.data(), S2, dst.data(), osH,
                            n_rows, Wo);
         }
-        for (int64_t i = t.i0; i < t.i1; ++i) several_terms(i, (i - t.i0) * len);
+        several_terms(t.i0, 0, n_rows);
       }
       for (int64_t i = t.i0; i < t.i1; ++i) {
         const opmath_t* src = tile.data() + (i - t.i0) * sh * len;
@@ -159,7 +161,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
             correlate_blocks(nf, column_plane(grp.column), 0, row_off.data(), grp.rows.data(), S2, dst.data(), 0, 1,
                              Wo * cv);
           }
-          several_terms(i, 0);
+          several_terms(i, 0, 1);
         }
         for (int64_t k = 1; k <= K; ++k)
           if (buffered[k])
@@ -321,7 +323,8 @@ void gather_columns(const Gather<opmath_t>& g, const Phases& ph, int64_t cv, int
         }
       } else {
         for (int64_t k = 0; k < nm; ++k)
-          for (int64_t c = 0; c < cv; ++c) d[k * step + c] = (accumulate ? d[k * step + c] : opmath_t(0)) + s[k * cv + c];
+          for (int64_t c = 0; c < cv; ++c)
+            d[k * step + c] = (accumulate ? d[k * step + c] : opmath_t(0)) + s[k * cv + c];
       }
     }
   }
@@ -408,12 +411,14 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     const int64_t phase_pitch = ceil_div(pw, sw) * tl.cv + kSlack<opmath_t>;
     std::vector<opmath_t> phase_buf(kRows * phase_pitch);
     std::vector<const opmath_t*> g_rows(L * max_rows), h_rows(G * max_rows), term_rows;
+    std::vector<int64_t> row_back_off(S2);  // a transposed row pass's taps: padded column q gathers pixel q - b
     std::vector<const scalar_t*> g_base(L);  // each live filter's gradient plane
     for (int64_t id = begin; id < end; ++id) {
       const Task t = locate(tl, id, C, H);
       const int64_t cv = t.cv;
       const Phases& g_phases = cv == tl.cv ? g_phases_full : g_phases_tail;
       const Phases& h_phases = cv == tl.cv ? h_phases_full : h_phases_tail;
+      for (int64_t b = 0; b < S2; ++b) row_back_off[b] = -b * cv;
       const View v{Ho, Wo, g.stride(2), g.stride(3), slot_gsC, cv};
       auto g_slot = [&](int64_t b) { return g_ptr + t.n * g.stride(0) + a.channel(b, t.c0) * g.stride(1); };
       for (int64_t l = 0; l < L; ++l) g_base[l] = g_slot(a.slot(live[l]));
@@ -458,10 +463,18 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
             const Group& grp = groups[u];
             const int64_t ns = static_cast<int64_t>(grp.sources.size());
             term_rows.resize(ns);
+            opmath_t* const h_first = h.data() + u * max_rows * h_pitch;  // h_u's row o0
+            for (int64_t o = o0; o < o1; ++o) h_rows[u * nO + (o - o0)] = h_first + (o - o0) * h_pitch;
+            if (sw == 1 && nO > 0) {
+              // All the task's rows in one call: h_u[o][q] = sum over the terms of sum_b row[b] * g[o][q - b].
+              for (int64_t e = 0; e < ns; ++e) term_rows[e] = g_rows[grp.sources[e] * nO];
+              correlate_sum(term_rows.data(), ns, row_back_off.data(), grp.rows.data(), S2,
+                            h_first, pw * cv, nO, g_pitch, h_pitch);
+              continue;
+            }
             for (int64_t o = o0; o < o1; ++o) {
               for (int64_t e = 0; e < ns; ++e) term_rows[e] = g_rows[grp.sources[e] * nO + (o - o0)];
               opmath_t* hrow = h.data() + (u * max_rows + (o - o0)) * h_pitch;
-              h_rows[u * nO + (o - o0)] = hrow;
               const Gather<opmath_t> pass{term_rows.data(), ns, o, 1, grp.rows.data(), 1, S2, 1};
               gather_columns(pass, g_phases, cv, o, 1, 0, pw, &hrow, false, phase_buf.data(), phase_pitch);
             }
@@ -481,7 +494,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
             gather_columns(direct, g_phases, cv, p, nr, qa, qb, dst, accumulate, phase_buf.data(), phase_pitch);
             accumulate = true;
           }
-          if (G > 0) gather_columns(columns, h_phases, cv, p, nr, qa, qb, dst, accumulate, phase_buf.data(), phase_pitch);
+          if (G > 0)
+            gather_columns(columns, h_phases, cv, p, nr, qa, qb, dst, accumulate, phase_buf.data(), phase_pitch);
           if (!in_place)
             for (int64_t r = 0; r < nr; ++r) put(p + r, dst[r]);
         }
