@@ -13,7 +13,7 @@ namespace fixedbranch {
 namespace {
 
 // The CPU kernels' relative cost of a row-pass tap and of one intermediate pass, in direct taps. A direct tap feeds
-// four branches from one load, a row-pass tap of one filter needs a load of its own, and each intermediate row (a
+// a block of branches from one load, a row-pass tap of one filter needs a load of its own, and each intermediate row (a
 // column pass, a factored filter's row) is written and read once more. In the forward, a filter whose row pass runs
 // alone also writes its map alone, where a direct pass (or the shared row pass of the single-term filters on one
 // column, pays_on_cpu) writes several maps from one pass over its input. Weighted so, the estimate picks the path
