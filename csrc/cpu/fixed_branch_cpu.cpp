@@ -395,6 +395,21 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   const int64_t cv_tail = C % tl.cv == 0 ? tl.cv : C % tl.cv;
   const Phases g_phases_full = make_phases(S2, sw, tl.cv), g_phases_tail = make_phases(S2, sw, cv_tail);
   const Phases h_phases_full = make_phases(1, 1, tl.cv), h_phases_tail = make_phases(1, 1, cv_tail);
+  // NCHW at a column stride: each group's transposed row passes run phase by phase over all of a task's rows. Phase
+  // rho of padded column q = rho + sw*m gathers the taps b = rho + sw*d from gradient pixel m - d: per group and
+  // phase, the terms' taps of that phase (term after term) and the offsets -d.
+  const bool phase_planes = sw > 1 && tl.cv == 1;
+  std::vector<std::vector<std::vector<opmath_t>>> phase_taps(G, std::vector<std::vector<opmath_t>>(sw));
+  std::vector<std::vector<int64_t>> phase_off(sw);
+  if (phase_planes) {
+    for (int64_t rho = 0; rho < sw; ++rho) {
+      for (const int64_t d : g_phases_full.dcv[rho]) phase_off[rho].push_back(-d);
+      for (int64_t u = 0; u < G; ++u)
+        for (size_t e = 0; e < groups[u].sources.size(); ++e)
+          for (const int64_t b : g_phases_full.b[rho]) phase_taps[u][rho].push_back(groups[u].rows[e * S2 + b]);
+    }
+  }
+  const int64_t phase_len = ceil_div(pw, sw);  // values of a phase row
 
   const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
   scalar_t* gy_ptr = grad_y.mutable_data_ptr<scalar_t>();
@@ -412,6 +427,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     std::vector<opmath_t> phase_buf(kRows * phase_pitch);
     std::vector<const opmath_t*> g_rows(L * max_rows), h_rows(G * max_rows), term_rows;
     std::vector<int64_t> row_back_off(S2);  // a transposed row pass's taps: padded column q gathers pixel q - b
+    std::vector<opmath_t> phase_rows(phase_planes ? sw * max_rows * phase_len : 0);  // phase rho's row o - o0
     std::vector<const scalar_t*> g_base(L);  // each live filter's gradient plane
     for (int64_t id = begin; id < end; ++id) {
       const Task t = locate(tl, id, C, H);
@@ -470,6 +486,23 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
               for (int64_t e = 0; e < ns; ++e) term_rows[e] = g_rows[grp.sources[e] * nO];
               correlate_sum(term_rows.data(), ns, row_back_off.data(), grp.rows.data(), S2,
                             h_first, pw * cv, nO, g_pitch, h_pitch);
+              continue;
+            }
+            if (phase_planes && nO > 0) {
+              for (int64_t e = 0; e < ns; ++e) term_rows[e] = g_rows[grp.sources[e] * nO];
+              for (int64_t rho = 0; rho < sw; ++rho) {
+                opmath_t* plane = phase_rows.data() + rho * max_rows * phase_len;
+                const int64_t nt = static_cast<int64_t>(phase_off[rho].size()), nm = ceil_div(pw - rho, sw);
+                if (nt == 0) {
+                  for (int64_t o = 0; o < nO; ++o) std::fill_n(plane + o * phase_len, nm, opmath_t(0));
+                  continue;
+                }
+                correlate_sum(term_rows.data(), ns, phase_off[rho].data(), phase_taps[u][rho].data(), nt, plane, nm,
+                              nO, g_pitch, phase_len);
+              }
+              for (int64_t o = 0; o < nO; ++o)
+                interleave_phases(phase_rows.data() + o * phase_len, max_rows * phase_len, sw, 0, pw,
+                                  h_first + o * h_pitch);
               continue;
             }
             for (int64_t o = o0; o < o1; ++o) {

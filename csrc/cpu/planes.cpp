@@ -28,37 +28,6 @@ struct Planes {
   int64_t at(int64_t r, int64_t q) const { return ((r % sh) * sw + q % sw) * size() + (r / sh) * pitch + q / sw; }
 };
 
-// dst[j] = the phase rows' value of padded column q = j + lpad, for j in [0, W): phase q % sw (its row at
-// row + (q % sw) * phase_stride) at q / sw.
-template <typename opmath_t>
-void interleave_phases(const opmath_t* row, int64_t phase_stride, int64_t sw, int64_t lpad, int64_t W, opmath_t* dst) {
-  using Vec = at::vec::Vectorized<opmath_t>;
-  constexpr int64_t V = Vec::size();
-  if (sw == 2) {
-    // Even columns j = 2k read a[k], odd ones b[k]: interleave a vector of each, the last pair in part.
-    const opmath_t* a = row + (lpad % 2) * phase_stride + lpad / 2;
-    const opmath_t* b = row + ((lpad + 1) % 2) * phase_stride + (lpad + 1) / 2;
-    const int64_t even = (W + 1) / 2, odd = W / 2;
-    for (int64_t k = 0; k < even; k += V) {
-      const auto pair = at::vec::interleave2(Vec::loadu(a + k, std::min(even - k, V)),
-                                             Vec::loadu(b + k, std::max<int64_t>(0, std::min(odd - k, V))));
-      const int64_t left = W - 2 * k;  // columns from 2k on
-      pair.first.store(dst + 2 * k, std::min(left, V));
-      if (left > V) pair.second.store(dst + 2 * k + V, std::min(left - V, V));
-    }
-    return;
-  }
-  for (int64_t pc = 0; pc < sw; ++pc) {
-    const opmath_t* src = row + pc * phase_stride;
-    const int64_t j0 = ((pc - lpad) % sw + sw) % sw, m0 = (j0 + lpad) / sw;
-    if (sw == 1) {
-      std::copy_n(src + m0, W, dst);
-    } else {
-      for (int64_t j = j0, m = m0; j < W; j += sw, ++m) dst[j] = src[m];
-    }
-  }
-}
-
 }  // namespace
 
 // The forward of every filter when all are direct, y in NCHW (any strides) and a stride > 1.
