@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu/cache.h"
 #include "cpu/correlate.h"
 #include "cpu/planes.h"
 #include "cpu/staging.h"
@@ -416,6 +417,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   const int64_t slot_gsC = a.channel_step() * g.stride(1);
   constexpr int64_t kRows = 4;       // the gather's row block
   constexpr int64_t kAheadRows = 8;  // gradient rows prefetched ahead of the staging
+  const bool prefetch_g = exceeds_last_level_cache(static_cast<int64_t>(g.nbytes()));  // a factored bank's staging
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(W, a.K + 1), [&](int64_t begin, int64_t end) {
     const int64_t g_pitch = Wg * tl.cv, h_pitch = pw * tl.cv;
@@ -472,8 +474,16 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
             }
         };
         if (!incremental) {
+          // Slot after slot; from main memory, each row prefetched kAheadRows rows (in this order) before it is
+          // staged: row o + ahead_o of slot l + ahead_l.
+          const int64_t ahead_l = nO > 0 ? kAheadRows / nO : 0, ahead_o = nO > 0 ? kAheadRows % nO : 0;
           for (int64_t l = 0; l < L; ++l)
-            for (int64_t o = o0; o < o1; ++o) stage_row(l, o);
+            for (int64_t o = o0; o < o1; ++o) {
+              stage_row(l, o);
+              const bool wraps = o + ahead_o >= o1;
+              const int64_t pl = l + ahead_l + (wraps ? 1 : 0), po = wraps ? o + ahead_o - nO : o + ahead_o;
+              if (prefetch_g && pl < L) prefetch_pixels(g_base[pl] + po * g.stride(2), v, Wo);
+            }
           // h_u[o][q] for every padded column q, one row at a time.
           for (int64_t u = 0; u < G; ++u) {
             const Group& grp = groups[u];
