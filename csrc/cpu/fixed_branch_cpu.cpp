@@ -87,6 +87,8 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
     std::vector<const opmath_t*> terms;
     std::vector<int64_t> col_off(S1), row_off(S2);
     std::vector<bool> buffered(K + 1);  // filter k's row is in `rows`, still to be stored
+    std::vector<const opmath_t*> slot_src(K + 1);  // channels_last: each slot's row
+    std::vector<scalar_t*> slot_dst(K + 1);         // and where it goes
     for (int64_t id = begin; id < end; ++id) {
       const Task t = locate(tl, id, C, Ho);
       const int64_t cv = t.cv, len = layout.values() * cv;
@@ -147,12 +149,10 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
       for (int64_t i = t.i0; i < t.i1; ++i) {
         const opmath_t* src = tile.data() + (i - t.i0) * sh * len;
         // The identity is y itself, copied from the staged centre: exact for every dtype.
-        if (a.identity) store_row(src + centre * cv, Wo, cv, slot_row(0, i), osW, slot_osC);
+        if (a.identity && cv == 1) store_row(src + centre * cv, Wo, cv, slot_row(0, i), osW, slot_osC);
         if (Kd > 0 && !rows_at_once) {
-          for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], i, /*per_pixel=*/true);
-          const bool in_place = !buffered[kb.direct[0]];
-          correlate_branches(src, off, kb.direct_weights.data(), taps, Kd, dst.data(), cv == 1 ? 1 : Wo,
-                             cv == 1 ? Wo : cv, in_place ? osW : cv);
+          for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], i, /*per_pixel=*/false);
+          correlate_blocks(Kd, src, 0, off, kb.direct_weights.data(), taps, dst.data(), 0, 1, Wo * cv);
         }
         if (U > 0 && !rows_at_once) {
           column_passes(src, 1);
@@ -163,6 +163,21 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
                              Wo * cv);
           }
           several_terms(i, 0, 1);
+        }
+        if (cv > 1) {
+          // channels_last: every slot's row is buffered (row_for), and a pixel holds every slot's channels: the
+          // slots are stored pixel by pixel, one stream through the output instead of K+1 strided passes.
+          int64_t n = 0;
+          if (a.identity) {
+            slot_src[n] = src + centre * cv;
+            slot_dst[n++] = slot_row(0, i);
+          }
+          for (int64_t k = 1; k <= K; ++k) {
+            slot_src[n] = rows.data() + (k - 1) * Wo * cv;
+            slot_dst[n++] = slot_row(a.slot(k), i);
+          }
+          store_pixels(slot_src.data(), n, Wo, cv, slot_dst.data(), osW, slot_osC);
+          continue;
         }
         for (int64_t k = 1; k <= K; ++k)
           if (buffered[k])
