@@ -70,35 +70,6 @@ void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64
   }
 }
 
-// All K branches of one row of `npix` pixels of cv values, four branches at a time: pixel p of branch k goes to
-// dst[k] + p * dst_stride. A channels_last output interleaves the branches per pixel (dst_stride = (K+1)*C);
-// NCHW passes the whole row as one pixel.
-template <typename opmath_t>
-void correlate_branches(const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t taps, int64_t K,
-                        opmath_t* const* dst, int64_t npix, int64_t cv, int64_t dst_stride) {
-  opmath_t* d[4];
-  for (int64_t p = 0; p < npix; ++p) {
-    const opmath_t* s = src + p * cv;
-    for (int64_t k = 0; k < K; k += 4) {
-      const int64_t kb = std::min<int64_t>(4, K - k);
-      for (int64_t b = 0; b < kb; ++b) d[b] = dst[k + b] + p * dst_stride;
-      const opmath_t* wk = w + k * taps;
-      // Short runs (a few channels per pixel) take one vector per step so that they rarely reach the tail.
-      const bool short_run = cv < 2 * at::vec::Vectorized<opmath_t>::size();
-      switch (kb + (short_run ? 4 : 0)) {
-        case 4: correlate<4, 2>(s, off, wk, taps, d, cv); break;
-        case 3: correlate<3, 2>(s, off, wk, taps, d, cv); break;
-        case 2: correlate<2, 3>(s, off, wk, taps, d, cv); break;
-        case 1: correlate<1, 4>(s, off, wk, taps, d, cv); break;
-        case 8: correlate<4, 1>(s, off, wk, taps, d, cv); break;
-        case 7: correlate<3, 1>(s, off, wk, taps, d, cv); break;
-        case 6: correlate<2, 1>(s, off, wk, taps, d, cv); break;
-        default: correlate<1, 1>(s, off, wk, taps, d, cv); break;
-      }
-    }
-  }
-}
-
 // correlate<KB, ...> for a run-time KB in 1..kMaxBranches.
 template <typename opmath_t>
 void correlate_block(int64_t kb, const opmath_t* src, int64_t src_pitch, const int64_t* off, const opmath_t* w,

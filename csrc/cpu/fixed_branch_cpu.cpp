@@ -65,11 +65,11 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
   const int64_t osN = out.stride(0), osC = out.stride(1), osH = out.stride(2), osW = out.stride(3);
   const int64_t slot_osC = a.channel_step() * osC;  // between consecutive channels of one slot
-  // Rows are written as runs: NCHW along W, channels_last along the channels of each pixel. float/double rows go
-  // straight into the output where a slot's channels are contiguous; the others go through an opmath row.
+  // Rows are written as runs: NCHW along W, channels_last along the channels of each pixel. NCHW float/double rows
+  // go straight into the output; the others go through an opmath row, channels_last rows stored pixel by pixel.
   // (A one-channel channels_last output runs as NCHW rows whose pixels are (K+1) values apart: through `rows`.)
   TORCH_INTERNAL_ASSERT(tl.cv == 1 || osC == 1);
-  const bool direct = std::is_same_v<scalar_t, opmath_t> && (tl.cv == 1 ? osW == 1 || Wo == 1 : slot_osC == 1);
+  const bool direct = std::is_same_v<scalar_t, opmath_t> && tl.cv == 1 && (osW == 1 || Wo == 1);
   const int64_t staged_rows = (tl.rows - 1) * sh + S1;
   const int64_t row_len = layout.values() * tl.cv;  // values of one staged row (of a full channel block)
 
@@ -99,11 +99,11 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
       stage_rows_strided(y_ptr + t.n * y.stride(0) + t.c0 * y.stride(1), v, t.i0 * sh - pad.top,
                          (t.i1 - t.i0 - 1) * sh + S1, pad, a.mode, layout, scratch.data(), tile.data());
       auto slot_row = [&](int64_t b, int64_t i) { return out_ptr + t.n * osN + a.channel(b, t.c0) * osC + i * osH; };
-      // Filter k's output row: in the output itself when it is a contiguous run there (NCHW float/double, or the
-      // direct filters of a channels_last float/double row, written pixel by pixel), else in `rows`.
-      auto row_for = [&](int64_t k, int64_t i, bool per_pixel) -> opmath_t* {
+      // Filter k's output row: in the output itself when it is a contiguous run there (NCHW float/double), else in
+      // `rows`.
+      auto row_for = [&](int64_t k, int64_t i) -> opmath_t* {
         if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-          if (direct && (cv == 1 || per_pixel)) {
+          if (direct) {
             buffered[k] = false;
             return slot_row(a.slot(k), i);
           }
@@ -123,7 +123,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
           for (int64_t e = kb.term_begin[j]; e < kb.term_begin[j + 1]; ++e)
             terms.push_back(column_plane(kb.term_column[e]) + at);
           correlate_sum(terms.data(), static_cast<int64_t>(terms.size()), row_off.data(),
-                        kb.term_rows.data() + kb.term_begin[j] * S2, S2, row_for(kb.factored[j], i, false), Wo * cv,
+                        kb.term_rows.data() + kb.term_begin[j] * S2, S2, row_for(kb.factored[j], i), Wo * cv,
                         n, len, osH);
         }
       };
@@ -133,14 +133,14 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
       const bool rows_at_once = direct && cv == 1;
       const int64_t n_rows = t.i1 - t.i0;
       if (rows_at_once && Kd > 0) {
-        for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], t.i0, /*per_pixel=*/true);
+        for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], t.i0);
         correlate_blocks(Kd, tile.data(), sh * len, off, kb.direct_weights.data(), taps, dst.data(), osH, n_rows, Wo);
       }
       if (rows_at_once && U > 0) {
         column_passes(tile.data(), n_rows);
         for (const auto& grp : kb.row_groups) {
           const int64_t nf = static_cast<int64_t>(grp.filters.size());
-          for (int64_t f = 0; f < nf; ++f) dst[f] = row_for(kb.factored[grp.filters[f]], t.i0, false);
+          for (int64_t f = 0; f < nf; ++f) dst[f] = row_for(kb.factored[grp.filters[f]], t.i0);
           correlate_blocks(nf, column_plane(grp.column), len, row_off.data(), grp.rows.data(), S2, dst.data(), osH,
                            n_rows, Wo);
         }
@@ -151,14 +151,14 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
         // The identity is y itself, copied from the staged centre: exact for every dtype.
         if (a.identity && cv == 1) store_row(src + centre * cv, Wo, cv, slot_row(0, i), osW, slot_osC);
         if (Kd > 0 && !rows_at_once) {
-          for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], i, /*per_pixel=*/false);
+          for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], i);
           correlate_blocks(Kd, src, 0, off, kb.direct_weights.data(), taps, dst.data(), 0, 1, Wo * cv);
         }
         if (U > 0 && !rows_at_once) {
           column_passes(src, 1);
           for (const auto& grp : kb.row_groups) {
             const int64_t nf = static_cast<int64_t>(grp.filters.size());
-            for (int64_t f = 0; f < nf; ++f) dst[f] = row_for(kb.factored[grp.filters[f]], i, false);
+            for (int64_t f = 0; f < nf; ++f) dst[f] = row_for(kb.factored[grp.filters[f]], i);
             correlate_blocks(nf, column_plane(grp.column), 0, row_off.data(), grp.rows.data(), S2, dst.data(), 0, 1,
                              Wo * cv);
           }
