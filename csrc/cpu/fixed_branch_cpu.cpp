@@ -446,6 +446,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     std::vector<int64_t> row_back_off(S2);  // a transposed row pass's taps: padded column q gathers pixel q - b
     std::vector<opmath_t> phase_rows(phase_planes ? sw * max_rows * phase_len : 0);  // phase rho's row o - o0
     std::vector<const scalar_t*> g_base(L);  // each live filter's gradient plane
+    std::vector<const scalar_t*> slot_rows(L);   // channels_last: one gradient row of each live filter
+    std::vector<opmath_t*> staged_rows(L);       // and where it is staged
     for (int64_t id = begin; id < end; ++id) {
       const Task t = locate(tl, id, C, H);
       const int64_t cv = t.cv;
@@ -482,11 +484,22 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
         const bool incremental = G == 0;
         int64_t staged = o0;  // rows o0 .. staged-1 are staged
         auto stage_until = [&](int64_t o_end) {
-          for (; staged < o_end; ++staged)
+          for (; staged < o_end; ++staged) {
+            if (cv > 1) {
+              // channels_last: every live slot's row at once, pixel by pixel (stage_zero_padded_pixels).
+              for (int64_t l = 0; l < L; ++l) {
+                slot_rows[l] = g_base[l] + staged * g.stride(2);
+                staged_rows[l] = stage.data() + (l * max_rows + (staged - o0)) * g_pitch;
+                g_rows[l * nO + (staged - o0)] = staged_rows[l] + E * cv;
+              }
+              stage_zero_padded_pixels(slot_rows.data(), L, v, Wo, E, Wg, staged_rows.data());
+              continue;
+            }
             for (int64_t l = 0; l < L; ++l) {
               stage_row(l, staged);
               if (staged + kAheadRows < Ho) prefetch_pixels(g_base[l] + (staged + kAheadRows) * g.stride(2), v, Wo);
             }
+          }
         };
         if (!incremental) {
           // Slot after slot; from main memory, each row prefetched kAheadRows rows (in this order) before it is

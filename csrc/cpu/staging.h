@@ -80,6 +80,20 @@ void stage_zero_padded(const scalar_t* src, const View& v, int64_t npix, int64_t
   std::fill(dst + (lead + npix) * v.Cv, dst + total * v.Cv, opmath_t(0));
 }
 
+// stage_zero_padded for n rows at once, pixel by pixel: pixel j of every row, then pixel j+1. Rows that interleave
+// in the tensor (the slots of a channels_last gradient, whose pixels hold every slot's channels) are read as one
+// stream instead of n passes that each touch every pixel.
+template <typename scalar_t, typename opmath_t>
+void stage_zero_padded_pixels(const scalar_t* const* src, int64_t n, const View& v, int64_t npix, int64_t lead,
+                              int64_t total, opmath_t* const* dst) {
+  for (int64_t r = 0; r < n; ++r) {
+    std::fill(dst[r], dst[r] + lead * v.Cv, opmath_t(0));
+    std::fill(dst[r] + (lead + npix) * v.Cv, dst[r] + total * v.Cv, opmath_t(0));
+  }
+  for (int64_t j = 0; j < npix; ++j)
+    for (int64_t r = 0; r < n; ++r) convert_run(src[r] + j * v.sW, v.sC, v.Cv, dst[r] + (lead + j) * v.Cv);
+}
+
 // Asks for the cache lines of npix pixels (described by v) ahead of their use: rows of contiguous values only, the
 // others are left to the hardware.
 template <typename scalar_t>
