@@ -94,12 +94,9 @@ void correlate_block(int64_t kb, const opmath_t* src, int64_t src_pitch, const i
 template <typename opmath_t>
 void correlate_blocks(int64_t K, const opmath_t* src, int64_t src_pitch, const int64_t* off, const opmath_t* w,
                       int64_t taps, opmath_t* const* dst, int64_t dst_pitch, int64_t rows, int64_t len) {
-  const int64_t blocks = branch_blocks(K);
-  for (int64_t b = 0, k = 0; b < blocks; ++b) {
-    const int64_t kb = (K - k) / (blocks - b);
+  for_each_branch_block(K, [&](int64_t k, int64_t kb) {
     correlate_block(kb, src, src_pitch, off, w + k * taps, taps, dst + k, dst_pitch, rows, len);
-    k += kb;
-  }
+  });
 }
 
 // dst[x] = sum_s sum_t w[s * taps + t] * src[s][x + off[t]]: a sum over branches (the backward's, a factored

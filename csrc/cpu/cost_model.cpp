@@ -54,13 +54,10 @@ bool pays_on_cpu(const BankPlan& plan, Pass pass, int64_t stride_w) {
   // kMaxBranches of even sizes (correlate_blocks): each load feeds a block, which writes its maps from one pass, as
   // direct filters do.
   for (const auto& [column, filters] : sharing) {
-    const int64_t blocks = branch_blocks(filters);
-    for (int64_t b = 0, left = filters; b < blocks; ++b) {
-      const int64_t n = left / (blocks - b);
+    for_each_branch_block(filters, [&](int64_t, int64_t n) {
       const double c = static_cast<double>(n);
       factored_cost += c * ((1.0 + 1.0 / c) * plan.S2 + (n > 1 ? kPassCost : kForwardFilterPassCost));
-      left -= n;
-    }
+    });
   }
   return factored_cost < static_cast<double>(plan.direct_taps());
 }

@@ -22,8 +22,17 @@ constexpr int64_t kMaxBranches = 6;
 constexpr int64_t kMaxBranches = 4;
 #endif
 
-// A run of n branches in as few blocks of at most kMaxBranches as possible, of even sizes.
-inline int64_t branch_blocks(int64_t n) { return (n + kMaxBranches - 1) / kMaxBranches; }
+// f(first, size) for each block of a run of n branches: as few blocks of at most kMaxBranches as possible, of even
+// sizes (the kernels run them so, correlate_blocks, and the cost model counts them so).
+template <typename F>
+void for_each_branch_block(int64_t n, F&& f) {
+  const int64_t blocks = (n + kMaxBranches - 1) / kMaxBranches;
+  for (int64_t b = 0, first = 0; b < blocks; ++b) {
+    const int64_t size = (n - first) / (blocks - b);
+    f(first, size);
+    first += size;
+  }
+}
 
 // The CPU kernels' passes, which the cost model weighs apart: the forward writes each factored filter's map from a
 // row pass (shared by the single-term filters on one column, kMaxBranches at a time), the backward sums the row

@@ -471,10 +471,14 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
         const int64_t o0 = std::max<int64_t>(0, ceil_div(p0 - S1 + 1, sh));
         const int64_t o1 = std::min(Ho, floor_div(p1 - 1, sh) + 1);
         const int64_t nO = std::max<int64_t>(0, o1 - o0);
-        auto stage_row = [&](int64_t l, int64_t o) {
+        // Where slot l's gradient row o is staged (the gathers read it from g_rows, past its E leading zeros).
+        auto place_row = [&](int64_t l, int64_t o) {
           opmath_t* row = stage.data() + (l * max_rows + (o - o0)) * g_pitch;
-          stage_zero_padded(g_base[l] + o * g.stride(2), v, Wo, E, Wg, row);
           g_rows[l * nO + (o - o0)] = row + E * cv;
+          return row;
+        };
+        auto stage_row = [&](int64_t l, int64_t o) {
+          stage_zero_padded(g_base[l] + o * g.stride(2), v, Wo, E, Wg, place_row(l, o));
         };
         // Direct banks stage gradient rows as the row blocks reach them, with the rows kAheadRows further on
         // prefetched: reading g from memory then overlaps the arithmetic instead of preceding it task by task (3x3
@@ -489,8 +493,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
               // channels_last: every live slot's row at once, pixel by pixel (stage_zero_padded_pixels).
               for (int64_t l = 0; l < L; ++l) {
                 slot_rows[l] = g_base[l] + staged * g.stride(2);
-                staged_rows[l] = stage.data() + (l * max_rows + (staged - o0)) * g_pitch;
-                g_rows[l * nO + (staged - o0)] = staged_rows[l] + E * cv;
+                staged_rows[l] = place_row(l, staged);
               }
               stage_zero_padded_pixels(slot_rows.data(), L, v, Wo, E, Wg, staged_rows.data());
               continue;
