@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "cpu/cache.h"
@@ -205,7 +206,18 @@ struct Gather {
   int64_t L, o_first, n_rows;
   const opmath_t* w;  // w[(l * S1 + a) * S2 + b]
   int64_t S1, S2, sh;
+  const opmath_t* zeros = nullptr;  // a row of zeros, laid out as a staged row: stands for rows outside the gradient
 };
+
+// f(integral_constant<int, i>) for i = 0 .. N-1: indices the compiler sees as constants.
+template <typename F, int... I>
+__attribute__((always_inline)) inline void static_for_each(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, typename F>
+__attribute__((always_inline)) inline void static_for(F&& f) {
+  static_for_each(f, std::make_integer_sequence<int, N>{});
+}
 
 // dst[r][e] (+)= sum_l sum_o sum_t w[l][a][b[t]] * rows(l, o)[shift + e - dcv[t]] for e in [0, len), where
 // a = p0 + r - o*sh must lie in [0, S1), for the nr <= R padded rows p0 .. p0+nr-1 at once.
@@ -218,7 +230,11 @@ struct Gather {
 // row taps: each live branch costs about the same 0.6 ns per pixel, and a cpu-clock profile puts as much time in
 // staging g's rows (memcpy, the first touch of g) as in the FMAs. What the gather saves is the strided backward's
 // zero-inserted work. Rows must be readable kSlack elements past shift + len.
-template <int R, int U, bool kAccumulate, typename opmath_t>
+//
+// kS1 x kS2 > 0: the taps known at compile time, at stride 1 and for R full rows (nr == R, every tap b in order),
+// with each source's taps held in registers while its R + kS1 - 1 rows pass (rows outside the gradient read
+// g.zeros): no weight load and no row-range test per multiply-add.
+template <int R, int U, bool kAccumulate, int kS1 = 0, int kS2 = 0, typename opmath_t>
 void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_t* b, const int64_t* dcv, int64_t nt,
                  int64_t shift, opmath_t* const* dst, int64_t len) {
   using Vec = at::vec::Vectorized<opmath_t>;
@@ -226,7 +242,39 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
   static_assert(U * V <= kSlack<opmath_t>, "slack too small for one step");
   const int64_t o_lo = std::max(g.o_first, ceil_div(p0 - g.S1 + 1, g.sh));
   const int64_t o_hi = std::min(g.o_first + g.n_rows, floor_div(p0 + nr - 1, g.sh) + 1);
-  auto step = [&](int64_t e, Vec (&acc)[R][U]) {
+  constexpr int kRowsRead = R + kS1 - 1;  // source rows o = p0 - kS1 + 1 + i, i < kRowsRead
+  constexpr int64_t kMaxSources = 32;
+  const opmath_t* fixed_rows[kS1 > 0 ? kMaxSources * kRowsRead : 1];
+  int64_t fixed_dcv[kS2 > 0 ? kS2 : 1];
+  if constexpr (kS1 > 0) {
+    TORCH_INTERNAL_ASSERT(nr == R && g.sh == 1 && g.S1 == kS1 && g.S2 == kS2 && nt == kS2 && g.L <= kMaxSources);
+    for (int64_t l = 0; l < g.L; ++l)
+      for (int i = 0; i < kRowsRead; ++i) {
+        const int64_t o = p0 - kS1 + 1 + i;
+        const bool inside = o >= g.o_first && o < g.o_first + g.n_rows;
+        fixed_rows[l * kRowsRead + i] = inside ? g.rows[l * g.n_rows + (o - g.o_first)] : g.zeros;
+      }
+    for (int t = 0; t < kS2; ++t) fixed_dcv[t] = dcv[t];
+  }
+  auto fixed_step = [&](int64_t e, Vec (&acc)[R][U]) __attribute__((always_inline)) {
+    for (int64_t l = 0; l < g.L; ++l) {
+      Vec w[kS1 > 0 ? kS1 : 1][kS2 > 0 ? kS2 : 1];
+      static_for<kS1>([&](auto a) __attribute__((always_inline)) { static_for<kS2>([&](auto t) __attribute__((always_inline)) { w[a][t] = Vec(g.w[(l * kS1 + a) * kS2 + t]); }); });
+      static_for<kRowsRead>([&](auto i) __attribute__((always_inline)) {
+        const opmath_t* row = fixed_rows[l * kRowsRead + i] + shift + e;
+        static_for<kS2>([&](auto t) __attribute__((always_inline)) {
+          Vec in[U];
+          for (int u = 0; u < U; ++u) in[u] = Vec::loadu(row - fixed_dcv[t] + u * V);
+          static_for<R>([&](auto r) __attribute__((always_inline)) {
+            constexpr int a = kS1 - 1 + r - i;  // row tap of output row r
+            if constexpr (a >= 0 && a < kS1)
+              for (int u = 0; u < U; ++u) acc[r][u] = at::vec::fmadd(w[a][t], in[u], acc[r][u]);
+          });
+        });
+      });
+    }
+  };
+  auto any_step = [&](int64_t e, Vec (&acc)[R][U]) {
     for (int64_t l = 0; l < g.L; ++l) {
       for (int64_t o = o_lo; o < o_hi; ++o) {
         const opmath_t* row = g.rows[l * g.n_rows + (o - g.o_first)] + shift + e;
@@ -244,6 +292,13 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
           }
         }
       }
+    }
+  };
+  auto step = [&](int64_t e, Vec (&acc)[R][U]) __attribute__((always_inline)) {
+    if constexpr (kS1 > 0) {
+      fixed_step(e, acc);
+    } else {
+      any_step(e, acc);
     }
   };
   int64_t e = 0;
@@ -277,6 +332,10 @@ void gather_rows_any(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const in
                      int64_t nt, int64_t shift, opmath_t* const* dst, int64_t len, bool accumulate) {
   constexpr int64_t V = at::vec::Vectorized<opmath_t>::size();
   const bool one = nr == 1, short_run = len < 2 * V;
+  if (g.zeros && g.sh == 1 && nr == 4 && !short_run && g.S1 == 3 && g.S2 == 3 && nt == 3 && g.L <= 32) {
+    if (accumulate) return gather_rows<4, 2, true, 3, 3>(g, p0, nr, b, dcv, nt, shift, dst, len);
+    return gather_rows<4, 2, false, 3, 3>(g, p0, nr, b, dcv, nt, shift, dst, len);
+  }
   switch ((one ? 1 : 0) + (short_run ? 2 : 0) + (accumulate ? 4 : 0)) {
     case 0: gather_rows<4, 2, false>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
     case 1: gather_rows<1, 4, false>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
@@ -439,6 +498,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     std::vector<opmath_t> stage(L * max_rows * g_pitch + kSlack<opmath_t>);  // rows of every live g_k
     std::vector<opmath_t> h(G * max_rows * h_pitch + kSlack<opmath_t>);      // each group's transposed row passes
     std::vector<opmath_t> acc(tl.rows * W * tl.cv);                          // this task's rows of dL/dy
+    // Reads as a staged gradient row (from E pixels before its start) or a row of h.
+    const std::vector<opmath_t> zeros(E * tl.cv + std::max(g_pitch, h_pitch) + kSlack<opmath_t>, opmath_t(0));
     std::vector<opmath_t> adj(kRows * h_pitch);                              // padded rows, border columns included
     const int64_t phase_pitch = ceil_div(pw, sw) * tl.cv + kSlack<opmath_t>;
     std::vector<opmath_t> phase_buf(kRows * phase_pitch);
@@ -477,8 +538,14 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
           g_rows[l * nO + (o - o0)] = row + E * cv;
           return row;
         };
+        // One channel a pixel (NCHW): every staged row has the same zero border, which the buffer's initialisation
+        // wrote and no staging overwrites; only the row's pixels are copied.
         auto stage_row = [&](int64_t l, int64_t o) {
-          stage_zero_padded(g_base[l] + o * g.stride(2), v, Wo, E, Wg, place_row(l, o));
+          if (tl.cv == 1) {
+            copy_pixels(g_base[l] + o * g.stride(2), v, Wo, 1, place_row(l, o) + E);
+          } else {
+            stage_zero_padded(g_base[l] + o * g.stride(2), v, Wo, E, Wg, place_row(l, o));
+          }
         };
         // Direct banks stage gradient rows as the row blocks reach them, with the rows kAheadRows further on
         // prefetched: reading g from memory then overlaps the arithmetic instead of preceding it task by task (3x3
@@ -500,7 +567,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
             }
             for (int64_t l = 0; l < L; ++l) {
               stage_row(l, staged);
-              if (staged + kAheadRows < Ho) prefetch_pixels(g_base[l] + (staged + kAheadRows) * g.stride(2), v, Wo);
+              if (prefetch_g && staged + kAheadRows < Ho) prefetch_pixels(g_base[l] + (staged + kAheadRows) * g.stride(2), v, Wo);
             }
           }
         };
@@ -554,8 +621,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
             }
           }
         }
-        const Gather<opmath_t> direct{g_rows.data(), Ld, o0, nO, wl.data(), S1, S2, sh};
-        const Gather<opmath_t> columns{h_rows.data(), G, o0, nO, group_columns.data(), S1, 1, sh};
+        const Gather<opmath_t> direct{g_rows.data(), Ld, o0, nO, wl.data(), S1, S2, sh, zeros.data() + E * cv};
+        const Gather<opmath_t> columns{h_rows.data(), G, o0, nO, group_columns.data(), S1, 1, sh, zeros.data()};
         for (int64_t p = p0; p < p1; p += kRows) {
           const int64_t nr = std::min(kRows, p1 - p);
           if (incremental) stage_until(std::min(o1, floor_div(p + nr - 1, sh) + 1));
