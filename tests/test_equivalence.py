@@ -416,7 +416,7 @@ def test_tall_images_in_row_blocks_match_reference(policy, dtype):
 # A 3x3 bank's backward at stride 1 gathers blocks of four rows with every filter's taps in registers, rows outside the
 # gradient read as zeros; shorter blocks, rows of fewer than two vectors and banks of more than 32 live filters take
 # the general gather. Heights leave a partial block, widths a partial vector; stopped filters, no identity, every
-# padding mode, both layouts.
+# padding mode, both layouts (of y and the gradient).
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_3x3_backward_in_row_blocks_matches_reference(layout, dtype):
@@ -431,8 +431,33 @@ def test_3x3_backward_in_row_blocks_matches_reference(layout, dtype):
             (expected_grad,) = torch.autograd.grad(expected, y64, g)
             y = to_layout(y64.detach().to(dtype), layout).requires_grad_(True)
             out = fb.fixed_branch(y, bank.to(dtype), mode, stop, identity)
-            (grad,) = torch.autograd.grad(out, y, g.to(dtype))
+            (grad,) = torch.autograd.grad(out, y, to_layout(g.to(dtype), layout))
             assert_close(grad, expected_grad, dtype, f"gradient, K={k}, {mode}")
+
+
+# channels_last tasks (of a channels_last gradient) span up to 64 channels: with 70, every image has a block of 64 and
+# one of 6, run by one thread one after the other, so buffers laid out for one width are reused at the other (the
+# factored backward's mixed rows, whose zero borders the narrower block writes into).
+@pytest.mark.parametrize("policy", ["never", "always"])
+def test_channel_blocks_of_two_widths_match_reference(policy):
+    gen = torch.Generator().manual_seed(17)
+    bank = separable_bank(4, 3, 5, gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for mode in PADDING_MODES:
+            y64 = torch.randn(2, 70, 9, 13, generator=gen, dtype=torch.float64).requires_grad_(True)
+            expected = reference.fixed_branch(y64, bank, mode)
+            g = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+            (expected_grad,) = torch.autograd.grad(expected, y64, g)
+            y = to_layout(y64.detach().float(), "channels_last").requires_grad_(True)
+            with factoring(policy):
+                out = fb.fixed_branch(y, bank.float(), mode)
+                (grad,) = torch.autograd.grad(out, y, to_layout(g.float(), "channels_last"))
+            assert_close(out, expected, torch.float32, f"forward {mode}")
+            assert_close(grad, expected_grad, torch.float32, f"gradient {mode}")
+    finally:
+        torch.set_num_threads(threads)
 
 
 # The factored forward runs the row passes of the single-term filters on one column in register blocks of several

@@ -25,8 +25,9 @@ namespace cpu {
 // and KB weight broadcasts for KB*U FMAs. One branch at a time needed a broadcast and a load per FMA and ran at a
 // third of the FMA rate (3.0 ns per pixel for K=4 3x3 float32, in cache, on one AVX2 core). A row's last values
 // take single vectors, the very last stored in part. src must be readable a vector past src + len + max(off) in
-// every row.
-template <int KB, int U, typename opmath_t>
+// every row, unless kExactTail: then the last vector of a row loads only the values it keeps, and src may be a
+// tensor's rows, read up to their end.
+template <int KB, int U, bool kExactTail = false, typename opmath_t>
 void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t taps, opmath_t* const* dst,
                int64_t len, int64_t rows = 1, int64_t src_pitch = 0, int64_t dst_pitch = 0) {
   using Vec = at::vec::Vectorized<opmath_t>;
@@ -41,7 +42,8 @@ void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64
     for (int64_t t = 0; t < taps; ++t) {
       const opmath_t* in_t = s + x + off[t];
       Vec in[N];
-      for (int u = 0; u < N; ++u) in[u] = Vec::loadu(in_t + u * V);
+      for (int u = 0; u < N; ++u)
+        in[u] = kExactTail && u + 1 == N && last < V ? Vec::loadu(in_t + u * V, last) : Vec::loadu(in_t + u * V);
       for (int k = 0; k < KB; ++k) {
         const Vec wk(w[k * taps + t]);
         for (int u = 0; u < N; ++u) acc[k][u] = at::vec::fmadd(wk, in[u], acc[k][u]);
@@ -71,18 +73,21 @@ void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64
 }
 
 // correlate<KB, ...> for a run-time KB in 1..kMaxBranches.
-template <typename opmath_t>
+template <bool kExactTail = false, typename opmath_t>
 void correlate_block(int64_t kb, const opmath_t* src, int64_t src_pitch, const int64_t* off, const opmath_t* w,
                      int64_t taps, opmath_t* const* dst, int64_t dst_pitch, int64_t rows, int64_t len) {
+  auto run = [&](auto blocks, auto vectors) {
+    constexpr int KB = decltype(blocks)::value, U = decltype(vectors)::value;
+    correlate<KB, U, kExactTail>(src, off, w, taps, dst, len, rows, src_pitch, dst_pitch);
+  };
+  using std::integral_constant;
   switch (kb) {
-    case 6: if constexpr (kMaxBranches >= 6) correlate<6, 2>(src, off, w, taps, dst, len, rows, src_pitch, dst_pitch);
-      break;
-    case 5: if constexpr (kMaxBranches >= 5) correlate<5, 2>(src, off, w, taps, dst, len, rows, src_pitch, dst_pitch);
-      break;
-    case 4: correlate<4, 2>(src, off, w, taps, dst, len, rows, src_pitch, dst_pitch); break;
-    case 3: correlate<3, 2>(src, off, w, taps, dst, len, rows, src_pitch, dst_pitch); break;
-    case 2: correlate<2, 3>(src, off, w, taps, dst, len, rows, src_pitch, dst_pitch); break;
-    default: correlate<1, 4>(src, off, w, taps, dst, len, rows, src_pitch, dst_pitch); break;
+    case 6: if constexpr (kMaxBranches >= 6) run(integral_constant<int, 6>{}, integral_constant<int, 2>{}); break;
+    case 5: if constexpr (kMaxBranches >= 5) run(integral_constant<int, 5>{}, integral_constant<int, 2>{}); break;
+    case 4: run(integral_constant<int, 4>{}, integral_constant<int, 2>{}); break;
+    case 3: run(integral_constant<int, 3>{}, integral_constant<int, 2>{}); break;
+    case 2: run(integral_constant<int, 2>{}, integral_constant<int, 3>{}); break;
+    default: run(integral_constant<int, 1>{}, integral_constant<int, 4>{}); break;
   }
 }
 
@@ -91,11 +96,11 @@ void correlate_block(int64_t kb, const opmath_t* src, int64_t src_pitch, const i
 // The branches run in as few blocks as kMaxBranches allows, of even sizes: five as one block, not four and a block
 // of one, which loads an input vector per multiply-add (the DCT 5x5 forward spent as long on its blocks of one as
 // on the blocks of four, 4x the work).
-template <typename opmath_t>
+template <bool kExactTail = false, typename opmath_t>
 void correlate_blocks(int64_t K, const opmath_t* src, int64_t src_pitch, const int64_t* off, const opmath_t* w,
                       int64_t taps, opmath_t* const* dst, int64_t dst_pitch, int64_t rows, int64_t len) {
   for_each_branch_block(K, [&](int64_t k, int64_t kb) {
-    correlate_block(kb, src, src_pitch, off, w + k * taps, taps, dst + k, dst_pitch, rows, len);
+    correlate_block<kExactTail>(kb, src, src_pitch, off, w + k * taps, taps, dst + k, dst_pitch, rows, len);
   });
 }
 

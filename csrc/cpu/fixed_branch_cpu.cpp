@@ -209,13 +209,17 @@ struct Gather {
   const opmath_t* zeros = nullptr;  // a row of zeros, laid out as a staged row: stands for rows outside the gradient
 };
 
+// Inlines a function or lambda whose array arguments must stay in registers: the gather's steps, whose accumulators
+// went through memory after every multiply-add when the compiler called them instead.
+#define FIXEDBRANCH_INLINE __attribute__((always_inline))
+
 // f(integral_constant<int, i>) for i = 0 .. N-1: indices the compiler sees as constants.
 template <typename F, int... I>
-__attribute__((always_inline)) inline void static_for_each(F&& f, std::integer_sequence<int, I...>) {
+FIXEDBRANCH_INLINE inline void static_for_each(F&& f, std::integer_sequence<int, I...>) {
   (f(std::integral_constant<int, I>{}), ...);
 }
 template <int N, typename F>
-__attribute__((always_inline)) inline void static_for(F&& f) {
+FIXEDBRANCH_INLINE inline void static_for(F&& f) {
   static_for_each(f, std::make_integer_sequence<int, N>{});
 }
 
@@ -256,16 +260,18 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
       }
     for (int t = 0; t < kS2; ++t) fixed_dcv[t] = dcv[t];
   }
-  auto fixed_step = [&](int64_t e, Vec (&acc)[R][U]) __attribute__((always_inline)) {
+  auto fixed_step = [&](int64_t e, Vec (&acc)[R][U]) FIXEDBRANCH_INLINE {
     for (int64_t l = 0; l < g.L; ++l) {
       Vec w[kS1 > 0 ? kS1 : 1][kS2 > 0 ? kS2 : 1];
-      static_for<kS1>([&](auto a) __attribute__((always_inline)) { static_for<kS2>([&](auto t) __attribute__((always_inline)) { w[a][t] = Vec(g.w[(l * kS1 + a) * kS2 + t]); }); });
-      static_for<kRowsRead>([&](auto i) __attribute__((always_inline)) {
+      static_for<kS1>([&](auto a) FIXEDBRANCH_INLINE {
+        static_for<kS2>([&](auto t) FIXEDBRANCH_INLINE { w[a][t] = Vec(g.w[(l * kS1 + a) * kS2 + t]); });
+      });
+      static_for<kRowsRead>([&](auto i) FIXEDBRANCH_INLINE {
         const opmath_t* row = fixed_rows[l * kRowsRead + i] + shift + e;
-        static_for<kS2>([&](auto t) __attribute__((always_inline)) {
+        static_for<kS2>([&](auto t) FIXEDBRANCH_INLINE {
           Vec in[U];
           for (int u = 0; u < U; ++u) in[u] = Vec::loadu(row - fixed_dcv[t] + u * V);
-          static_for<R>([&](auto r) __attribute__((always_inline)) {
+          static_for<R>([&](auto r) FIXEDBRANCH_INLINE {
             constexpr int a = kS1 - 1 + r - i;  // row tap of output row r
             if constexpr (a >= 0 && a < kS1)
               for (int u = 0; u < U; ++u) acc[r][u] = at::vec::fmadd(w[a][t], in[u], acc[r][u]);
@@ -294,7 +300,7 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
       }
     }
   };
-  auto step = [&](int64_t e, Vec (&acc)[R][U]) __attribute__((always_inline)) {
+  auto step = [&](int64_t e, Vec (&acc)[R][U]) FIXEDBRANCH_INLINE {
     if constexpr (kS1 > 0) {
       fixed_step(e, acc);
     } else {
@@ -452,6 +458,18 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     }
     if (!grp.sources.empty()) groups.push_back(std::move(grp));
   }
+  // The transposed row passes at stride 1 as mixes (backward_kernel, mixed_b): group u's weight of term e in
+  // mixed_b at group_mix[u][b * ns + e], then the mixed rows summed with weight one.
+  std::vector<std::vector<opmath_t>> group_mix;
+  for (const Group& grp : groups) {
+    const int64_t ns = static_cast<int64_t>(grp.sources.size());
+    std::vector<opmath_t> mix(S2 * ns);
+    for (int64_t e = 0; e < ns; ++e)
+      for (int64_t b = 0; b < S2; ++b) mix[b * ns + e] = grp.rows[e * S2 + b];
+    group_mix.push_back(std::move(mix));
+  }
+  const std::vector<opmath_t> ones(S2, opmath_t(1));
+  const int64_t no_offset = 0;
   std::vector<opmath_t> group_columns;  // column of each group, S1 each
   for (const Group& grp : groups)
     group_columns.insert(group_columns.end(), kb.columns.begin() + grp.column * S1,
@@ -499,6 +517,24 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     const int64_t g_pitch = Wg * tl.cv, h_pitch = pw * tl.cv;
     std::vector<opmath_t> stage(L * max_rows * g_pitch + kSlack<opmath_t>);  // rows of every live g_k
     std::vector<opmath_t> h(G * max_rows * h_pitch + kSlack<opmath_t>);      // each group's transposed row passes
+    // A group's mixed rows (sw == 1): mixed_b's row o - o0 at mixed_rows[b] + (o - o0) * mixed_pitch, after E zero
+    // pixels and followed by zeros up to the padded width.
+    const int64_t mixed_pitch = (E + pw) * tl.cv + kSlack<opmath_t>;
+    std::vector<opmath_t> mixed(G > 0 && sw == 1 ? S2 * max_rows * mixed_pitch + kSlack<opmath_t> : 0);
+    std::vector<opmath_t*> mixed_rows(S2), mixed_shifted(S2);  // each mixed_b's first row, at its pixel 0
+    // Points mixed_rows at n rows of cv channels a pixel. Their borders hold zeros from the initialisation, which
+    // one channel a pixel (NCHW) never overwrites; channels_last blocks of other widths do, so they are refilled.
+    auto place_mixed_rows = [&](int64_t n, int64_t cv) {
+      for (int64_t b = 0; b < S2; ++b) {
+        opmath_t* const base = mixed.data() + b * max_rows * mixed_pitch;
+        mixed_rows[b] = base + E * cv;
+        for (int64_t r = 0; r < n && tl.cv > 1; ++r) {
+          std::fill(base + r * mixed_pitch, base + r * mixed_pitch + E * cv, opmath_t(0));
+          std::fill(base + r * mixed_pitch + (E + Wo) * cv, base + (r + 1) * mixed_pitch, opmath_t(0));
+        }
+      }
+    };
+    std::vector<int64_t> source_off(L);
     std::vector<opmath_t> acc(tl.rows * W * tl.cv);                          // this task's rows of dL/dy
     // Reads as a staged gradient row (from E pixels before its start) or a row of h.
     const std::vector<opmath_t> zeros(E * tl.cv + std::max(g_pitch, h_pitch) + kSlack<opmath_t>, opmath_t(0));
@@ -506,7 +542,6 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     const int64_t phase_pitch = ceil_div(pw, sw) * tl.cv + kSlack<opmath_t>;
     std::vector<opmath_t> phase_buf(kRows * phase_pitch);
     std::vector<const opmath_t*> g_rows(L * max_rows), h_rows(G * max_rows), term_rows;
-    std::vector<int64_t> row_back_off(S2);  // a transposed row pass's taps: padded column q gathers pixel q - b
     std::vector<opmath_t> phase_rows(phase_planes ? sw * max_rows * phase_len : 0);  // phase rho's row o - o0
     std::vector<const scalar_t*> g_base(L);  // each live filter's gradient plane
     std::vector<const scalar_t*> slot_rows(L);   // channels_last: one gradient row of each live filter
@@ -516,7 +551,6 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
       const int64_t cv = t.cv;
       const Phases& g_phases = cv == tl.cv ? g_phases_full : g_phases_tail;
       const Phases& h_phases = cv == tl.cv ? h_phases_full : h_phases_tail;
-      for (int64_t b = 0; b < S2; ++b) row_back_off[b] = -b * cv;
       const View v{Ho, Wo, g.stride(2), g.stride(3), slot_gsC, cv};
       auto g_slot = [&](int64_t b) { return g_ptr + t.n * g.stride(0) + a.channel(b, t.c0) * g.stride(1); };
       for (int64_t l = 0; l < L; ++l) g_base[l] = g_slot(a.slot(live[l]));
@@ -577,13 +611,17 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
         if (!incremental) {
           // Slot after slot; from main memory, each row prefetched kAheadRows rows (in this order) before it is
           // staged: row o + ahead_o of slot l + ahead_l.
+          // At stride 1 the factored filters' rows are read where they lie when they are contiguous opmath_t values
+          // (mixed_row_passes); only the direct filters' are staged.
+          const bool read_in_place = sw == 1 && cv == 1 && g.stride(3) == 1 && std::is_same_v<scalar_t, opmath_t>;
+          const int64_t L_staged = read_in_place ? Ld : L;
           const int64_t ahead_l = nO > 0 ? kAheadRows / nO : 0, ahead_o = nO > 0 ? kAheadRows % nO : 0;
-          for (int64_t l = 0; l < L; ++l)
+          for (int64_t l = 0; l < L_staged; ++l)
             for (int64_t o = o0; o < o1; ++o) {
               stage_row(l, o);
               const bool wraps = o + ahead_o >= o1;
               const int64_t pl = l + ahead_l + (wraps ? 1 : 0), po = wraps ? o + ahead_o - nO : o + ahead_o;
-              if (prefetch_g && pl < L) prefetch_pixels(g_base[pl] + po * g.stride(2), v, Wo);
+              if (prefetch_g && pl < L_staged) prefetch_pixels(g_base[pl] + po * g.stride(2), v, Wo);
             }
           // h_u[o][q] for every padded column q, one row at a time.
           for (int64_t u = 0; u < G; ++u) {
@@ -593,10 +631,33 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
             opmath_t* const h_first = h.data() + u * max_rows * h_pitch;  // h_u's row o0
             for (int64_t o = o0; o < o1; ++o) h_rows[u * nO + (o - o0)] = h_first + (o - o0) * h_pitch;
             if (sw == 1 && nO > 0) {
-              // All the task's rows in one call: h_u[o][q] = sum over the terms of sum_b row[b] * g[o][q - b].
-              for (int64_t e = 0; e < ns; ++e) term_rows[e] = g_rows[grp.sources[e] * nO];
-              correlate_sum(term_rows.data(), ns, row_back_off.data(), grp.rows.data(), S2,
-                            h_first, pw * cv, nO, g_pitch, h_pitch);
+              // h_u[o][q] = sum over the terms e of sum_b row_e[b] * g_e[o][q - b], all the task's rows at once, in
+              // two passes: mixed_b[o][x] = sum_e row_e[b] * g_e[o][x] loads each g_e vector once for the S2 sums
+              // (a correlation whose taps are the sources, as far apart as their rows), then h_u[o][q] =
+              // sum_b mixed_b[o][q - b] over the zero-bordered mixed rows. Summed directly, every term's row tap
+              // loaded a shifted g_e vector for one multiply-add (ns * S2 loads against ns + S2 here).
+              const opmath_t* first;
+              int64_t pitch;
+              if (read_in_place) {
+                first = reinterpret_cast<const opmath_t*>(g_base[grp.sources[0]]) + o0 * g.stride(2);
+                pitch = g.stride(2);
+                for (int64_t e = 0; e < ns; ++e) source_off[e] = g_base[grp.sources[e]] - g_base[grp.sources[0]];
+              } else {
+                first = g_rows[grp.sources[0] * nO];
+                pitch = g_pitch;
+                for (int64_t e = 0; e < ns; ++e) source_off[e] = (grp.sources[e] - grp.sources[0]) * max_rows * g_pitch;
+              }
+              place_mixed_rows(nO, cv);
+              if (read_in_place) {
+                correlate_blocks<true>(S2, first, pitch, source_off.data(), group_mix[u].data(), ns, mixed_rows.data(),
+                                       mixed_pitch, nO, Wo * cv);
+              } else {
+                correlate_blocks(S2, first, pitch, source_off.data(), group_mix[u].data(), ns, mixed_rows.data(),
+                                 mixed_pitch, nO, Wo * cv);
+              }
+              for (int64_t b = 0; b < S2; ++b) mixed_shifted[b] = mixed_rows[b] - b * cv;
+              correlate_sum(mixed_shifted.data(), S2, &no_offset, ones.data(), 1, h_first, pw * cv, nO, mixed_pitch,
+                            h_pitch);
               continue;
             }
             if (phase_planes && nO > 0) {
