@@ -488,20 +488,9 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   const int64_t cv_tail = C % tl.cv == 0 ? tl.cv : C % tl.cv;
   const Phases g_phases_full = make_phases(S2, sw, tl.cv), g_phases_tail = make_phases(S2, sw, cv_tail);
   const Phases h_phases_full = make_phases(1, 1, tl.cv), h_phases_tail = make_phases(1, 1, cv_tail);
-  // NCHW at a column stride: each group's transposed row passes run phase by phase over all of a task's rows. Phase
-  // rho of padded column q = rho + sw*m gathers the taps b = rho + sw*d from gradient pixel m - d: per group and
-  // phase, the terms' taps of that phase (term after term) and the offsets -d.
+  // NCHW at a column stride: each group's transposed row passes run phase by phase over all of a task's rows (from
+  // its mixed rows, below).
   const bool phase_planes = sw > 1 && tl.cv == 1;
-  std::vector<std::vector<std::vector<opmath_t>>> phase_taps(G, std::vector<std::vector<opmath_t>>(sw));
-  std::vector<std::vector<int64_t>> phase_off(sw);
-  if (phase_planes) {
-    for (int64_t rho = 0; rho < sw; ++rho) {
-      for (const int64_t d : g_phases_full.dcv[rho]) phase_off[rho].push_back(-d);
-      for (int64_t u = 0; u < G; ++u)
-        for (size_t e = 0; e < groups[u].sources.size(); ++e)
-          for (const int64_t b : g_phases_full.b[rho]) phase_taps[u][rho].push_back(groups[u].rows[e * S2 + b]);
-    }
-  }
   const int64_t phase_len = ceil_div(pw, sw);  // values of a phase row
 
   const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
@@ -517,10 +506,11 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     const int64_t g_pitch = Wg * tl.cv, h_pitch = pw * tl.cv;
     std::vector<opmath_t> stage(L * max_rows * g_pitch + kSlack<opmath_t>);  // rows of every live g_k
     std::vector<opmath_t> h(G * max_rows * h_pitch + kSlack<opmath_t>);      // each group's transposed row passes
-    // A group's mixed rows (sw == 1): mixed_b's row o - o0 at mixed_rows[b] + (o - o0) * mixed_pitch, after E zero
-    // pixels and followed by zeros up to the padded width.
+    // A group's mixed rows (at stride 1 and in phase planes): mixed_b's row o - o0 at mixed_rows[b] + (o - o0) *
+    // mixed_pitch, after E zero pixels and followed by zeros up to the padded width.
     const int64_t mixed_pitch = (E + pw) * tl.cv + kSlack<opmath_t>;
-    std::vector<opmath_t> mixed(G > 0 && sw == 1 ? S2 * max_rows * mixed_pitch + kSlack<opmath_t> : 0);
+    const bool mixes = G > 0 && (sw == 1 || phase_planes);
+    std::vector<opmath_t> mixed(mixes ? S2 * max_rows * mixed_pitch + kSlack<opmath_t> : 0);
     std::vector<opmath_t*> mixed_rows(S2), mixed_shifted(S2);  // each mixed_b's first row, at its pixel 0
     // Points mixed_rows at n rows of cv channels a pixel. Their borders hold zeros from the initialisation, which
     // one channel a pixel (NCHW) never overwrites; channels_last blocks of other widths do, so they are refilled.
@@ -610,10 +600,10 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
         };
         if (!incremental) {
           // Slot after slot; from main memory, each row prefetched kAheadRows rows (in this order) before it is
-          // staged: row o + ahead_o of slot l + ahead_l.
-          // At stride 1 the factored filters' rows are read where they lie when they are contiguous opmath_t values
-          // (mixed_row_passes); only the direct filters' are staged.
-          const bool read_in_place = sw == 1 && cv == 1 && g.stride(3) == 1 && std::is_same_v<scalar_t, opmath_t>;
+          // staged: row o + ahead_o of slot l + ahead_l. Where the factored filters' rows are contiguous opmath_t
+          // values, their mixes (below) read them where they lie, and only the direct filters' rows are staged.
+          const bool read_in_place =
+              (sw == 1 || phase_planes) && cv == 1 && g.stride(3) == 1 && std::is_same_v<scalar_t, opmath_t>;
           const int64_t L_staged = read_in_place ? Ld : L;
           const int64_t ahead_l = nO > 0 ? kAheadRows / nO : 0, ahead_o = nO > 0 ? kAheadRows % nO : 0;
           for (int64_t l = 0; l < L_staged; ++l)
@@ -630,12 +620,13 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
             term_rows.resize(ns);
             opmath_t* const h_first = h.data() + u * max_rows * h_pitch;  // h_u's row o0
             for (int64_t o = o0; o < o1; ++o) h_rows[u * nO + (o - o0)] = h_first + (o - o0) * h_pitch;
-            if (sw == 1 && nO > 0) {
-              // h_u[o][q] = sum over the terms e of sum_b row_e[b] * g_e[o][q - b], all the task's rows at once, in
-              // two passes: mixed_b[o][x] = sum_e row_e[b] * g_e[o][x] loads each g_e vector once for the S2 sums
-              // (a correlation whose taps are the sources, as far apart as their rows), then h_u[o][q] =
-              // sum_b mixed_b[o][q - b] over the zero-bordered mixed rows. Summed directly, every term's row tap
-              // loaded a shifted g_e vector for one multiply-add (ns * S2 loads against ns + S2 here).
+            if ((sw == 1 || phase_planes) && nO > 0) {
+              // h_u[o][q] = sum over the terms e of sum_b row_e[b] * g_e[o][q - b] (at a column stride, phase by
+              // phase: below), all the task's rows at once, in two passes: mixed_b[o][x] = sum_e row_e[b] * g_e[o][x]
+              // loads each g_e vector once for the S2 sums (a correlation whose taps are the sources, as far apart as
+              // their rows), then h_u[o][q] = sum_b mixed_b[o][q - b] over the zero-bordered mixed rows. Summed
+              // directly, every term's row tap loaded a shifted g_e vector for one multiply-add (ns * S2 loads
+              // against ns + S2 here).
               const opmath_t* first;
               int64_t pitch;
               if (read_in_place) {
@@ -655,22 +646,25 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
                 correlate_blocks(S2, first, pitch, source_off.data(), group_mix[u].data(), ns, mixed_rows.data(),
                                  mixed_pitch, nO, Wo * cv);
               }
-              for (int64_t b = 0; b < S2; ++b) mixed_shifted[b] = mixed_rows[b] - b * cv;
-              correlate_sum(mixed_shifted.data(), S2, &no_offset, ones.data(), 1, h_first, pw * cv, nO, mixed_pitch,
-                            h_pitch);
-              continue;
-            }
-            if (phase_planes && nO > 0) {
-              for (int64_t e = 0; e < ns; ++e) term_rows[e] = g_rows[grp.sources[e] * nO];
+              if (sw == 1) {
+                for (int64_t b = 0; b < S2; ++b) mixed_shifted[b] = mixed_rows[b] - b * cv;
+                correlate_sum(mixed_shifted.data(), S2, &no_offset, ones.data(), 1, h_first, pw * cv, nO,
+                              mixed_pitch, h_pitch);
+                continue;
+              }
+              // Phase rho of padded column q = rho + sw*m sums the taps b = rho + sw*d: mixed_b[o][m - d]. The
+              // phases are then interleaved into h_u's rows.
               for (int64_t rho = 0; rho < sw; ++rho) {
                 opmath_t* plane = phase_rows.data() + rho * max_rows * phase_len;
-                const int64_t nt = static_cast<int64_t>(phase_off[rho].size()), nm = ceil_div(pw - rho, sw);
+                const int64_t nt = static_cast<int64_t>(g_phases.b[rho].size()), nm = ceil_div(pw - rho, sw);
                 if (nt == 0) {
                   for (int64_t o = 0; o < nO; ++o) std::fill_n(plane + o * phase_len, nm, opmath_t(0));
                   continue;
                 }
-                correlate_sum(term_rows.data(), ns, phase_off[rho].data(), phase_taps[u][rho].data(), nt, plane, nm,
-                              nO, g_pitch, phase_len);
+                for (int64_t j = 0; j < nt; ++j)
+                  mixed_shifted[j] = mixed_rows[g_phases.b[rho][j]] - g_phases.dcv[rho][j];
+                correlate_sum(mixed_shifted.data(), nt, &no_offset, ones.data(), 1, plane, nm, nO, mixed_pitch,
+                              phase_len);
               }
               for (int64_t o = 0; o < nO; ++o)
                 interleave_phases(phase_rows.data() + o * phase_len, max_rows * phase_len, sw, 0, pw,
