@@ -17,8 +17,10 @@ namespace fixedbranch {
 // ran the DCT 7x7 forward (in cache) and the Gaussian/LoG 7x7 one 1.1x slower than blocks of 4 and 3, or 4 and 4;
 // blocks of at most 6 ran them as fast or faster. The 16 registers of AVX2 hold KB = 4.
 #ifdef CPU_CAPABILITY_AVX512
+constexpr int kVectorRegisters = 32;
 constexpr int64_t kMaxBranches = 6;
 #else
+constexpr int kVectorRegisters = 16;
 constexpr int64_t kMaxBranches = 4;
 #endif
 

@@ -338,9 +338,12 @@ void gather_rows_any(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const in
                      int64_t nt, int64_t shift, opmath_t* const* dst, int64_t len, bool accumulate) {
   constexpr int64_t V = at::vec::Vectorized<opmath_t>::size();
   const bool one = nr == 1, short_run = len < 2 * V;
-  if (g.zeros && g.sh == 1 && nr == 4 && !short_run && g.S1 == 3 && g.S2 == 3 && nt == 3 && g.L <= 32) {
-    if (accumulate) return gather_rows<4, 2, true, 3, 3>(g, p0, nr, b, dcv, nt, shift, dst, len);
-    return gather_rows<4, 2, false, 3, 3>(g, p0, nr, b, dcv, nt, shift, dst, len);
+  // The fixed taps' block holds 8 accumulators, 9 weights and 2 inputs: in AVX-512's registers, not AVX2's.
+  if constexpr (kVectorRegisters >= 32) {
+    if (g.zeros && g.sh == 1 && nr == 4 && !short_run && g.S1 == 3 && g.S2 == 3 && nt == 3 && g.L <= 32) {
+      if (accumulate) return gather_rows<4, 2, true, 3, 3>(g, p0, nr, b, dcv, nt, shift, dst, len);
+      return gather_rows<4, 2, false, 3, 3>(g, p0, nr, b, dcv, nt, shift, dst, len);
+    }
   }
   switch ((one ? 1 : 0) + (short_run ? 2 : 0) + (accumulate ? 4 : 0)) {
     case 0: gather_rows<4, 2, false>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
