@@ -238,7 +238,8 @@ FIXEDBRANCH_INLINE inline void static_for(F&& f) {
 // kS1 x kS2 > 0: the taps known at compile time, at stride 1 and for R full rows (nr == R, every tap b in order):
 // each source's R + kS1 - 1 rows pass (rows outside the gradient read g.zeros) with no row-range test per
 // multiply-add, and a 3x3 filter's taps held in registers, no weight load either. Against the general gather, 3x3 K=4
-// (y = 4x7x96x96 float32, 2 threads) 0.92x the time; Gaussian/LoG 7x7 (K=8, 5 and 37 MB outputs) 0.81-0.82x.
+// (y = 4x7x96x96 float32, 2 threads) 0.92x the time; Gaussian/LoG 7x7 (K=8, 5 and 37 MB outputs) 0.81-0.82x; the
+// column passes of the DCT 5x5 and 7x7 backward 0.91-0.96x.
 template <int R, int U, bool kAccumulate, int kS1 = 0, int kS2 = 0, typename opmath_t>
 void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_t* b, const int64_t* dcv, int64_t nt,
                  int64_t shift, opmath_t* const* dst, int64_t len) {
@@ -261,7 +262,7 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
       }
     for (int t = 0; t < kS2; ++t) fixed_dcv[t] = dcv[t];
   }
-  // A 3x3 filter's taps are held in registers; larger ones are broadcast where they are used.
+  // Up to nine taps (a 3x3 filter, a column of up to 9) are held in registers; more are broadcast where they are used.
   constexpr bool kHoldTaps = kS1 * kS2 <= 9;
   auto fixed_step = [&](int64_t e, Vec (&acc)[R][U]) FIXEDBRANCH_INLINE {
     for (int64_t l = 0; l < g.L; ++l) {
@@ -348,16 +349,21 @@ void gather_rows_any(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const in
   const bool one = nr == 1, short_run = len < 2 * V;
   // The fixed taps' block holds 8 accumulators, 9 weights and 2 inputs: in AVX-512's registers, not AVX2's.
   if constexpr (kVectorRegisters >= 32) {
-    if (g.zeros && g.sh == 1 && nr == 4 && !short_run && g.S1 == g.S2 && nt == g.S2 && g.L <= 32) {
-      auto run = [&](auto size) {
-        constexpr int S = decltype(size)::value;
-        if (accumulate) return gather_rows<4, 2, true, S, S>(g, p0, nr, b, dcv, nt, shift, dst, len);
-        return gather_rows<4, 2, false, S, S>(g, p0, nr, b, dcv, nt, shift, dst, len);
+    // Square direct filters, and the column passes of factored banks (S2 = 1).
+    if (g.zeros && g.sh == 1 && nr == 4 && !short_run && (g.S2 == g.S1 || g.S2 == 1) && nt == g.S2 && g.L <= 32) {
+      auto run = [&](auto rows, auto columns) {
+        constexpr int S1 = decltype(rows)::value, S2 = decltype(columns)::value;
+        if (accumulate) return gather_rows<4, 2, true, S1, S2>(g, p0, nr, b, dcv, nt, shift, dst, len);
+        return gather_rows<4, 2, false, S1, S2>(g, p0, nr, b, dcv, nt, shift, dst, len);
       };
-      switch (g.S1) {
-        case 3: return run(std::integral_constant<int, 3>{});
-        case 5: return run(std::integral_constant<int, 5>{});
-        case 7: return run(std::integral_constant<int, 7>{});
+      using std::integral_constant;
+      switch (g.S1 * 10 + g.S2) {
+        case 33: return run(integral_constant<int, 3>{}, integral_constant<int, 3>{});
+        case 55: return run(integral_constant<int, 5>{}, integral_constant<int, 5>{});
+        case 77: return run(integral_constant<int, 7>{}, integral_constant<int, 7>{});
+        case 31: return run(integral_constant<int, 3>{}, integral_constant<int, 1>{});
+        case 51: return run(integral_constant<int, 5>{}, integral_constant<int, 1>{});
+        case 71: return run(integral_constant<int, 7>{}, integral_constant<int, 1>{});
         default: break;
       }
     }
