@@ -45,6 +45,12 @@ void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar
   std::vector<int64_t> off(taps);
   for (int64_t r = 0; r < S1; ++r)
     for (int64_t q = 0; q < S2; ++q) off[r * S2 + q] = planes.at(r, q);
+  // Where each staged row and each output row's identity lie in the planes: the same for every task, and a division
+  // per row was a tenth of the staging's profile.
+  const int64_t staged_rows = (tl.rows - 1) * sh + S1;
+  std::vector<int64_t> row_at(staged_rows), identity_at(tl.rows);
+  for (int64_t r = 0; r < staged_rows; ++r) row_at[r] = planes.at(r, 0);
+  for (int64_t i = 0; i < tl.rows; ++i) identity_at[i] = planes.at(i * sh + pad.top, pad.left);
   const int64_t map_len = tl.rows * pitch + kSlack<opmath_t>;
   const scalar_t* y_ptr = y.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
@@ -63,7 +69,7 @@ void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar
       const View v{H, W, y.stride(2), y.stride(3), y.stride(1), 1};
       const scalar_t* base = y_ptr + t.n * y.stride(0) + t.c0 * y.stride(1);
       for (int64_t r = 0; r < (n - 1) * sh + S1; ++r) {
-        opmath_t* plane_row = tile.data() + planes.at(r, 0);  // row r of the planes of column phase 0
+        opmath_t* plane_row = tile.data() + row_at[r];  // row r of the planes of column phase 0
         const int64_t source = pad_source_index(t.i0 * sh - pad.top + r, H, a.mode);
         if constexpr (std::is_same_v<scalar_t, opmath_t>) {
           // Float rows split straight from y; only the few border columns go pixel by pixel.
@@ -91,7 +97,7 @@ void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar
       for (int64_t i = 0; i < n; ++i) {
         scalar_t* out_row = out_task + i * out.stride(2);
         if (a.identity)
-          store_row(tile.data() + planes.at(i * sh + pad.top, pad.left), Wo, 1,
+          store_row(tile.data() + identity_at[i], Wo, 1,
                     out_row + a.channel(0, t.c0) * out.stride(1), osW, slot_osC);
         if (!in_place)
           for (int64_t k = 1; k <= K; ++k)
