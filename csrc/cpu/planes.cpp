@@ -202,10 +202,11 @@ void backward_planes(const at::Tensor& g, const std::vector<int64_t>& live,
             at::vec::map2([](auto x, auto y) { return x + y; }, dst, dst, identity_row.data(), Wo);
           }
         }
+        // Padded row p = t.i0 + pad.top + i is phase row p / sh of row phase p % sh, counted along, not divided.
+        int64_t pr = (t.i0 + pad.top) % sh, pm = (t.i0 + pad.top) / sh - mr0;
         for (int64_t i = 0; i < n; ++i) {
-          const int64_t p = t.i0 + i + pad.top;
-          const opmath_t* row = phases.data() + (p % sh) * sw * phase_len + (p / sh - mr0) * pitch;
-          interleave_phases(row, phase_len, sw, pad.left, W, rows + i * W);
+          interleave_phases(phases.data() + pr * sw * phase_len + pm * pitch, phase_len, sw, pad.left, W, rows + i * W);
+          if (++pr == sh) pr = 0, ++pm;
         }
       }
       if (rows == acc.data())
