@@ -229,11 +229,10 @@ FIXEDBRANCH_INLINE inline void static_for(F&& f) {
 // Register-blocked across rows and branches: one load of a source vector feeds every output row it reaches (S1 of
 // them at stride 1), and all sources and taps of an output vector are summed in registers before the one store. A
 // 3x3 K=4 backward thus loads (S1+R-1)/R source vectors per row tap instead of S1, and stores each output once.
-// Measured on the 2-core AMD EPYC (one thread, CPU time, y = 1x32x96x96 float32), this did not make the 3x3 K=4
-// backward faster than the row-at-a-time gather it replaced (0.86-0.91 ms against 0.83-0.91), nor did compile-time
-// row taps: each live branch costs about the same 0.6 ns per pixel, and a cpu-clock profile puts as much time in
-// staging g's rows (memcpy, the first touch of g) as in the FMAs. What the gather saves is the strided backward's
-// zero-inserted work. Rows must be readable kSlack elements past shift + len.
+// Measured on the 2-core AMD EPYC (one thread, CPU time, y = 1x32x96x96 float32), this alone did not make the 3x3
+// K=4 backward faster than the row-at-a-time gather it replaced (0.86-0.91 ms against 0.83-0.91): what it saved was
+// the strided backward's zero-inserted work, until the compile-time taps below. Rows must be readable kSlack
+// elements past shift + len.
 //
 // kS1 x kS2 > 0: the taps known at compile time, at stride 1 and for R full rows (nr == R, every tap b in order):
 // each source's R + kS1 - 1 rows pass (rows outside the gradient read g.zeros) with no row-range test per
@@ -347,7 +346,7 @@ void gather_rows_any(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const in
                      int64_t nt, int64_t shift, opmath_t* const* dst, int64_t len, bool accumulate) {
   constexpr int64_t V = at::vec::Vectorized<opmath_t>::size();
   const bool one = nr == 1, short_run = len < 2 * V;
-  // The fixed taps' block holds 8 accumulators, 9 weights and 2 inputs: in AVX-512's registers, not AVX2's.
+  // A fixed-tap block holds 8 accumulators, 2 inputs and up to 9 taps: in AVX-512's registers, not AVX2's.
   if constexpr (kVectorRegisters >= 32) {
     // Square direct filters, and the column passes of factored banks (S2 = 1).
     if (g.zeros && g.sh == 1 && nr == 4 && !short_run && (g.S2 == g.S1 || g.S2 == 1) && nt == g.S2 && g.L <= 32) {
