@@ -15,7 +15,8 @@ namespace fixedbranch {
 // The most branches one register-blocked pass of the CPU kernels (correlate<KB, 2> in correlate.h) runs at once:
 // 2*KB accumulators and the input vectors fit the 32 vector registers of AVX-512 up to KB = 8, but blocks of 7 and 8
 // ran the DCT 7x7 forward (in cache) and the Gaussian/LoG 7x7 one 1.1x slower than blocks of 4 and 3, or 4 and 4;
-// blocks of at most 6 ran them as fast or faster. The 16 registers of AVX2 hold KB = 4.
+// blocks of at most 6 ran them as fast or faster. The 16 registers of AVX2 hold KB = 4. kVectorRegisters: the ISA's
+// vector registers, which the backward's compile-time taps need 32 of (gather_rows_any, fixed_branch_cpu.cpp).
 #ifdef CPU_CAPABILITY_AVX512
 constexpr int kVectorRegisters = 32;
 constexpr int64_t kMaxBranches = 6;

@@ -280,7 +280,12 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
           static_for<R>([&](auto r) FIXEDBRANCH_INLINE {
             constexpr int a = kS1 - 1 + r - i;  // row tap of output row r
             if constexpr (a >= 0 && a < kS1) {
-              const Vec wv = kHoldTaps ? w[kHoldTaps ? a : 0][kHoldTaps ? t : 0] : Vec(wl[a * kS2 + t]);
+              Vec wv;
+              if constexpr (kHoldTaps) {
+                wv = w[a][t];
+              } else {
+                wv = Vec(wl[a * kS2 + t]);
+              }
               for (int u = 0; u < U; ++u) acc[r][u] = at::vec::fmadd(wv, in[u], acc[r][u]);
             }
           });
@@ -671,27 +676,22 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
                 correlate_blocks(S2, first, pitch, source_off.data(), group_mix[u].data(), ns, mixed_rows.data(),
                                  mixed_pitch, nO, Wo * cv);
               }
-              if (sw == 1) {
-                for (int64_t b = 0; b < S2; ++b) mixed_shifted[b] = mixed_rows[b] - b * cv;
-                correlate_sum(mixed_shifted.data(), S2, &no_offset, ones.data(), 1, h_first, pw * cv, nO,
-                              mixed_pitch, h_pitch);
-                continue;
-              }
-              // Phase rho of padded column q = rho + sw*m sums the taps b = rho + sw*d: mixed_b[o][m - d]. The
-              // phases are then interleaved into h_u's rows.
+              // Phase rho of padded column q = rho + sw*m sums the taps b = rho + sw*d: mixed_b[o][m - d]. At stride 1
+              // the one phase is h_u itself; at a column stride the phases are interleaved into h_u's rows.
               for (int64_t rho = 0; rho < sw; ++rho) {
-                opmath_t* plane = phase_rows.data() + rho * max_rows * phase_len;
-                const int64_t nt = static_cast<int64_t>(g_phases.b[rho].size()), nm = ceil_div(pw - rho, sw);
+                opmath_t* plane = sw == 1 ? h_first : phase_rows.data() + rho * max_rows * phase_len;
+                const int64_t plane_pitch = sw == 1 ? h_pitch : phase_len;
+                const int64_t nt = static_cast<int64_t>(g_phases.b[rho].size()), nm = ceil_div(pw - rho, sw) * cv;
                 if (nt == 0) {
-                  for (int64_t o = 0; o < nO; ++o) std::fill_n(plane + o * phase_len, nm, opmath_t(0));
+                  for (int64_t o = 0; o < nO; ++o) std::fill_n(plane + o * plane_pitch, nm, opmath_t(0));
                   continue;
                 }
                 for (int64_t j = 0; j < nt; ++j)
                   mixed_shifted[j] = mixed_rows[g_phases.b[rho][j]] - g_phases.dcv[rho][j];
                 correlate_sum(mixed_shifted.data(), nt, &no_offset, ones.data(), 1, plane, nm, nO, mixed_pitch,
-                              phase_len);
+                              plane_pitch);
               }
-              for (int64_t o = 0; o < nO; ++o)
+              for (int64_t o = 0; o < nO && sw > 1; ++o)
                 interleave_phases(phase_rows.data() + o * phase_len, max_rows * phase_len, sw, 0, pw,
                                   h_first + o * h_pitch);
               continue;
