@@ -51,6 +51,12 @@ void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar
   std::vector<int64_t> row_at(staged_rows), identity_at(tl.rows);
   for (int64_t r = 0; r < staged_rows; ++r) row_at[r] = planes.at(r, 0);
   for (int64_t i = 0; i < tl.rows; ++i) identity_at[i] = planes.at(i * sh + pad.top, pad.left);
+  // The padded columns outside the image that the planes keep, with the image column each copies (-1: a zero): the
+  // same for every row, listed once instead of mapped through the padding mode row by row.
+  std::vector<std::pair<int64_t, int64_t>> border;
+  for_each_border(pad.left, W, pw, a.mode, [&](int64_t q, int64_t j) {
+    if (q / sw < pitch) border.emplace_back(planes.at(0, q), j);
+  });
   const int64_t map_len = tl.rows * pitch + kSlack<opmath_t>;
   const scalar_t* y_ptr = y.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
@@ -76,9 +82,7 @@ void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar
           if (sw == 2 && v.sW == 1 && source >= 0) {
             const scalar_t* src = base + source * v.sH;
             split_phases(src, W, 2, 1, pitch, plane_row, planes.size(), pad.left);
-            for_each_border(pad.left, W, pw, a.mode, [&](int64_t q, int64_t j) {
-              if (q / 2 < pitch) plane_row[(q % 2) * planes.size() + q / 2] = j < 0 ? opmath_t(0) : src[j];
-            });
+            for (const auto& [to, j] : border) plane_row[to] = j < 0 ? opmath_t(0) : src[j];
             continue;
           }
         }
@@ -162,7 +166,9 @@ void backward_planes(const at::Tensor& g, const std::vector<int64_t>& live,
             std::fill(row, row + pitch, opmath_t(0));
             continue;
           }
-          stage_zero_padded(base + o * g.stride(2), v, Wo, Dc, pitch, row);
+          // Only the pixels: the Dc zeros before them and the zeros after lie where no pixel is ever copied, zero
+          // since the buffer was made (a row outside the gradient is filled whole, above).
+          copy_pixels(base + o * g.stride(2), v, Wo, 1, row + Dc);
         }
       }
       for (int64_t phase = 0; phase < P && L > 0; ++phase) {

@@ -168,7 +168,15 @@ void split_phases(const opmath_t* row, int64_t pw, int64_t sw, int64_t cv, int64
     opmath_t* to_even = dst + (first % 2) * phase_stride + first / 2;
     opmath_t* to_odd = dst + ((first + 1) % 2) * phase_stride + (first + 1) / 2;
     const int64_t even = std::min((pw + 1) / 2, keep - first / 2), odd = std::min(pw / 2, keep - (first + 1) / 2);
-    for (int64_t m = 0; m < std::max(even, odd); m += V) {
+    // Whole vector pairs first, with no counts to test: rows are a few vectors long, and the masked loads and
+    // stores of the general step cost as much as the split.
+    int64_t m = 0;
+    for (; m + V <= std::min(even, odd) && 2 * (m + V) <= pw; m += V) {
+      const auto split = at::vec::deinterleave2(Vec::loadu(row + 2 * m), Vec::loadu(row + 2 * m + V));
+      split.first.store(to_even + m);
+      split.second.store(to_odd + m);
+    }
+    for (; m < std::max(even, odd); m += V) {
       const int64_t left = pw - 2 * m;  // pixels from 2m on
       const Vec lo = Vec::loadu(row + 2 * m, std::min(left, V));
       const Vec hi = left > V ? Vec::loadu(row + 2 * m + V, std::min(left - V, V)) : Vec(0);
@@ -203,7 +211,13 @@ void interleave_phases(const opmath_t* row, int64_t phase_stride, int64_t sw, in
     const opmath_t* a = row + (lpad % 2) * phase_stride + lpad / 2;
     const opmath_t* b = row + ((lpad + 1) % 2) * phase_stride + (lpad + 1) / 2;
     const int64_t even = (W + 1) / 2, odd = W / 2;
-    for (int64_t k = 0; k < even; k += V) {
+    int64_t k = 0;
+    for (; k + V <= odd; k += V) {  // whole vector pairs first, as in split_phases
+      const auto pair = at::vec::interleave2(Vec::loadu(a + k), Vec::loadu(b + k));
+      pair.first.store(dst + 2 * k);
+      pair.second.store(dst + 2 * k + V);
+    }
+    for (; k < even; k += V) {
       const auto pair = at::vec::interleave2(Vec::loadu(a + k, std::min(even - k, V)),
                                              Vec::loadu(b + k, std::max<int64_t>(0, std::min(odd - k, V))));
       const int64_t left = W - 2 * k;  // columns from 2k on
