@@ -1,6 +1,7 @@
 // The last-level cache's size (cache.h).
 #include "cpu/cache.h"
 
+#include <cstdlib>
 #include <fstream>
 #include <string>
 
@@ -40,6 +41,11 @@ int64_t sysfs_last_level_cache() {
 
 int64_t last_level_cache_bytes() {
   static const int64_t bytes = [] {
+    if (const char* set = std::getenv("FIXEDBRANCH_CPU_CACHE_BYTES")) {
+      char* end = nullptr;
+      const long long value = std::strtoll(set, &end, 10);
+      if (end != set && *end == '\0' && value > 0) return static_cast<int64_t>(value);
+    }
     int64_t size = sysfs_last_level_cache();
 #if defined(__linux__) && defined(_SC_LEVEL3_CACHE_SIZE)
     if (size <= 0) size = sysconf(_SC_LEVEL3_CACHE_SIZE);

@@ -26,8 +26,8 @@ namespace cpu {
 // third of the FMA rate (3.0 ns per pixel for K=4 3x3 float32, in cache, on one AVX2 core). A row's last values
 // take single vectors, the very last stored in part. src must be readable a vector past src + len + max(off) in
 // every row, unless kExactTail: then the last vector of a row loads only the values it keeps, and src may be a
-// tensor's rows, read up to their end.
-template <int KB, int U, bool kExactTail = false, typename opmath_t>
+// tensor's rows, read up to their end. kStream: whole vectors are stored past the caches (stream_store).
+template <int KB, int U, bool kExactTail = false, bool kStream = false, typename opmath_t>
 void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64_t taps, opmath_t* const* dst,
                int64_t len, int64_t rows = 1, int64_t src_pitch = 0, int64_t dst_pitch = 0) {
   using Vec = at::vec::Vectorized<opmath_t>;
@@ -50,7 +50,13 @@ void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64
       }
     }
     for (int k = 0; k < KB; ++k)
-      for (int u = 0; u < N; ++u) acc[k][u].store(d[k] + x + u * V, u + 1 < N ? V : last);
+      for (int u = 0; u < N; ++u) {
+        if (kStream && (u + 1 < N || last == V)) {
+          stream_store(acc[k][u], d[k] + x + u * V);
+        } else {
+          acc[k][u].store(d[k] + x + u * V, u + 1 < N ? V : last);
+        }
+      }
   };
   opmath_t* d[KB];
   for (int64_t r = 0; r < rows; ++r) {
@@ -73,12 +79,12 @@ void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64
 }
 
 // correlate<KB, ...> for a run-time KB in 1..kMaxBranches.
-template <bool kExactTail = false, typename opmath_t>
+template <bool kExactTail = false, bool kStream = false, typename opmath_t>
 void correlate_block(int64_t kb, const opmath_t* src, int64_t src_pitch, const int64_t* off, const opmath_t* w,
                      int64_t taps, opmath_t* const* dst, int64_t dst_pitch, int64_t rows, int64_t len) {
   auto run = [&](auto blocks, auto vectors) {
     constexpr int KB = decltype(blocks)::value, U = decltype(vectors)::value;
-    correlate<KB, U, kExactTail>(src, off, w, taps, dst, len, rows, src_pitch, dst_pitch);
+    correlate<KB, U, kExactTail, kStream>(src, off, w, taps, dst, len, rows, src_pitch, dst_pitch);
   };
   using std::integral_constant;
   switch (kb) {
@@ -96,11 +102,11 @@ void correlate_block(int64_t kb, const opmath_t* src, int64_t src_pitch, const i
 // The branches run in as few blocks as kMaxBranches allows, of even sizes: five as one block, not four and a block
 // of one, which loads an input vector per multiply-add (the DCT 5x5 forward spent as long on its blocks of one as
 // on the blocks of four, 4x the work).
-template <bool kExactTail = false, typename opmath_t>
+template <bool kExactTail = false, bool kStream = false, typename opmath_t>
 void correlate_blocks(int64_t K, const opmath_t* src, int64_t src_pitch, const int64_t* off, const opmath_t* w,
                       int64_t taps, opmath_t* const* dst, int64_t dst_pitch, int64_t rows, int64_t len) {
   for_each_branch_block(K, [&](int64_t k, int64_t kb) {
-    correlate_block<kExactTail>(kb, src, src_pitch, off, w + k * taps, taps, dst + k, dst_pitch, rows, len);
+    correlate_block<kExactTail, kStream>(kb, src, src_pitch, off, w + k * taps, taps, dst + k, dst_pitch, rows, len);
   });
 }
 

@@ -73,6 +73,10 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
   const bool direct = std::is_same_v<scalar_t, opmath_t> && tl.cv == 1 && (osW == 1 || Wo == 1);
   const int64_t staged_rows = (tl.rows - 1) * sh + S1;
   const int64_t row_len = layout.values() * tl.cv;  // values of one staged row (of a full channel block)
+  // Rows written straight into an output larger than the last-level cache are streamed past it (stream_store), not
+  // read from memory before being written: float32, 2 threads, 37.6 and 150 MB outputs, a 3x3 bank of four took
+  // 0.87-0.93x the time and the DCT 5x5 bank 0.80-0.86x.
+  const bool stream_out = direct && exceeds_last_level_cache(static_cast<int64_t>(out.nbytes()));
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(Wo, K + 1), [&](int64_t begin, int64_t end) {
     std::vector<opmath_t> tile(staged_rows * row_len + kSlack<opmath_t>);
@@ -135,22 +139,32 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
       const int64_t n_rows = t.i1 - t.i0;
       if (rows_at_once && Kd > 0) {
         for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], t.i0);
-        correlate_blocks(Kd, tile.data(), sh * len, off, kb.direct_weights.data(), taps, dst.data(), osH, n_rows, Wo);
+        with_bool(stream_out, [&](auto stream) {
+          correlate_blocks<false, stream>(Kd, tile.data(), sh * len, off, kb.direct_weights.data(), taps, dst.data(),
+                                          osH, n_rows, Wo);
+        });
       }
       if (rows_at_once && U > 0) {
         column_passes(tile.data(), n_rows);
         for (const auto& grp : kb.row_groups) {
           const int64_t nf = static_cast<int64_t>(grp.filters.size());
           for (int64_t f = 0; f < nf; ++f) dst[f] = row_for(kb.factored[grp.filters[f]], t.i0);
-          correlate_blocks(nf, column_plane(grp.column), len, row_off.data(), grp.rows.data(), S2, dst.data(), osH,
-                           n_rows, Wo);
+          with_bool(stream_out, [&](auto stream) {
+            correlate_blocks<false, stream>(nf, column_plane(grp.column), len, row_off.data(), grp.rows.data(), S2,
+                                            dst.data(), osH, n_rows, Wo);
+          });
         }
         several_terms(t.i0, 0, n_rows);
       }
       for (int64_t i = t.i0; i < t.i1; ++i) {
         const opmath_t* src = tile.data() + (i - t.i0) * sh * len;
         // The identity is y itself, copied from the staged centre: exact for every dtype.
-        if (a.identity && cv == 1) store_row(src + centre * cv, Wo, cv, slot_row(0, i), osW, slot_osC);
+        if (a.identity && cv == 1) {
+          if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+            if (stream_out) stream_run(src + centre, Wo, slot_row(0, i));
+          }
+          if (!stream_out) store_row(src + centre * cv, Wo, cv, slot_row(0, i), osW, slot_osC);
+        }
         if (Kd > 0 && !rows_at_once) {
           for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], i);
           correlate_blocks(Kd, src, 0, off, kb.direct_weights.data(), taps, dst.data(), 0, 1, Wo * cv);
@@ -185,6 +199,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
             store_row(rows.data() + (k - 1) * Wo * cv, Wo, cv, slot_row(a.slot(k), i), osW, slot_osC);
       }
     }
+    if (stream_out) stream_fence();
   });
 }
 

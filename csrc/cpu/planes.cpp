@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu/cache.h"
 #include "cpu/staging.h"
 
 namespace fixedbranch {
@@ -62,6 +63,8 @@ void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
   const int64_t osW = out.stride(3), slot_osC = a.channel_step() * out.stride(1);
   const bool in_place = std::is_same_v<scalar_t, opmath_t> && osW == 1;
+  // In place into an output larger than the last-level cache: streamed past it, as in the row kernels' forward.
+  const bool stream_out = in_place && exceeds_last_level_cache(static_cast<int64_t>(out.nbytes()));
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(Wo, K + 1), [&](int64_t begin, int64_t end) {
     // The last tap of the last dropped output reads (S2-1)/sw < pitch values past the planes.
@@ -97,18 +100,24 @@ void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar
           dst_pitch = out.stride(2);
         }
       }
-      correlate_blocks(K, tile.data(), pitch, off.data(), kb.direct_weights.data(), taps, dst.data(), dst_pitch, n, Wo);
+      with_bool(stream_out, [&](auto stream) {
+        correlate_blocks<false, stream>(K, tile.data(), pitch, off.data(), kb.direct_weights.data(), taps, dst.data(),
+                                        dst_pitch, n, Wo);
+      });
       for (int64_t i = 0; i < n; ++i) {
         scalar_t* out_row = out_task + i * out.stride(2);
-        if (a.identity)
-          store_row(tile.data() + identity_at[i], Wo, 1,
-                    out_row + a.channel(0, t.c0) * out.stride(1), osW, slot_osC);
+        scalar_t* identity_row = out_row + a.channel(0, t.c0) * out.stride(1);
+        if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+          if (a.identity && stream_out) stream_run(tile.data() + identity_at[i], Wo, identity_row);
+        }
+        if (a.identity && !stream_out) store_row(tile.data() + identity_at[i], Wo, 1, identity_row, osW, slot_osC);
         if (!in_place)
           for (int64_t k = 1; k <= K; ++k)
             store_row(dst[k - 1] + i * pitch, Wo, 1, out_row + a.channel(a.slot(k), t.c0) * out.stride(1), osW,
                       slot_osC);
       }
     }
+    if (stream_out) stream_fence();
   });
 }
 

@@ -9,6 +9,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -269,6 +270,50 @@ void identity_adjoint_rows(const scalar_t* base, const View& v, int64_t sh, int6
 // partial vector of a row.
 template <typename opmath_t>
 constexpr int64_t kSlack = 4 * at::vec::Vectorized<opmath_t>::size();
+
+// Streaming stores, for outputs larger than the last-level cache: their lines would otherwise be read from memory
+// before being written, and the cache could not keep them anyway. stream_store puts v at p past the caches where the
+// ISA has a streaming store and p is aligned to the vector, else stores it as usual. They are weakly ordered:
+// a thread ends its streaming with stream_fence before its work counts as done.
+template <typename T>
+inline void stream_store(const at::vec::Vectorized<T>& v, T* p) {
+  if (reinterpret_cast<uintptr_t>(p) % sizeof(at::vec::Vectorized<T>) == 0) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, float>) return _mm512_stream_ps(p, v);
+    if constexpr (std::is_same_v<T, double>) return _mm512_stream_pd(p, v);
+#elif defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<T, float>) return _mm256_stream_ps(p, v);
+    if constexpr (std::is_same_v<T, double>) return _mm256_stream_pd(p, v);
+#endif
+  }
+  v.store(p);
+}
+
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
+
+// Copies n contiguous values, streamed (stream_store) where whole vectors reach.
+template <typename T>
+void stream_run(const T* src, int64_t n, T* dst) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  int64_t i = 0;
+  for (; i + V <= n; i += V) stream_store(Vec::loadu(src + i), dst + i);
+  if (i < n) Vec::loadu(src + i, n - i).store(dst + i, n - i);
+}
+
+// f(std::true_type) or f(std::false_type) as b is: a run-time choice between two compile-time variants.
+template <typename F>
+inline void with_bool(bool b, F&& f) {
+  if (b) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
 
 // Writes W*Cv staged values of one row to a tensor whose pixels are `sW` apart and channels `sC` apart.
 template <typename scalar_t, typename opmath_t>

@@ -1,0 +1,55 @@
+"""The CPU kernels' choices that depend on the last-level cache: outputs that outgrow it are stored past it
+(streaming stores), gradients that outgrow it are prefetched. On small tensors those paths run only when the
+kernels believe the cache small, so a subprocess sets FIXEDBRANCH_CPU_CACHE_BYTES (read once per process) to 4 KiB
+and checks, against the reference, outputs and gradients whose rows start on and off the vector alignment that
+streaming needs, direct and factored banks, strided planes, every padding mode, both layouts and both real dtypes."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHECK = r"""
+import itertools
+import torch
+import fixedbranch as fb
+from fixedbranch import reference
+from tests.common import PADDING_MODES, assert_close, backward_op, to_layout
+
+banks = {
+    "3x3 direct": fb.filters.bank(fb.filters.sobel_x(), fb.filters.sobel_y(), fb.filters.laplacian4(),
+                                  fb.filters.gaussian(3, 1.0)),
+    "DCT 5x5 factored": fb.filters.dct(5),
+}
+gen = torch.Generator().manual_seed(0)
+checked = 0
+# Widths 96 (rows of whole vectors: streamed) and 37 (rows that start off the alignment), strides 1 and 2.
+for (name, bank), (h, w), stride, mode, dtype, layout, identity in itertools.product(
+        banks.items(), [(20, 96), (9, 37)], [1, 2], PADDING_MODES, [torch.float32, torch.float64],
+        ["contiguous", "channels_last"], [True, False]):
+    if (mode != "zeros" or layout != "contiguous") and dtype == torch.float64 and not identity:
+        continue  # every mode and layout once per dtype is enough; the identity's store is the one that differs
+    y = to_layout(torch.randn(2, 3, h, w, generator=gen, dtype=dtype), layout)
+    what = f"{name} {h}x{w} stride {stride} {mode} {dtype} {layout} identity={identity}"
+    out = fb.fixed_branch(y, bank, mode, identity=identity, stride=stride)
+    expected = reference.fixed_branch(y.double(), bank.double(), mode, identity=identity, stride=stride)
+    assert_close(out, expected, dtype, what + " forward")
+    g = to_layout(torch.randn(out.shape, generator=gen, dtype=dtype), layout)
+    y64 = y.double().requires_grad_()
+    (expected_grad,) = torch.autograd.grad(
+        reference.fixed_branch(y64, bank.double(), mode, identity=identity, stride=stride), y64, g.double())
+    got = backward_op(g, bank.to(dtype), mode, identity=identity, stride=stride, input_size=(h, w))
+    assert_close(got, expected_grad, dtype, what + " backward")
+    checked += 1
+print("checked", checked)
+"""
+
+
+def test_large_operand_paths_match_reference():
+    env = dict(os.environ, FIXEDBRANCH_CPU_CACHE_BYTES="4096")
+    done = subprocess.run([sys.executable, "-c", CHECK], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split()[-1] == "200", done.stdout
