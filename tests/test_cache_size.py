@@ -25,14 +25,16 @@ banks = {
 }
 gen = torch.Generator().manual_seed(0)
 checked = 0
-# Widths 96 (rows of whole vectors: streamed) and 37 (rows that start off the alignment), strides 1 and 2.
-for (name, bank), (h, w), stride, mode, dtype, layout, identity in itertools.product(
-        banks.items(), [(20, 96), (9, 37)], [1, 2], PADDING_MODES, [torch.float32, torch.float64],
-        ["contiguous", "channels_last"], [True, False]):
+# (C, H, W): rows of whole vectors (W 96: streamed in NCHW) and rows that start off the alignment (W 37); 32
+# channels (channels_last pixels of whole vectors: streamed) and one (a channels_last output stored as NCHW rows
+# whose pixels lie K+1 values apart: never streamed). Strides 1 and 2.
+for (name, bank), (c, h, w), stride, mode, dtype, layout, identity in itertools.product(
+        banks.items(), [(3, 20, 96), (3, 9, 37), (32, 5, 12), (1, 7, 40)], [1, 2], PADDING_MODES,
+        [torch.float32, torch.float64], ["contiguous", "channels_last"], [True, False]):
     if (mode != "zeros" or layout != "contiguous") and dtype == torch.float64 and not identity:
         continue  # every mode and layout once per dtype is enough; the identity's store is the one that differs
-    y = to_layout(torch.randn(2, 3, h, w, generator=gen, dtype=dtype), layout)
-    what = f"{name} {h}x{w} stride {stride} {mode} {dtype} {layout} identity={identity}"
+    y = to_layout(torch.randn(2, c, h, w, generator=gen, dtype=dtype), layout)
+    what = f"{name} {c}x{h}x{w} stride {stride} {mode} {dtype} {layout} identity={identity}"
     out = fb.fixed_branch(y, bank, mode, identity=identity, stride=stride)
     expected = reference.fixed_branch(y.double(), bank.double(), mode, identity=identity, stride=stride)
     assert_close(out, expected, dtype, what + " forward")
@@ -52,4 +54,4 @@ def test_large_operand_paths_match_reference():
     done = subprocess.run([sys.executable, "-c", CHECK], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.split()[-1] == "200", done.stdout
+    assert done.stdout.split()[-1] == "400", done.stdout

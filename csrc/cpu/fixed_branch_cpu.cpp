@@ -73,10 +73,11 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
   const bool direct = std::is_same_v<scalar_t, opmath_t> && tl.cv == 1 && (osW == 1 || Wo == 1);
   const int64_t staged_rows = (tl.rows - 1) * sh + S1;
   const int64_t row_len = layout.values() * tl.cv;  // values of one staged row (of a full channel block)
-  // Rows written straight into an output larger than the last-level cache are streamed past it (stream_store), not
-  // read from memory before being written: float32, 2 threads, 37.6 and 150 MB outputs, a 3x3 bank of four took
-  // 0.87-0.93x the time and the DCT 5x5 bank 0.80-0.86x.
-  const bool stream_out = direct && exceeds_last_level_cache(static_cast<int64_t>(out.nbytes()));
+  // Rows written straight into an output larger than the last-level cache (NCHW rows, channels_last pixels) are
+  // streamed past it (stream_store), not read from memory before being written: float32, 2 threads, 37.6 and 150
+  // MB outputs, a 3x3 bank of four took 0.87-0.93x the time and the DCT 5x5 bank 0.80-0.86x; in channels_last
+  // (N8 C32 96x96, 47 MB out) 0.63-0.64x.
+  const bool stream_out = (direct || cl) && exceeds_last_level_cache(static_cast<int64_t>(out.nbytes()));
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(Wo, K + 1), [&](int64_t begin, int64_t end) {
     std::vector<opmath_t> tile(staged_rows * row_len + kSlack<opmath_t>);
@@ -160,10 +161,11 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
         const opmath_t* src = tile.data() + (i - t.i0) * sh * len;
         // The identity is y itself, copied from the staged centre: exact for every dtype.
         if (a.identity && cv == 1) {
+          const bool streamed = stream_out && direct;  // a contiguous run of opmath_t
           if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-            if (stream_out) stream_run(src + centre, Wo, slot_row(0, i));
+            if (streamed) stream_run(src + centre, Wo, slot_row(0, i));
           }
-          if (!stream_out) store_row(src + centre * cv, Wo, cv, slot_row(0, i), osW, slot_osC);
+          if (!streamed) store_row(src + centre * cv, Wo, cv, slot_row(0, i), osW, slot_osC);
         }
         if (Kd > 0 && !rows_at_once) {
           for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], i);
@@ -191,7 +193,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
             slot_src[n] = rows.data() + (k - 1) * Wo * cv;
             slot_dst[n++] = slot_row(a.slot(k), i);
           }
-          store_pixels(slot_src.data(), n, Wo, cv, slot_dst.data(), osW, slot_osC);
+          store_pixels(slot_src.data(), n, Wo, cv, slot_dst.data(), osW, slot_osC, stream_out);
           continue;
         }
         for (int64_t k = 1; k <= K; ++k)

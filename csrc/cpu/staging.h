@@ -330,10 +330,18 @@ void store_row(const opmath_t* src, int64_t W, int64_t Cv, scalar_t* dst, int64_
 
 // store_row for n rows at once, pixel by pixel: pixel j of every row, then pixel j+1. Rows that interleave in the
 // tensor (the slots of a channels_last output, whose pixels hold every slot's channels) are written as one stream
-// instead of n passes that each touch every pixel.
+// instead of n passes that each touch every pixel. `stream`: contiguous channels of the same type are streamed
+// (stream_run), for an output larger than the last-level cache.
 template <typename scalar_t, typename opmath_t>
 void store_pixels(const opmath_t* const* src, int64_t n, int64_t W, int64_t Cv, scalar_t* const* dst, int64_t sW,
-                  int64_t sC) {
+                  int64_t sC, bool stream = false) {
+  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+    if (stream && sC == 1) {
+      for (int64_t j = 0; j < W; ++j)
+        for (int64_t r = 0; r < n; ++r) stream_run(src[r] + j * Cv, Cv, dst[r] + j * sW);
+      return;
+    }
+  }
   for (int64_t j = 0; j < W; ++j)
     for (int64_t r = 0; r < n; ++r) convert_strided(src[r] + j * Cv, 1, dst[r] + j * sW, sC, Cv);
 }
