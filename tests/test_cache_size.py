@@ -2,7 +2,8 @@
 (streaming stores), gradients that outgrow it are prefetched. On small tensors those paths run only when the
 kernels believe the cache small, so a subprocess sets FIXEDBRANCH_CPU_CACHE_BYTES (read once per process) to 4 KiB
 and checks, against the reference, outputs and gradients whose rows start on and off the vector alignment that
-streaming needs, direct and factored banks, strided planes, every padding mode, both layouts and both real dtypes."""
+streaming needs, direct and factored banks, strided planes, every padding mode, both layouts, both channel orders
+and both real dtypes."""
 
 import os
 import subprocess
@@ -16,7 +17,7 @@ import itertools
 import torch
 import fixedbranch as fb
 from fixedbranch import reference
-from tests.common import PADDING_MODES, assert_close, backward_op, to_layout
+from tests.common import ORDERS, PADDING_MODES, assert_close, backward_op, to_layout
 
 banks = {
     "3x3 direct": fb.filters.bank(fb.filters.sobel_x(), fb.filters.sobel_y(), fb.filters.laplacian4(),
@@ -28,21 +29,24 @@ checked = 0
 # (C, H, W): rows of whole vectors (W 96: streamed in NCHW) and rows that start off the alignment (W 37); 32
 # channels (channels_last pixels of whole vectors: streamed) and one (a channels_last output stored as NCHW rows
 # whose pixels lie K+1 values apart: never streamed). Strides 1 and 2.
-for (name, bank), (c, h, w), stride, mode, dtype, layout, identity in itertools.product(
+for (name, bank), (c, h, w), stride, mode, dtype, layout, identity, order in itertools.product(
         banks.items(), [(3, 20, 96), (3, 9, 37), (32, 5, 12), (1, 7, 40)], [1, 2], PADDING_MODES,
-        [torch.float32, torch.float64], ["contiguous", "channels_last"], [True, False]):
+        [torch.float32, torch.float64], ["contiguous", "channels_last"], [True, False], ORDERS):
     if (mode != "zeros" or layout != "contiguous") and dtype == torch.float64 and not identity:
         continue  # every mode and layout once per dtype is enough; the identity's store is the one that differs
+    if order != "branch" and (mode != "zeros" or stride != 1):
+        continue  # the order changes only where slots are stored
     y = to_layout(torch.randn(2, c, h, w, generator=gen, dtype=dtype), layout)
-    what = f"{name} {c}x{h}x{w} stride {stride} {mode} {dtype} {layout} identity={identity}"
-    out = fb.fixed_branch(y, bank, mode, identity=identity, stride=stride)
-    expected = reference.fixed_branch(y.double(), bank.double(), mode, identity=identity, stride=stride)
+    what = f"{name} {c}x{h}x{w} stride {stride} {mode} {dtype} {layout} identity={identity} order={order}"
+    out = fb.fixed_branch(y, bank, mode, identity=identity, order=order, stride=stride)
+    expected = reference.fixed_branch(y.double(), bank.double(), mode, identity=identity, order=order, stride=stride)
     assert_close(out, expected, dtype, what + " forward")
     g = to_layout(torch.randn(out.shape, generator=gen, dtype=dtype), layout)
     y64 = y.double().requires_grad_()
     (expected_grad,) = torch.autograd.grad(
-        reference.fixed_branch(y64, bank.double(), mode, identity=identity, stride=stride), y64, g.double())
-    got = backward_op(g, bank.to(dtype), mode, identity=identity, stride=stride, input_size=(h, w))
+        reference.fixed_branch(y64, bank.double(), mode, identity=identity, order=order, stride=stride), y64,
+        g.double())
+    got = backward_op(g, bank.to(dtype), mode, identity=identity, order=order, stride=stride, input_size=(h, w))
     assert_close(got, expected_grad, dtype, what + " backward")
     checked += 1
 print("checked", checked)
@@ -54,4 +58,4 @@ def test_large_operand_paths_match_reference():
     done = subprocess.run([sys.executable, "-c", CHECK], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.split()[-1] == "400", done.stdout
+    assert done.stdout.split()[-1] == "456", done.stdout

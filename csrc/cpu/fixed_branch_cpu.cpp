@@ -95,6 +95,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
     std::vector<bool> buffered(K + 1);  // filter k's row is in `rows`, still to be stored
     std::vector<const opmath_t*> slot_src(K + 1);  // channels_last: each slot's row
     std::vector<scalar_t*> slot_dst(K + 1);         // and where it goes
+    std::vector<opmath_t> pixel_block(cl ? (K + 1) * tl.cv : 0);  // channels_last, channel order: one pixel's slots
     for (int64_t id = begin; id < end; ++id) {
       const Task t = locate(tl, id, C, Ho);
       const int64_t cv = t.cv, len = layout.values() * cv;
@@ -193,7 +194,12 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
             slot_src[n] = rows.data() + (k - 1) * Wo * cv;
             slot_dst[n++] = slot_row(a.slot(k), i);
           }
-          store_pixels(slot_src.data(), n, Wo, cv, slot_dst.data(), osW, slot_osC, stream_out);
+          if (a.order == Order::Channel) {
+            // Slot r's channel c lies at c * n + r of the pixel's run from slot_dst[0] on (n = B slots, in order).
+            store_pixels_by_channel(slot_src.data(), n, Wo, cv, slot_dst[0], osW, pixel_block.data(), stream_out);
+          } else {
+            store_pixels(slot_src.data(), n, Wo, cv, slot_dst.data(), osW, slot_osC, stream_out);
+          }
           continue;
         }
         for (int64_t k = 1; k <= K; ++k)

@@ -346,6 +346,27 @@ void store_pixels(const opmath_t* const* src, int64_t n, int64_t W, int64_t Cv, 
     for (int64_t r = 0; r < n; ++r) convert_strided(src[r] + j * Cv, 1, dst[r] + j * sW, sC, Cv);
 }
 
+// store_pixels for the n slots of a channels_last output in channel order, whose pixel holds channel c of slot r at
+// c * n + r, for the Cv channels from dst's on: each pixel's slots are interleaved into `block` (Cv * n values) and
+// stored as one run, streamed if `stream`, instead of one value at a time, n values apart.
+template <typename scalar_t, typename opmath_t>
+void store_pixels_by_channel(const opmath_t* const* src, int64_t n, int64_t W, int64_t Cv, scalar_t* dst, int64_t sW,
+                             opmath_t* block, bool stream) {
+  for (int64_t j = 0; j < W; ++j) {
+    for (int64_t r = 0; r < n; ++r) {
+      const opmath_t* from = src[r] + j * Cv;
+      for (int64_t c = 0; c < Cv; ++c) block[c * n + r] = from[c];
+    }
+    if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+      if (stream) {
+        stream_run(block, Cv * n, dst + j * sW);
+        continue;
+      }
+    }
+    convert_run(block, 1, Cv * n, dst + j * sW);
+  }
+}
+
 // Task decomposition shared by forward and backward: images x channel blocks x row blocks.
 // Tasks per thread at least, for tasks of `values` values each: small inputs run inline instead of waking a thread
 // team for microseconds of work.
