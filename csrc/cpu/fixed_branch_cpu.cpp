@@ -528,6 +528,11 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     group_columns.insert(group_columns.end(), kb.columns.begin() + grp.column * S1,
                          kb.columns.begin() + (grp.column + 1) * S1);
   const int64_t L = static_cast<int64_t>(live.size()), G = static_cast<int64_t>(groups.size());
+  // A channels_last gradient in channel order holds a pixel's slots interleaved, channel by channel: its pixels are
+  // read as whole runs (stage_pixels_by_channel), each live slot's channels taken from there.
+  std::vector<int64_t> live_slots(L);
+  for (int64_t l = 0; l < L; ++l) live_slots[l] = a.slot(live[l]);
+  const bool by_channel = a.order == Order::Channel && g.stride(1) == 1;
   if (!is_channels_last(grad_y) && a.strided() && G == 0 && mode == PadMode::Zeros)
     return backward_planes<scalar_t>(g, live, wl, S1, S2, a, grad_y);
   // A staged gradient row: E zero pixels (the widest phase's reach to the left), the Wo pixels, zeros up to the last
@@ -589,6 +594,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     std::vector<const scalar_t*> g_base(L);  // each live filter's gradient plane
     std::vector<const scalar_t*> slot_rows(L);   // channels_last: one gradient row of each live filter
     std::vector<opmath_t*> staged_rows(L);       // and where it is staged
+    std::vector<opmath_t> pixel_block(tl.cv > 1 ? a.B * tl.cv : 0);  // channels_last, channel order: one pixel
     for (int64_t id = begin; id < end; ++id) {
       const Task t = locate(tl, id, C, H);
       const int64_t cv = t.cv;
@@ -641,7 +647,12 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
                 slot_rows[l] = g_base[l] + staged * g.stride(2);
                 staged_rows[l] = place_row(l, staged);
               }
-              stage_zero_padded_pixels(slot_rows.data(), L, v, Wo, E, Wg, staged_rows.data());
+              if (by_channel) {
+                stage_pixels_by_channel(g_slot(0) + staged * g.stride(2), live_slots.data(), L, a.B, v, Wo, E, Wg,
+                                        pixel_block.data(), staged_rows.data());
+              } else {
+                stage_zero_padded_pixels(slot_rows.data(), L, v, Wo, E, Wg, staged_rows.data());
+              }
               continue;
             }
             for (int64_t l = 0; l < L; ++l) {

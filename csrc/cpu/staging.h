@@ -95,6 +95,26 @@ void stage_zero_padded_pixels(const scalar_t* const* src, int64_t n, const View&
     for (int64_t r = 0; r < n; ++r) convert_run(src[r] + j * v.sW, v.sC, v.Cv, dst[r] + (lead + j) * v.Cv);
 }
 
+// stage_zero_padded_pixels for n slots of a channels_last gradient in channel order, whose pixel holds channel c of
+// slot b at c * B + b from `pixels` on (its first pixel, the task's first channel, slot 0): each pixel's run of Cv * B
+// values is read once into `block` and its slots `slots[r]` taken from there, instead of one value at a time, B
+// values apart.
+template <typename scalar_t, typename opmath_t>
+void stage_pixels_by_channel(const scalar_t* pixels, const int64_t* slots, int64_t n, int64_t B, const View& v,
+                             int64_t npix, int64_t lead, int64_t total, opmath_t* block, opmath_t* const* dst) {
+  for (int64_t r = 0; r < n; ++r) {
+    std::fill(dst[r], dst[r] + lead * v.Cv, opmath_t(0));
+    std::fill(dst[r] + (lead + npix) * v.Cv, dst[r] + total * v.Cv, opmath_t(0));
+  }
+  for (int64_t j = 0; j < npix; ++j) {
+    convert_run(pixels + j * v.sW, 1, v.Cv * B, block);
+    for (int64_t r = 0; r < n; ++r) {
+      opmath_t* to = dst[r] + (lead + j) * v.Cv;
+      for (int64_t c = 0; c < v.Cv; ++c) to[c] = block[c * B + slots[r]];
+    }
+  }
+}
+
 // Asks for the cache lines of npix pixels (described by v) ahead of their use: rows of contiguous values only, the
 // others are left to the hardware.
 template <typename scalar_t>
