@@ -2,8 +2,8 @@
 (streaming stores), gradients that outgrow it are prefetched. On small tensors those paths run only when the
 kernels believe the cache small, so a subprocess sets FIXEDBRANCH_CPU_CACHE_BYTES (read once per process) to 4 KiB
 and checks, against the reference, outputs and gradients whose rows start on and off the vector alignment that
-streaming needs, direct and factored banks, strided planes, every padding mode, both layouts, both channel orders
-and both real dtypes."""
+streaming needs, direct and factored banks, strided planes and tiles, every padding mode, both layouts, both
+channel orders and both real dtypes."""
 
 import os
 import subprocess
@@ -23,6 +23,7 @@ banks = {
     "3x3 direct": fb.filters.bank(fb.filters.sobel_x(), fb.filters.sobel_y(), fb.filters.laplacian4(),
                                   fb.filters.gaussian(3, 1.0)),
     "DCT 5x5 factored": fb.filters.dct(5),
+    "Haar 2x2": fb.filters.wavelet("db1"),  # at stride 2 on an even NCHW map: the tile kernels
 }
 gen = torch.Generator().manual_seed(0)
 checked = 0
@@ -58,4 +59,4 @@ def test_large_operand_paths_match_reference():
     done = subprocess.run([sys.executable, "-c", CHECK], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.split()[-1] == "456", done.stdout
+    assert done.stdout.split()[-1] == "684", done.stdout

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu/cache.h"
 #include "cpu/correlate.h"
 #include "cpu/staging.h"
 
@@ -42,12 +43,18 @@ std::pair<at::vec::Vectorized<T>, at::vec::Vectorized<T>> split_pairs(const T* p
                                 2 * m > V ? Vec::loadu(p + V, 2 * m - V) : Vec(T(0)));
 }
 
-// Stores 2m values at p, alternating from `even` and `odd` (m <= V).
+// Stores 2m values at p, alternating from `even` and `odd` (m <= V); whole vectors streamed if `stream`.
 template <typename T>
-void store_pairs(const at::vec::Vectorized<T>& even, const at::vec::Vectorized<T>& odd, T* p, int64_t m) {
+void store_pairs(const at::vec::Vectorized<T>& even, const at::vec::Vectorized<T>& odd, T* p, int64_t m,
+                 bool stream) {
   constexpr int64_t V = at::vec::Vectorized<T>::size();
   const auto pair = at::vec::interleave2(even, odd);
   if (m == V) {
+    if (stream) {
+      stream_store(pair.first, p);
+      stream_store(pair.second, p + V);
+      return;
+    }
     pair.first.store(p);
     pair.second.store(p + V);
     return;
@@ -78,6 +85,16 @@ void forward_tiles(const at::Tensor& y, const at::Tensor& bank, const BranchArgs
   // written (or read) later in the same run: no masked load or store but the run's last row's. Only rows of a vector
   // or more: a shorter row's vector would reach past the next row.
   const bool runs_on = ysH == a.W && osH == Wo && Wo >= V;
+  // An output larger than the last-level cache is streamed past it, as in the row kernels' forward.
+  const bool stream = exceeds_last_level_cache(static_cast<int64_t>(out.nbytes()));
+  // One vector of outputs at p: streamed (whole vectors) or stored, the last m values only.
+  auto put = [stream](const Vec& v, T* p, int64_t m) {
+    if (stream && m == V) {
+      stream_store(v, p);
+    } else {
+      v.store(p, m);
+    }
+  };
   at::parallel_for(0, a.N * a.C * Ho, tasks_per_grain(2 * a.W + (K + 1) * Wo), [&](int64_t begin, int64_t end) {
     std::vector<T*> maps(K);
     for_each_run(begin, end, a.C, Ho, [&](int64_t n, int64_t c, int64_t i, int64_t count) {
@@ -91,18 +108,19 @@ void forward_tiles(const at::Tensor& y, const at::Tensor& bank, const BranchArgs
           const int64_t m = run_over ? V : std::min(V, Wo - j);
           const auto [e0, o0] = split_pairs(top + 2 * j, m);
           const auto [e1, o1] = split_pairs(top + ysH + 2 * j, m);
-          if (identity) e0.store(identity + r * osH + j, m);
+          if (identity) put(e0, identity + r * osH + j, m);
           for (int64_t k = 0; k < K; ++k) {
             const T* f = w.data() + 4 * k;
             Vec acc = Vec(f[0]) * e0;
             acc = at::vec::fmadd(Vec(f[1]), o0, acc);
             acc = at::vec::fmadd(Vec(f[2]), e1, acc);
             acc = at::vec::fmadd(Vec(f[3]), o1, acc);
-            acc.store(maps[k] + r * osH + j, m);
+            put(acc, maps[k] + r * osH + j, m);
           }
         }
       }
     });
+    if (stream) stream_fence();
   });
 }
 
@@ -126,6 +144,7 @@ void backward_tiles(const at::Tensor& g, const at::Tensor& bank, const BranchArg
   const int64_t gsN = g.stride(0), gsC = g.stride(1), gsH = g.stride(2);
   const int64_t dsN = grad_y.stride(0), dsC = grad_y.stride(1), dsH = grad_y.stride(2);
   const bool runs_on = gsH == Wo && dsH == a.W && Wo >= V;  // as in forward_tiles
+  const bool stream = exceeds_last_level_cache(static_cast<int64_t>(grad_y.nbytes()));  // as forward_tiles' output
   at::parallel_for(0, a.N * a.C * Ho, tasks_per_grain((L + 1) * Wo + 2 * a.W), [&](int64_t begin, int64_t end) {
     std::vector<const T*> sources(L);
     for_each_run(begin, end, a.C, Ho, [&](int64_t n, int64_t c, int64_t i, int64_t count) {
@@ -146,11 +165,12 @@ void backward_tiles(const at::Tensor& g, const at::Tensor& bank, const BranchArg
             for (int q = 0; q < 4; ++q) acc[q] = at::vec::fmadd(Vec(f[q]), x, acc[q]);
           }
           // The top row stops at its end: past it lies the bottom row, whose first vectors are already written.
-          store_pairs(acc[0], acc[1], top + 2 * j, exact);
-          store_pairs(acc[2], acc[3], top + dsH + 2 * j, m);
+          store_pairs(acc[0], acc[1], top + 2 * j, exact, stream);
+          store_pairs(acc[2], acc[3], top + dsH + 2 * j, m, stream);
         }
       }
     });
+    if (stream) stream_fence();
   });
 }
 
