@@ -50,13 +50,7 @@ void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64
       }
     }
     for (int k = 0; k < KB; ++k)
-      for (int u = 0; u < N; ++u) {
-        if (kStream && (u + 1 < N || last == V)) {
-          stream_store(acc[k][u], d[k] + x + u * V);
-        } else {
-          acc[k][u].store(d[k] + x + u * V, u + 1 < N ? V : last);
-        }
-      }
+      for (int u = 0; u < N; ++u) store_vector(acc[k][u], d[k] + x + u * V, u + 1 < N ? V : last, kStream);
   };
   opmath_t* d[KB];
   for (int64_t r = 0; r < rows; ++r) {

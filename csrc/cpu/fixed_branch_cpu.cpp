@@ -77,7 +77,8 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
   // streamed past it (stream_store), not read from memory before being written: float32, 2 threads, 37.6 and 150
   // MB outputs, a 3x3 bank of four took 0.87-0.93x the time and the DCT 5x5 bank 0.80-0.86x; in channels_last
   // (N8 C32 96x96, 47 MB out) 0.63-0.64x.
-  const bool stream_out = (direct || cl) && exceeds_last_level_cache(static_cast<int64_t>(out.nbytes()));
+  // The store functions stream only contiguous runs of opmath_t (store_run).
+  const bool stream_out = exceeds_last_level_cache(static_cast<int64_t>(out.nbytes()));
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(Wo, K + 1), [&](int64_t begin, int64_t end) {
     std::vector<opmath_t> tile(staged_rows * row_len + kSlack<opmath_t>);
@@ -161,13 +162,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
       for (int64_t i = t.i0; i < t.i1; ++i) {
         const opmath_t* src = tile.data() + (i - t.i0) * sh * len;
         // The identity is y itself, copied from the staged centre: exact for every dtype.
-        if (a.identity && cv == 1) {
-          const bool streamed = stream_out && direct;  // a contiguous run of opmath_t
-          if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-            if (streamed) stream_run(src + centre, Wo, slot_row(0, i));
-          }
-          if (!streamed) store_row(src + centre * cv, Wo, cv, slot_row(0, i), osW, slot_osC);
-        }
+        if (a.identity && cv == 1) store_row(src + centre * cv, Wo, cv, slot_row(0, i), osW, slot_osC, stream_out);
         if (Kd > 0 && !rows_at_once) {
           for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], i);
           correlate_blocks(Kd, src, 0, off, kb.direct_weights.data(), taps, dst.data(), 0, 1, Wo * cv);
@@ -528,13 +523,13 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     group_columns.insert(group_columns.end(), kb.columns.begin() + grp.column * S1,
                          kb.columns.begin() + (grp.column + 1) * S1);
   const int64_t L = static_cast<int64_t>(live.size()), G = static_cast<int64_t>(groups.size());
+  if (!is_channels_last(grad_y) && a.strided() && G == 0 && mode == PadMode::Zeros)
+    return backward_planes<scalar_t>(g, live, wl, S1, S2, a, grad_y);
   // A channels_last gradient in channel order holds a pixel's slots interleaved, channel by channel: its pixels are
   // read as whole runs (stage_pixels_by_channel), each live slot's channels taken from there.
   std::vector<int64_t> live_slots(L);
   for (int64_t l = 0; l < L; ++l) live_slots[l] = a.slot(live[l]);
   const bool by_channel = a.order == Order::Channel && g.stride(1) == 1;
-  if (!is_channels_last(grad_y) && a.strided() && G == 0 && mode == PadMode::Zeros)
-    return backward_planes<scalar_t>(g, live, wl, S1, S2, a, grad_y);
   // A staged gradient row: E zero pixels (the widest phase's reach to the left), the Wo pixels, zeros up to the last
   // column any phase reads.
   const int64_t E = (S2 - 1) / sw, Wg = E + std::max(Wo, ceil_div(pw, sw));

@@ -106,11 +106,9 @@ void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar
       });
       for (int64_t i = 0; i < n; ++i) {
         scalar_t* out_row = out_task + i * out.stride(2);
-        scalar_t* identity_row = out_row + a.channel(0, t.c0) * out.stride(1);
-        if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-          if (a.identity && stream_out) stream_run(tile.data() + identity_at[i], Wo, identity_row);
-        }
-        if (a.identity && !stream_out) store_row(tile.data() + identity_at[i], Wo, 1, identity_row, osW, slot_osC);
+        if (a.identity)
+          store_row(tile.data() + identity_at[i], Wo, 1, out_row + a.channel(0, t.c0) * out.stride(1), osW, slot_osC,
+                    stream_out);
         if (!in_place)
           for (int64_t k = 1; k <= K; ++k)
             store_row(dst[k - 1] + i * pitch, Wo, 1, out_row + a.channel(a.slot(k), t.c0) * out.stride(1), osW,

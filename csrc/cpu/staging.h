@@ -81,16 +81,22 @@ void stage_zero_padded(const scalar_t* src, const View& v, int64_t npix, int64_t
   std::fill(dst + (lead + npix) * v.Cv, dst + total * v.Cv, opmath_t(0));
 }
 
+// The zeros of n staged rows of `total` pixels (Cv values each) around their npix pixels from `lead` on.
+template <typename opmath_t>
+void zero_borders(opmath_t* const* dst, int64_t n, int64_t Cv, int64_t npix, int64_t lead, int64_t total) {
+  for (int64_t r = 0; r < n; ++r) {
+    std::fill(dst[r], dst[r] + lead * Cv, opmath_t(0));
+    std::fill(dst[r] + (lead + npix) * Cv, dst[r] + total * Cv, opmath_t(0));
+  }
+}
+
 // stage_zero_padded for n rows at once, pixel by pixel: pixel j of every row, then pixel j+1. Rows that interleave
 // in the tensor (the slots of a channels_last gradient, whose pixels hold every slot's channels) are read as one
 // stream instead of n passes that each touch every pixel.
 template <typename scalar_t, typename opmath_t>
 void stage_zero_padded_pixels(const scalar_t* const* src, int64_t n, const View& v, int64_t npix, int64_t lead,
                               int64_t total, opmath_t* const* dst) {
-  for (int64_t r = 0; r < n; ++r) {
-    std::fill(dst[r], dst[r] + lead * v.Cv, opmath_t(0));
-    std::fill(dst[r] + (lead + npix) * v.Cv, dst[r] + total * v.Cv, opmath_t(0));
-  }
+  zero_borders(dst, n, v.Cv, npix, lead, total);
   for (int64_t j = 0; j < npix; ++j)
     for (int64_t r = 0; r < n; ++r) convert_run(src[r] + j * v.sW, v.sC, v.Cv, dst[r] + (lead + j) * v.Cv);
 }
@@ -102,10 +108,7 @@ void stage_zero_padded_pixels(const scalar_t* const* src, int64_t n, const View&
 template <typename scalar_t, typename opmath_t>
 void stage_pixels_by_channel(const scalar_t* pixels, const int64_t* slots, int64_t n, int64_t B, const View& v,
                              int64_t npix, int64_t lead, int64_t total, opmath_t* block, opmath_t* const* dst) {
-  for (int64_t r = 0; r < n; ++r) {
-    std::fill(dst[r], dst[r] + lead * v.Cv, opmath_t(0));
-    std::fill(dst[r] + (lead + npix) * v.Cv, dst[r] + total * v.Cv, opmath_t(0));
-  }
+  zero_borders(dst, n, v.Cv, npix, lead, total);
   for (int64_t j = 0; j < npix; ++j) {
     convert_run(pixels + j * v.sW, 1, v.Cv * B, block);
     for (int64_t r = 0; r < n; ++r) {
@@ -315,14 +318,28 @@ inline void stream_fence() {
 #endif
 }
 
-// Copies n contiguous values, streamed (stream_store) where whole vectors reach.
+// The first `count` values of v at p: a whole vector streamed if `stream` (stream_store), else stored.
 template <typename T>
-void stream_run(const T* src, int64_t n, T* dst) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t V = Vec::size();
-  int64_t i = 0;
-  for (; i + V <= n; i += V) stream_store(Vec::loadu(src + i), dst + i);
-  if (i < n) Vec::loadu(src + i, n - i).store(dst + i, n - i);
+inline void store_vector(const at::vec::Vectorized<T>& v, T* p, int64_t count, bool stream) {
+  if (stream && count == at::vec::Vectorized<T>::size()) return stream_store(v, p);
+  v.store(p, count);
+}
+
+// dst[i * dst_stride] = src[i] for i in [0, n), converted (convert_strided); a contiguous run of the same type
+// streamed where whole vectors reach if `stream`.
+template <typename scalar_t, typename opmath_t>
+void store_run(const opmath_t* src, int64_t n, scalar_t* dst, int64_t dst_stride, bool stream) {
+  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+    if (stream && dst_stride == 1) {
+      using Vec = at::vec::Vectorized<opmath_t>;
+      constexpr int64_t V = Vec::size();
+      int64_t i = 0;
+      for (; i + V <= n; i += V) stream_store(Vec::loadu(src + i), dst + i);
+      if (i < n) Vec::loadu(src + i, n - i).store(dst + i, n - i);
+      return;
+    }
+  }
+  convert_strided(src, 1, dst, dst_stride, n);
 }
 
 // f(std::true_type) or f(std::false_type) as b is: a run-time choice between two compile-time variants.
@@ -335,10 +352,14 @@ inline void with_bool(bool b, F&& f) {
   }
 }
 
-// Writes W*Cv staged values of one row to a tensor whose pixels are `sW` apart and channels `sC` apart.
+// Writes W*Cv staged values of one row to a tensor whose pixels are `sW` apart and channels `sC` apart; contiguous
+// runs streamed if `stream` (store_run), for an output larger than the last-level cache.
 template <typename scalar_t, typename opmath_t>
-void store_row(const opmath_t* src, int64_t W, int64_t Cv, scalar_t* dst, int64_t sW, int64_t sC) {
-  auto put = [](const opmath_t* s, int64_t n, scalar_t* d, int64_t stride) { convert_strided(s, 1, d, stride, n); };
+void store_row(const opmath_t* src, int64_t W, int64_t Cv, scalar_t* dst, int64_t sW, int64_t sC,
+               bool stream = false) {
+  auto put = [stream](const opmath_t* s, int64_t n, scalar_t* d, int64_t stride) {
+    store_run(s, n, d, stride, stream);
+  };
   if (Cv == 1) {
     put(src, W, dst, sW);
   } else if (sC == 1 && sW == Cv) {
@@ -350,20 +371,12 @@ void store_row(const opmath_t* src, int64_t W, int64_t Cv, scalar_t* dst, int64_
 
 // store_row for n rows at once, pixel by pixel: pixel j of every row, then pixel j+1. Rows that interleave in the
 // tensor (the slots of a channels_last output, whose pixels hold every slot's channels) are written as one stream
-// instead of n passes that each touch every pixel. `stream`: contiguous channels of the same type are streamed
-// (stream_run), for an output larger than the last-level cache.
+// instead of n passes that each touch every pixel; contiguous channels streamed if `stream` (store_run).
 template <typename scalar_t, typename opmath_t>
 void store_pixels(const opmath_t* const* src, int64_t n, int64_t W, int64_t Cv, scalar_t* const* dst, int64_t sW,
                   int64_t sC, bool stream = false) {
-  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-    if (stream && sC == 1) {
-      for (int64_t j = 0; j < W; ++j)
-        for (int64_t r = 0; r < n; ++r) stream_run(src[r] + j * Cv, Cv, dst[r] + j * sW);
-      return;
-    }
-  }
   for (int64_t j = 0; j < W; ++j)
-    for (int64_t r = 0; r < n; ++r) convert_strided(src[r] + j * Cv, 1, dst[r] + j * sW, sC, Cv);
+    for (int64_t r = 0; r < n; ++r) store_run(src[r] + j * Cv, Cv, dst[r] + j * sW, sC, stream);
 }
 
 // store_pixels for the n slots of a channels_last output in channel order, whose pixel holds channel c of slot r at
@@ -377,13 +390,7 @@ void store_pixels_by_channel(const opmath_t* const* src, int64_t n, int64_t W, i
       const opmath_t* from = src[r] + j * Cv;
       for (int64_t c = 0; c < Cv; ++c) block[c * n + r] = from[c];
     }
-    if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-      if (stream) {
-        stream_run(block, Cv * n, dst + j * sW);
-        continue;
-      }
-    }
-    convert_run(block, 1, Cv * n, dst + j * sW);
+    store_run(block, Cv * n, dst + j * sW, 1, stream);
   }
 }
 

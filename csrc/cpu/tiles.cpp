@@ -49,18 +49,8 @@ void store_pairs(const at::vec::Vectorized<T>& even, const at::vec::Vectorized<T
                  bool stream) {
   constexpr int64_t V = at::vec::Vectorized<T>::size();
   const auto pair = at::vec::interleave2(even, odd);
-  if (m == V) {
-    if (stream) {
-      stream_store(pair.first, p);
-      stream_store(pair.second, p + V);
-      return;
-    }
-    pair.first.store(p);
-    pair.second.store(p + V);
-    return;
-  }
-  pair.first.store(p, std::min(2 * m, V));
-  if (2 * m > V) pair.second.store(p + V, 2 * m - V);
+  store_vector(pair.first, p, std::min(2 * m, V), stream);
+  if (2 * m > V) store_vector(pair.second, p + V, 2 * m - V, stream);
 }
 
 }  // namespace
@@ -87,14 +77,6 @@ void forward_tiles(const at::Tensor& y, const at::Tensor& bank, const BranchArgs
   const bool runs_on = ysH == a.W && osH == Wo && Wo >= V;
   // An output larger than the last-level cache is streamed past it, as in the row kernels' forward.
   const bool stream = exceeds_last_level_cache(static_cast<int64_t>(out.nbytes()));
-  // One vector of outputs at p: streamed (whole vectors) or stored, the last m values only.
-  auto put = [stream](const Vec& v, T* p, int64_t m) {
-    if (stream && m == V) {
-      stream_store(v, p);
-    } else {
-      v.store(p, m);
-    }
-  };
   at::parallel_for(0, a.N * a.C * Ho, tasks_per_grain(2 * a.W + (K + 1) * Wo), [&](int64_t begin, int64_t end) {
     std::vector<T*> maps(K);
     for_each_run(begin, end, a.C, Ho, [&](int64_t n, int64_t c, int64_t i, int64_t count) {
@@ -108,14 +90,14 @@ void forward_tiles(const at::Tensor& y, const at::Tensor& bank, const BranchArgs
           const int64_t m = run_over ? V : std::min(V, Wo - j);
           const auto [e0, o0] = split_pairs(top + 2 * j, m);
           const auto [e1, o1] = split_pairs(top + ysH + 2 * j, m);
-          if (identity) put(e0, identity + r * osH + j, m);
+          if (identity) store_vector(e0, identity + r * osH + j, m, stream);
           for (int64_t k = 0; k < K; ++k) {
             const T* f = w.data() + 4 * k;
             Vec acc = Vec(f[0]) * e0;
             acc = at::vec::fmadd(Vec(f[1]), o0, acc);
             acc = at::vec::fmadd(Vec(f[2]), e1, acc);
             acc = at::vec::fmadd(Vec(f[3]), o1, acc);
-            put(acc, maps[k] + r * osH + j, m);
+            store_vector(acc, maps[k] + r * osH + j, m, stream);
           }
         }
       }
