@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -225,6 +226,9 @@ struct Gather {
   const opmath_t* w;  // w[(l * S1 + a) * S2 + b]
   int64_t S1, S2, sh;
   const opmath_t* zeros = nullptr;  // a row of zeros, laid out as a staged row: stands for rows outside the gradient
+  // 0: the rows are staged between zeros. Else they are read where they lie, `width` values each, every value outside
+  // them read as a zero (LaneWindow).
+  int64_t width = 0;
 };
 
 // Inlines a function or lambda whose array arguments must stay in registers: the gather's steps, whose accumulators
@@ -249,17 +253,19 @@ FIXEDBRANCH_INLINE inline void static_for(F&& f) {
 // 3x3 K=4 backward thus loads (S1+R-1)/R source vectors per row tap instead of S1, and stores each output once.
 // Measured on the 2-core AMD EPYC (one thread, CPU time, y = 1x32x96x96 float32), this alone did not make the 3x3
 // K=4 backward faster than the row-at-a-time gather it replaced (0.86-0.91 ms against 0.83-0.91): what it saved was
-// the strided backward's zero-inserted work, until the compile-time taps below. Rows must be readable kSlack
+// the strided backward's zero-inserted work, until the compile-time taps below. Staged rows must be readable kSlack
 // elements past shift + len.
 //
-// kS1 x kS2 > 0: the taps known at compile time, at stride 1 and for R full rows (nr == R, every tap b in order):
+// kS1 x kS2 > 0: the taps known at compile time, at stride 1 and for up to R rows (every tap b in order):
 // each source's R + kS1 - 1 rows pass (rows outside the gradient read g.zeros) with no row-range test per
 // multiply-add, and a 3x3 filter's taps held in registers, no weight load either. Against the general gather, 3x3 K=4
 // (y = 4x7x96x96 float32, 2 threads) 0.92x the time; Gaussian/LoG 7x7 (K=8, 5 and 37 MB outputs) 0.81-0.82x; the
 // column passes of the DCT 5x5 and 7x7 backward 0.91-0.96x.
+//
+// The sums start from zero, from dst (kAccumulate) or, if `init` is given, from init[r] instead of dst[r].
 template <int R, int U, bool kAccumulate, int kS1 = 0, int kS2 = 0, typename opmath_t>
 void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_t* b, const int64_t* dcv, int64_t nt,
-                 int64_t shift, opmath_t* const* dst, int64_t len) {
+                 int64_t shift, opmath_t* const* dst, int64_t len, const opmath_t* const* init) {
   using Vec = at::vec::Vectorized<opmath_t>;
   constexpr int64_t V = Vec::size();
   static_assert(U * V <= kSlack<opmath_t>, "slack too small for one step");
@@ -270,18 +276,29 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
   const opmath_t* fixed_rows[kS1 > 0 ? kMaxSources * kRowsRead : 1];
   int64_t fixed_dcv[kS2 > 0 ? kS2 : 1];
   if constexpr (kS1 > 0) {
-    TORCH_INTERNAL_ASSERT(nr == R && g.sh == 1 && g.S1 == kS1 && g.S2 == kS2 && nt == kS2 && g.L <= kMaxSources);
+    TORCH_INTERNAL_ASSERT(nr <= R && g.sh == 1 && g.S1 == kS1 && g.S2 == kS2 && nt == kS2 && g.L <= kMaxSources);
     for (int64_t l = 0; l < g.L; ++l)
       for (int i = 0; i < kRowsRead; ++i) {
+        // Rows past p0 + nr - 1 reach only the rows r >= nr, which are summed and dropped: they read zeros.
         const int64_t o = p0 - kS1 + 1 + i;
-        const bool inside = o >= g.o_first && o < g.o_first + g.n_rows;
+        const bool inside = o >= g.o_first && o < g.o_first + g.n_rows && o < p0 + nr;
         fixed_rows[l * kRowsRead + i] = inside ? g.rows[l * g.n_rows + (o - g.o_first)] : g.zeros;
       }
     for (int t = 0; t < kS2; ++t) fixed_dcv[t] = dcv[t];
   }
   // Up to nine taps (a 3x3 filter, a column of up to 9) are held in registers; more are broadcast where they are used.
   constexpr bool kHoldTaps = kS1 * kS2 <= 9;
-  auto fixed_step = [&](int64_t e, Vec (&acc)[R][U]) FIXEDBRANCH_INLINE {
+  // Rows read where they lie need masked loads only in the steps that reach past either end.
+  int64_t dcv_min = 0, dcv_max = 0;
+  for (int t = 0; t < kS2; ++t) dcv_min = std::min(dcv_min, fixed_dcv[t]), dcv_max = std::max(dcv_max, fixed_dcv[t]);
+  auto fixed_step = [&](int64_t e, Vec (&acc)[R][U], auto masked) FIXEDBRANCH_INLINE {
+    // The windows of a masked step are the same for every source row.
+    using Window = LaneWindow<opmath_t>;
+    std::optional<Window> window[decltype(masked)::value ? kS2 : 1][U];
+    if constexpr (decltype(masked)::value) {
+      for (int t = 0; t < kS2; ++t)
+        for (int u = 0; u < U; ++u) window[t][u].emplace(shift + e - fixed_dcv[t] + u * V, g.width);
+    }
     for (int64_t l = 0; l < g.L; ++l) {
       const opmath_t* wl = g.w + l * kS1 * kS2;
       Vec w[kHoldTaps ? kS1 : 1][kHoldTaps ? kS2 : 1];
@@ -291,10 +308,17 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
         });
       }
       static_for<kRowsRead>([&](auto i) FIXEDBRANCH_INLINE {
-        const opmath_t* row = fixed_rows[l * kRowsRead + i] + shift + e;
+        const opmath_t* row = fixed_rows[l * kRowsRead + i];
         static_for<kS2>([&](auto t) FIXEDBRANCH_INLINE {
           Vec in[U];
-          for (int u = 0; u < U; ++u) in[u] = Vec::loadu(row - fixed_dcv[t] + u * V);
+          for (int u = 0; u < U; ++u) {
+            const int64_t x = shift + e - fixed_dcv[t] + u * V;
+            if constexpr (decltype(masked)::value) {
+              in[u] = window[t][u]->load(row + x);
+            } else {
+              in[u] = Vec::loadu(row + x);
+            }
+          }
           static_for<R>([&](auto r) FIXEDBRANCH_INLINE {
             constexpr int a = kS1 - 1 + r - i;  // row tap of output row r
             if constexpr (a >= 0 && a < kS1) {
@@ -314,14 +338,16 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
   auto any_step = [&](int64_t e, Vec (&acc)[R][U]) {
     for (int64_t l = 0; l < g.L; ++l) {
       for (int64_t o = o_lo; o < o_hi; ++o) {
-        const opmath_t* row = g.rows[l * g.n_rows + (o - g.o_first)] + shift + e;
+        const opmath_t* row = g.rows[l * g.n_rows + (o - g.o_first)];
         const int64_t a0 = p0 - o * g.sh;  // row tap of output row r: a0 + r
         const int64_t r_lo = std::max<int64_t>(0, -a0), r_hi = std::min<int64_t>(nr, g.S1 - a0);
         const opmath_t* wl = g.w + (l * g.S1 + a0) * g.S2;
         for (int64_t t = 0; t < nt; ++t) {
-          const opmath_t* s = row - dcv[t];
           Vec in[U];
-          for (int u = 0; u < U; ++u) in[u] = Vec::loadu(s + u * V);
+          for (int u = 0; u < U; ++u) {
+            const int64_t x = shift + e - dcv[t] + u * V;
+            in[u] = g.width > 0 ? LaneWindow<opmath_t>(x, g.width).load(row + x) : Vec::loadu(row + x);
+          }
           for (int r = 0; r < R; ++r) {
             if (r < r_lo || r >= r_hi) continue;
             const Vec wv(wl[r * g.S2 + b[t]]);
@@ -333,16 +359,21 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
   };
   auto step = [&](int64_t e, Vec (&acc)[R][U]) FIXEDBRANCH_INLINE {
     if constexpr (kS1 > 0) {
-      fixed_step(e, acc);
+      if (g.width > 0 && (shift + e - dcv_max < 0 || shift + e + U * V - dcv_min > g.width)) {
+        fixed_step(e, acc, std::true_type{});
+      } else {
+        fixed_step(e, acc, std::false_type{});
+      }
     } else {
       any_step(e, acc);
     }
   };
+  const opmath_t* const* from = init ? init : dst;
   int64_t e = 0;
   for (; e + U * V <= len; e += U * V) {
     Vec acc[R][U];
     for (int r = 0; r < R; ++r)
-      for (int u = 0; u < U; ++u) acc[r][u] = kAccumulate && r < nr ? Vec::loadu(dst[r] + e + u * V) : Vec(0);
+      for (int u = 0; u < U; ++u) acc[r][u] = kAccumulate && r < nr ? Vec::loadu(from[r] + e + u * V) : Vec(0);
     step(e, acc);
     for (int r = 0; r < nr && r < R; ++r)
       for (int u = 0; u < U; ++u) acc[r][u].store(dst[r] + e + u * V);
@@ -354,7 +385,7 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
   Vec acc[R][U];
   for (int r = 0; r < R; ++r) {
     std::fill(buf[r], buf[r] + U * V, opmath_t(0));
-    if (kAccumulate && r < nr) std::copy(dst[r] + e, dst[r] + len, buf[r]);
+    if (kAccumulate && r < nr) std::copy(from[r] + e, from[r] + len, buf[r]);
     for (int u = 0; u < U; ++u) acc[r][u] = Vec::loadu(buf[r] + u * V);
   }
   step(e, acc);
@@ -366,17 +397,18 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
 
 template <typename opmath_t>
 void gather_rows_any(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_t* b, const int64_t* dcv,
-                     int64_t nt, int64_t shift, opmath_t* const* dst, int64_t len, bool accumulate) {
+                     int64_t nt, int64_t shift, opmath_t* const* dst, int64_t len, bool accumulate,
+                     const opmath_t* const* init = nullptr) {
   constexpr int64_t V = at::vec::Vectorized<opmath_t>::size();
   const bool one = nr == 1, short_run = len < 2 * V;
   // A fixed-tap block holds 8 accumulators, 2 inputs and up to 9 taps: in AVX-512's registers, not AVX2's.
   if constexpr (kVectorRegisters >= 32) {
     // Square direct filters, and the column passes of factored banks (S2 = 1).
-    if (g.zeros && g.sh == 1 && nr == 4 && !short_run && (g.S2 == g.S1 || g.S2 == 1) && nt == g.S2 && g.L <= 32) {
+    if (g.zeros && g.sh == 1 && nr >= 2 && !short_run && (g.S2 == g.S1 || g.S2 == 1) && nt == g.S2 && g.L <= 32) {
       auto run = [&](auto rows, auto columns) {
         constexpr int S1 = decltype(rows)::value, S2 = decltype(columns)::value;
-        if (accumulate) return gather_rows<4, 2, true, S1, S2>(g, p0, nr, b, dcv, nt, shift, dst, len);
-        return gather_rows<4, 2, false, S1, S2>(g, p0, nr, b, dcv, nt, shift, dst, len);
+        if (accumulate) return gather_rows<4, 2, true, S1, S2>(g, p0, nr, b, dcv, nt, shift, dst, len, init);
+        return gather_rows<4, 2, false, S1, S2>(g, p0, nr, b, dcv, nt, shift, dst, len, init);
       };
       using std::integral_constant;
       switch (g.S1 * 10 + g.S2) {
@@ -391,14 +423,14 @@ void gather_rows_any(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const in
     }
   }
   switch ((one ? 1 : 0) + (short_run ? 2 : 0) + (accumulate ? 4 : 0)) {
-    case 0: gather_rows<4, 2, false>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
-    case 1: gather_rows<1, 4, false>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
-    case 2: gather_rows<4, 1, false>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
-    case 3: gather_rows<1, 1, false>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
-    case 4: gather_rows<4, 2, true>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
-    case 5: gather_rows<1, 4, true>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
-    case 6: gather_rows<4, 1, true>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
-    default: gather_rows<1, 1, true>(g, p0, nr, b, dcv, nt, shift, dst, len); break;
+    case 0: gather_rows<4, 2, false>(g, p0, nr, b, dcv, nt, shift, dst, len, init); break;
+    case 1: gather_rows<1, 4, false>(g, p0, nr, b, dcv, nt, shift, dst, len, init); break;
+    case 2: gather_rows<4, 1, false>(g, p0, nr, b, dcv, nt, shift, dst, len, init); break;
+    case 3: gather_rows<1, 1, false>(g, p0, nr, b, dcv, nt, shift, dst, len, init); break;
+    case 4: gather_rows<4, 2, true>(g, p0, nr, b, dcv, nt, shift, dst, len, init); break;
+    case 5: gather_rows<1, 4, true>(g, p0, nr, b, dcv, nt, shift, dst, len, init); break;
+    case 6: gather_rows<4, 1, true>(g, p0, nr, b, dcv, nt, shift, dst, len, init); break;
+    default: gather_rows<1, 1, true>(g, p0, nr, b, dcv, nt, shift, dst, len, init); break;
   }
 }
 
@@ -420,16 +452,19 @@ Phases make_phases(int64_t S2, int64_t sw, int64_t cv) {
 }
 
 // Padded rows p0 .. p0+nr-1 (nr <= 4), padded columns [qa, qb), of one gather pass into dst[r] (column q at
-// (q - qa)*cv): at stride 1 in place, else phase by phase through `phase_buf` (4 rows of `phase_pitch`), interleaved.
+// (q - qa)*cv): at stride 1 in place (the sums starting from init[r] if given), else phase by phase through
+// `phase_buf` (4 rows of `phase_pitch`), interleaved.
 template <typename opmath_t>
 void gather_columns(const Gather<opmath_t>& g, const Phases& ph, int64_t cv, int64_t p0, int64_t nr, int64_t qa,
-                    int64_t qb, opmath_t* const* dst, bool accumulate, opmath_t* phase_buf, int64_t phase_pitch) {
+                    int64_t qb, opmath_t* const* dst, bool accumulate, opmath_t* phase_buf, int64_t phase_pitch,
+                    const opmath_t* const* init = nullptr) {
   const int64_t sw = ph.sw;
   if (sw == 1) {
     gather_rows_any(g, p0, nr, ph.b[0].data(), ph.dcv[0].data(), static_cast<int64_t>(ph.b[0].size()), qa * cv, dst,
-                    (qb - qa) * cv, accumulate);
+                    (qb - qa) * cv, accumulate, init);
     return;
   }
+  TORCH_INTERNAL_ASSERT(init == nullptr && g.width == 0);
   opmath_t* pb[4];
   for (int64_t r = 0; r < nr; ++r) pb[r] = phase_buf + r * phase_pitch;
   for (int64_t rho = 0; rho < sw; ++rho) {
@@ -554,6 +589,15 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   // Prefetching ahead of the staging pays from main memory only: from the last-level cache it stalled the staging
   // (3x3 K=4 backward at 5 MB: 1.08x slower with it; DCT 5x5 at 3.8-7.4 MB: 1.04-1.08x).
   const bool prefetch_g = exceeds_last_level_cache(static_cast<int64_t>(g.nbytes()));
+  // Direct banks at stride 1 read NCHW float or double gradient rows where they lie, LaneWindow standing in for the
+  // zeros around a staged row (staging copied every row once more), and in zero mode their sums start from the
+  // identity's gradient (gather_rows' init, its rows prefetched with the others) instead of a pass that copied it
+  // into dL/dy first. Float32, 2 threads, against staging: 3x3 K=4 0.69x the time at a 5 MB output, 0.81x at 37.6
+  // MB; Gaussian/LoG 7x7 0.92x and 0.97x. The identity's start alone: 0.96-0.97x.
+  const bool rows_in_place =
+      std::is_same_v<scalar_t, opmath_t> && G == 0 && sh == 1 && sw == 1 && tl.cv == 1 && g.stride(3) == 1;
+  const bool g_in_place = kMaskedLoads && rows_in_place;
+  const bool identity_in_gather = rows_in_place && mode == PadMode::Zeros && L > 0;
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(W, a.K + 1), [&](int64_t begin, int64_t end) {
     const int64_t g_pitch = Wg * tl.cv, h_pitch = pw * tl.cv;
@@ -651,10 +695,16 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
               continue;
             }
             for (int64_t l = 0; l < L; ++l) {
-              stage_row(l, staged);
+              if (g_in_place) {
+                g_rows[l * nO + (staged - o0)] = reinterpret_cast<const opmath_t*>(g_base[l] + staged * g.stride(2));
+              } else {
+                stage_row(l, staged);
+              }
               if (prefetch_g && staged + kAheadRows < Ho)
                 prefetch_pixels(g_base[l] + (staged + kAheadRows) * g.stride(2), v, Wo);
             }
+            if (prefetch_g && identity_in_gather && identity_live && staged + kAheadRows < Ho)
+              prefetch_pixels(g_slot(0) + (staged + kAheadRows) * g.stride(2), v, Wo);
           }
         };
         if (!incremental) {
@@ -733,7 +783,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
             }
           }
         }
-        const Gather<opmath_t> direct{g_rows.data(), Ld, o0, nO, wl.data(), S1, S2, sh, zeros.data() + E * cv};
+        const Gather<opmath_t> direct{g_rows.data(), Ld, o0, nO, wl.data(), S1, S2, sh, zeros.data() + E * cv,
+                                      g_in_place ? Wo : 0};
         const Gather<opmath_t> columns{h_rows.data(), G, o0, nO, group_columns.data(), S1, 1, sh, zeros.data()};
         for (int64_t p = p0; p < p1; p += kRows) {
           const int64_t nr = std::min(kRows, p1 - p);
@@ -743,8 +794,15 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
             dst[r] = in_place ? rows + ((p + r - pad.top - t.i0) * W - pad.left) * cv + qa * cv
                               : adj.data() + r * h_pitch;
           bool accumulate = in_place;
+          const opmath_t* identity_rows[kRows];
+          if (identity_in_gather) {
+            accumulate = identity_live;
+            for (int64_t r = 0; r < nr && identity_live; ++r)
+              identity_rows[r] = reinterpret_cast<const opmath_t*>(g_slot(0) + (p + r - pad.top) * g.stride(2));
+          }
           if (Ld > 0) {
-            gather_columns(direct, g_phases, cv, p, nr, qa, qb, dst, accumulate, phase_buf.data(), phase_pitch);
+            gather_columns(direct, g_phases, cv, p, nr, qa, qb, dst, accumulate, phase_buf.data(), phase_pitch,
+                           identity_in_gather && identity_live ? identity_rows : nullptr);
             accumulate = true;
           }
           if (G > 0)
@@ -766,7 +824,9 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
         });
       };
 
-      if (identity_live) {
+      if (identity_in_gather) {
+        // The gathers below write every row.
+      } else if (identity_live) {
         identity_adjoint_rows(g_slot(0), v, sh, sw, t.i0, t.i1 - t.i0, W, rows);
       } else {
         std::fill(rows, rows + (t.i1 - t.i0) * W * cv, opmath_t(0));

@@ -294,6 +294,58 @@ void identity_adjoint_rows(const scalar_t* base, const View& v, int64_t sh, int6
 template <typename opmath_t>
 constexpr int64_t kSlack = 4 * at::vec::Vectorized<opmath_t>::size();
 
+// The lanes of a vector at x that fall in [0, width), and loads of only those lanes, the others zero: a row read
+// where it lies as if it were staged between zeros. Masked lanes are never read, so the row may start or end at a
+// page that is not mapped. One masked load on AVX-512 and AVX2 (kMaskedLoads), else a copy through a buffer.
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+constexpr bool kMaskedLoads = true;
+#else
+constexpr bool kMaskedLoads = false;
+#endif
+
+template <typename T>
+struct LaneWindow {
+  using Vec = at::vec::Vectorized<T>;
+  static constexpr int64_t V = Vec::size();
+#if defined(CPU_CAPABILITY_AVX512)
+  uint32_t lanes;
+#elif defined(CPU_CAPABILITY_AVX2)
+  __m256i keep;
+#endif
+  int64_t lo, hi;
+
+  LaneWindow(int64_t x, int64_t width)
+      : lo(std::clamp<int64_t>(-x, 0, V)), hi(std::max(lo, std::clamp<int64_t>(width - x, 0, V))) {
+#if defined(CPU_CAPABILITY_AVX512)
+    lanes = ((1u << hi) - 1) & ~((1u << lo) - 1);
+#elif defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<T, float>) {
+      const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+      keep = _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(static_cast<int>(lo) - 1)),
+                              _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(hi)), lane));
+    } else {
+      const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+      keep = _mm256_and_si256(_mm256_cmpgt_epi64(lane, _mm256_set1_epi64x(lo - 1)),
+                              _mm256_cmpgt_epi64(_mm256_set1_epi64x(hi), lane));
+    }
+#endif
+  }
+
+  // The window's lanes of p[0 .. V).
+  Vec load(const T* p) const {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, float>) return _mm512_maskz_loadu_ps(static_cast<__mmask16>(lanes), p);
+    if constexpr (std::is_same_v<T, double>) return _mm512_maskz_loadu_pd(static_cast<__mmask8>(lanes), p);
+#elif defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<T, float>) return _mm256_maskload_ps(p, keep);
+    if constexpr (std::is_same_v<T, double>) return _mm256_maskload_pd(p, keep);
+#endif
+    alignas(64) T buf[V] = {};
+    std::copy(p + lo, p + hi, buf + lo);
+    return Vec::loadu(buf);
+  }
+};
+
 // Streaming stores, for outputs larger than the last-level cache: their lines would otherwise be read from memory
 // before being written, and the cache could not keep them anyway. stream_store puts v at p past the caches where the
 // ISA has a streaming store and p is aligned to the vector, else stores it as usual. They are weakly ordered:
