@@ -90,6 +90,19 @@ def test_fixed_branch_matches_reference(seed, device):
         _check_fixed_branch(case, seed, device)
 
 
+# The strided backward's one pass over every phase, for the square direct filters it is built for: rows of several
+# vectors and a partial last one, the identity in its phase or absent, a stopped filter, both float dtypes.
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("size", [3, 5, 7])
+@pytest.mark.parametrize("identity,dtype,hw", [(True, torch.float32, (21, 70)), (False, torch.float64, (16, 37))],
+                         ids=["identity-float32", "float64"])
+def test_direct_square_filters_at_stride_two_match_reference(size, identity, dtype, hw, device):
+    case = dict(n=2, c=3, h=hw[0], w=hw[1], k=4, s=(size, size), mode="zeros", identity=identity, order="branch",
+                stride=2, stop=[2], dtype=dtype, layout="contiguous", grad_layout="contiguous", factored=False)
+    with factoring("never"):
+        _check_fixed_branch(case, size, device)
+
+
 def _check_fixed_branch(case, seed, device):
     gen = torch.Generator().manual_seed(seed)
     dtype, c, k = case["dtype"], case["c"], case["k"]

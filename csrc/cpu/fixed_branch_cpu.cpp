@@ -231,20 +231,6 @@ struct Gather {
   int64_t width = 0;
 };
 
-// Inlines a function or lambda whose array arguments must stay in registers: the gather's steps, whose accumulators
-// went through memory after every multiply-add when the compiler called them instead.
-#define FIXEDBRANCH_INLINE __attribute__((always_inline))
-
-// f(integral_constant<int, i>) for i = 0 .. N-1: indices the compiler sees as constants.
-template <typename F, int... I>
-FIXEDBRANCH_INLINE inline void static_for_each(F&& f, std::integer_sequence<int, I...>) {
-  (f(std::integral_constant<int, I>{}), ...);
-}
-template <int N, typename F>
-FIXEDBRANCH_INLINE inline void static_for(F&& f) {
-  static_for_each(f, std::make_integer_sequence<int, N>{});
-}
-
 // dst[r][e] (+)= sum_l sum_o sum_t w[l][a][b[t]] * rows(l, o)[shift + e - dcv[t]] for e in [0, len), where
 // a = p0 + r - o*sh must lie in [0, S1), for the nr <= R padded rows p0 .. p0+nr-1 at once.
 //

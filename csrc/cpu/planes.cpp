@@ -150,6 +150,15 @@ void backward_planes(const at::Tensor& g, const std::vector<int64_t>& live,
         for (int64_t ra = pr; ra < S1; ra += sh)
           for (int64_t cb = pc; cb < S2; cb += sw) phase_w[pr * sw + pc].push_back(weights[l * taps + ra * S2 + cb]);
     }
+  // The common square filters at stride 2 run every phase in one pass (correlate_phases), the others phase by phase.
+  using AllPhases = void (*)(const opmath_t* const*, int64_t, const opmath_t*, int64_t, int64_t, int64_t, opmath_t*,
+                             int64_t, int64_t);
+  AllPhases all_phases = nullptr;
+  if (sh == 2 && sw == 2 && S1 == S2) {
+    if (S1 == 3) all_phases = &correlate_phases<3, 3, 2, 2, opmath_t>;
+    if (S1 == 5) all_phases = &correlate_phases<5, 5, 2, 2, opmath_t>;
+    if (S1 == 7) all_phases = &correlate_phases<7, 7, 2, 2, opmath_t>;
+  }
   const int64_t stage_len = (max_phase_rows + Dr + 1) * pitch + kSlack<opmath_t>;
   const int64_t phase_len = max_phase_rows * pitch + kSlack<opmath_t>;
   const bool identity_live = a.identity && !a.stopped[0];
@@ -178,13 +187,17 @@ void backward_planes(const at::Tensor& g, const std::vector<int64_t>& live,
           copy_pixels(base + o * g.stride(2), v, Wo, 1, row + Dc);
         }
       }
-      for (int64_t phase = 0; phase < P && L > 0; ++phase) {
-        const int64_t nt = static_cast<int64_t>(phase_off[phase].size());
-        opmath_t* dst = phases.data() + phase * phase_len;
-        if (nt == 0) {
-          std::fill(dst, dst + nm * pitch, opmath_t(0));
-        } else {
-          correlate_sum(sources.data(), L, phase_off[phase].data(), phase_w[phase].data(), nt, dst, nm * pitch);
+      if (L > 0 && all_phases) {
+        all_phases(sources.data(), L, weights.data(), pitch, Dr, Dc, phases.data(), phase_len, nm * pitch);
+      } else {
+        for (int64_t phase = 0; phase < P && L > 0; ++phase) {
+          const int64_t nt = static_cast<int64_t>(phase_off[phase].size());
+          opmath_t* dst = phases.data() + phase * phase_len;
+          if (nt == 0) {
+            std::fill(dst, dst + nm * pitch, opmath_t(0));
+          } else {
+            correlate_sum(sources.data(), L, phase_off[phase].data(), phase_w[phase].data(), nt, dst, nm * pitch);
+          }
         }
       }
       // This task's rows of dL/dy: in place where they are float or double rows of W values, W apart.
