@@ -91,11 +91,13 @@ def test_fixed_branch_matches_reference(seed, device):
 
 
 # The strided backward's one pass over every phase, for the square direct filters it is built for: rows of several
-# vectors and a partial last one, the identity in its phase or absent, a stopped filter, both float dtypes.
+# vectors and a partial last one, the identity in its phase or absent, a stopped filter, both float dtypes, and an
+# image tall enough for blocks of an odd number of rows (the CPU kernels' tasks), which split pairs of rows.
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("size", [3, 5, 7])
-@pytest.mark.parametrize("identity,dtype,hw", [(True, torch.float32, (21, 70)), (False, torch.float64, (16, 37))],
-                         ids=["identity-float32", "float64"])
+@pytest.mark.parametrize("identity,dtype,hw", [(True, torch.float32, (21, 70)), (False, torch.float64, (16, 37)),
+                                               (True, torch.float64, (400, 64))],
+                         ids=["identity-float32", "float64", "tall"])
 def test_direct_square_filters_at_stride_two_match_reference(size, identity, dtype, hw, device):
     case = dict(n=2, c=3, h=hw[0], w=hw[1], k=4, s=(size, size), mode="zeros", identity=identity, order="branch",
                 stride=2, stop=[2], dtype=dtype, layout="contiguous", grad_layout="contiguous", factored=False)

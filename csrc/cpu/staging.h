@@ -296,7 +296,8 @@ constexpr int64_t kSlack = 4 * at::vec::Vectorized<opmath_t>::size();
 
 // The lanes of a vector at x that fall in [0, width), and loads of only those lanes, the others zero: a row read
 // where it lies as if it were staged between zeros. Masked lanes are never read, so the row may start or end at a
-// page that is not mapped. One masked load on AVX-512 and AVX2 (kMaskedLoads), else a copy through a buffer.
+// page that is not mapped; stores leave the memory outside the window alone. One masked load or store on AVX-512 and
+// AVX2 (kMaskedLoads), else a copy through a buffer.
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 constexpr bool kMaskedLoads = true;
 #else
@@ -343,6 +344,20 @@ struct LaneWindow {
     alignas(64) T buf[V] = {};
     std::copy(p + lo, p + hi, buf + lo);
     return Vec::loadu(buf);
+  }
+
+  // The window's lanes of v stored at p, the memory of the others untouched.
+  void store(const Vec& v, T* p) const {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, float>) return _mm512_mask_storeu_ps(p, static_cast<__mmask16>(lanes), v);
+    if constexpr (std::is_same_v<T, double>) return _mm512_mask_storeu_pd(p, static_cast<__mmask8>(lanes), v);
+#elif defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<T, float>) return _mm256_maskstore_ps(p, keep, v);
+    if constexpr (std::is_same_v<T, double>) return _mm256_maskstore_pd(p, keep, v);
+#endif
+    alignas(64) T buf[V];
+    v.store(buf);
+    std::copy(buf + lo, buf + hi, p + lo);
   }
 };
 
