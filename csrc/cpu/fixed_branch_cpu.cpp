@@ -583,7 +583,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   const bool rows_in_place =
       std::is_same_v<scalar_t, opmath_t> && G == 0 && sh == 1 && sw == 1 && tl.cv == 1 && g.stride(3) == 1;
   const bool g_in_place = kMaskedLoads && rows_in_place;
-  const bool identity_in_gather = rows_in_place && mode == PadMode::Zeros && L > 0;
+  const bool identity_in_gather = rows_in_place && mode == PadMode::Zeros && L > 0;  // no pass before the gathers
+  const bool identity_starts_sums = identity_in_gather && identity_live;
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(W, a.K + 1), [&](int64_t begin, int64_t end) {
     const int64_t g_pitch = Wg * tl.cv, h_pitch = pw * tl.cv;
@@ -689,7 +690,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
               if (prefetch_g && staged + kAheadRows < Ho)
                 prefetch_pixels(g_base[l] + (staged + kAheadRows) * g.stride(2), v, Wo);
             }
-            if (prefetch_g && identity_in_gather && identity_live && staged + kAheadRows < Ho)
+            if (prefetch_g && identity_starts_sums && staged + kAheadRows < Ho)
               prefetch_pixels(g_slot(0) + (staged + kAheadRows) * g.stride(2), v, Wo);
           }
         };
@@ -781,14 +782,12 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
                               : adj.data() + r * h_pitch;
           bool accumulate = in_place;
           const opmath_t* identity_rows[kRows];
-          if (identity_in_gather) {
-            accumulate = identity_live;
-            for (int64_t r = 0; r < nr && identity_live; ++r)
-              identity_rows[r] = reinterpret_cast<const opmath_t*>(g_slot(0) + (p + r - pad.top) * g.stride(2));
-          }
+          if (identity_in_gather) accumulate = identity_starts_sums;
+          for (int64_t r = 0; r < nr && identity_starts_sums; ++r)
+            identity_rows[r] = reinterpret_cast<const opmath_t*>(g_slot(0) + (p + r - pad.top) * g.stride(2));
           if (Ld > 0) {
             gather_columns(direct, g_phases, cv, p, nr, qa, qb, dst, accumulate, phase_buf.data(), phase_pitch,
-                           identity_in_gather && identity_live ? identity_rows : nullptr);
+                           identity_starts_sums ? identity_rows : nullptr);
             accumulate = true;
           }
           if (G > 0)

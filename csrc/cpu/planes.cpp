@@ -259,6 +259,21 @@ void backward_planes(const at::Tensor& g, const std::vector<int64_t>& live,
   const int64_t pitch = Dc + std::max(Wo, Mc);     // of staged gradient rows and of phase rows
   // Per image row: L/sh staged gradient rows and sw phase rows (sh*sw phases, one row each per sh image rows).
   const Tiling tl = make_tiling(C, H, pitch, (L + P + sh - 1) / sh + 1, Dr, /*channels_last=*/false, sizeof(opmath_t));
+  // f(integral_constant<int, S>) where the filters are S x S, S in {3, 5, 7}, at stride 2: the sizes the stride-2
+  // kernels are built for. Whether f ran.
+  auto square_at_stride_two = [&](auto&& f) {
+    if (sh != 2 || sw != 2 || S1 != S2) return false;
+    switch (S1) {
+      case 3: f(std::integral_constant<int, 3>{}); return true;
+      case 5: f(std::integral_constant<int, 5>{}); return true;
+      case 7: f(std::integral_constant<int, 7>{}); return true;
+      default: return false;
+    }
+  };
+  if constexpr (std::is_same_v<scalar_t, opmath_t> && kMaskedLoads) {
+    auto pairs = [&](auto size) { backward_pairs<decltype(size)::value>(g, live, weights, a, tl, grad_y); };
+    if (L > 0 && g.stride(3) == 1 && grad_y.stride(3) == 1 && square_at_stride_two(pairs)) return;
+  }
   const int64_t max_phase_rows = (tl.rows + sh - 1) / sh + 1;
   // Each phase's taps: offsets into the staged rows and, per source, weights.
   std::vector<std::vector<int64_t>> phase_off(P);
@@ -276,18 +291,10 @@ void backward_planes(const at::Tensor& g, const std::vector<int64_t>& live,
   using AllPhases = void (*)(const opmath_t* const*, int64_t, const opmath_t*, int64_t, int64_t, int64_t, opmath_t*,
                              int64_t, int64_t);
   AllPhases all_phases = nullptr;
-  if (sh == 2 && sw == 2 && S1 == S2) {
-    if (S1 == 3) all_phases = &correlate_phases<3, 3, 2, 2, opmath_t>;
-    if (S1 == 5) all_phases = &correlate_phases<5, 5, 2, 2, opmath_t>;
-    if (S1 == 7) all_phases = &correlate_phases<7, 7, 2, 2, opmath_t>;
-  }
-  if constexpr (std::is_same_v<scalar_t, opmath_t> && kMaskedLoads) {
-    if (sh == 2 && sw == 2 && S1 == S2 && L > 0 && g.stride(3) == 1 && grad_y.stride(3) == 1) {
-      if (S1 == 3) return backward_pairs<3>(g, live, weights, a, tl, grad_y);
-      if (S1 == 5) return backward_pairs<5>(g, live, weights, a, tl, grad_y);
-      if (S1 == 7) return backward_pairs<7>(g, live, weights, a, tl, grad_y);
-    }
-  }
+  square_at_stride_two([&](auto size) {
+    constexpr int S = decltype(size)::value;
+    all_phases = &correlate_phases<S, S, 2, 2, opmath_t>;
+  });
   const int64_t stage_len = (max_phase_rows + Dr + 1) * pitch + kSlack<opmath_t>;
   const int64_t phase_len = max_phase_rows * pitch + kSlack<opmath_t>;
   const bool identity_live = a.identity && !a.stopped[0];
