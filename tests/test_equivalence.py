@@ -428,13 +428,13 @@ def test_tall_images_in_row_blocks_match_reference(policy, dtype):
         assert_close(grad, expected_grad, dtype, f"gradient {mode}")
 
 
-# Square 3x3, 5x5 and 7x7 banks' backward at stride 1 gathers blocks of four rows with the taps known at compile time
+# Square banks' backward (3x3 to 11x11) at stride 1 gathers blocks of four rows with the taps known at compile time
 # (a 3x3 filter's held in registers), rows outside the gradient read as zeros; shorter blocks, rows of fewer than two
 # vectors and banks of more than 32 live filters take the general gather. Heights leave a partial block, widths a
 # partial vector; stopped filters, no identity, every padding mode, both layouts (of y and the gradient).
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("size", [3, 5, 7])
+@pytest.mark.parametrize("size", [3, 5, 7, 9, 11])
 def test_square_backward_in_row_blocks_matches_reference(size, layout, dtype):
     gen = torch.Generator().manual_seed(13 + size)
     for k, stop, identity, (h, w) in ((1, [], True, (13, 37)), (4, [2], False, (9, 20)), (9, [0, 5], True, (22, 70)),
