@@ -246,7 +246,7 @@ struct Gather {
 // each source's R + kS1 - 1 rows pass (rows outside the gradient read g.zeros) with no row-range test per
 // multiply-add, and a 3x3 filter's taps held in registers, no weight load either. Against the general gather, 3x3 K=4
 // (y = 4x7x96x96 float32, 2 threads) 0.92x the time; Gaussian/LoG 7x7 (K=8, 5 and 37 MB outputs) 0.81-0.82x; the
-// six direct filters of the Gabor 11x11 bank 0.64-0.66x the whole backward; the column passes of the DCT 5x5 and 7x7
+// six direct filters of the Gabor 11x11 bank 0.84-0.87x the whole backward; the column passes of the DCT 5x5 and 7x7
 // backward 0.91-0.96x.
 //
 // The sums start from zero, from dst (kAccumulate) or, if `init` is given, from init[r] instead of dst[r].
@@ -275,6 +275,15 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
   }
   // Up to nine taps (a 3x3 filter, a column of up to 9) are held in registers; more are broadcast where they are used.
   constexpr bool kHoldTaps = kS1 * kS2 <= 9;
+  // The column taps of one source row: unrolled up to 7x7; a 9x9 or 11x11 filter's stay a loop. Unrolled too, they
+  // took the compiler three more minutes and the Gabor 11x11 backward no less time (within 3%).
+  auto columns_of = [](auto&& f) FIXEDBRANCH_INLINE {
+    if constexpr (kS2 <= 7) {
+      static_for<kS2>(f);
+    } else {
+      for (int t = 0; t < kS2; ++t) f(t);
+    }
+  };
   // Rows read where they lie need masked loads only in the steps that reach past either end.
   int64_t dcv_min = 0, dcv_max = 0;
   for (int t = 0; t < kS2; ++t) dcv_min = std::min(dcv_min, fixed_dcv[t]), dcv_max = std::max(dcv_max, fixed_dcv[t]);
@@ -296,7 +305,7 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
       }
       static_for<kRowsRead>([&](auto i) FIXEDBRANCH_INLINE {
         const opmath_t* row = fixed_rows[l * kRowsRead + i];
-        static_for<kS2>([&](auto t) FIXEDBRANCH_INLINE {
+        columns_of([&](auto t) FIXEDBRANCH_INLINE {
           Vec in[U];
           for (int u = 0; u < U; ++u) {
             const int64_t x = shift + e - fixed_dcv[t] + u * V;
