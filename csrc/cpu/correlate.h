@@ -159,6 +159,69 @@ void correlate_sum(const opmath_t* const* src, int64_t nsrc, const int64_t* off,
   }
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kLaneShifts = true;
+#else
+constexpr bool kLaneShifts = false;
+#endif
+
+// The vector of lanes x - B .. x - B + V - 1 from two consecutive vectors (prev at x - V, cur at x): AVX-512's
+// valignd/valignq, for float and double; elsewhere unused (kLaneShifts).
+template <int B, typename opmath_t>
+FIXEDBRANCH_INLINE inline at::vec::Vectorized<opmath_t> lanes_before(const at::vec::Vectorized<opmath_t>& prev,
+                                                                     const at::vec::Vectorized<opmath_t>& cur) {
+#if defined(CPU_CAPABILITY_AVX512)
+  constexpr int V = at::vec::Vectorized<opmath_t>::size();
+  if constexpr (std::is_same_v<opmath_t, float>) {
+    return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(cur), _mm512_castps_si512(prev), V - B));
+  } else {
+    return _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(cur), _mm512_castpd_si512(prev), V - B));
+  }
+#else
+  static_assert(B < 0, "lanes_before needs AVX-512 (kLaneShifts)");
+  return cur;
+#endif
+}
+
+// A factored backward's transposed row passes of one group, summed (stride 1, one channel a pixel): dst[q] = sum_b
+// sum_e w[b * ns + e] * src_e[q - b] for q in [0, len + S2 - 1), where src_e = first + src_off[e] holds len values
+// and reads as zeros outside them; `rows` rows, src and dst pitch apart. Each step loads the ns source vectors at x
+// once into S2 mixes (S2 * ns multiply-adds), shifts mix b by b lanes across the previous step's (lanes_before) and
+// adds them: the mixes never leave the registers. Stored as rows and summed from shifted loads, the sums took a
+// quarter of the DCT 5x5 backward and waited on their loads.
+template <int S2, typename opmath_t>
+void transposed_row_sums(const opmath_t* first, int64_t src_pitch, const int64_t* src_off, int64_t ns,
+                         const opmath_t* w, int64_t len, opmath_t* dst, int64_t dst_pitch, int64_t rows) {
+  using Vec = at::vec::Vectorized<opmath_t>;
+  constexpr int64_t V = Vec::size();
+  static_assert(S2 <= V, "a mix shifts by fewer lanes than a vector holds");
+  const int64_t out_len = len + S2 - 1;
+  for (int64_t r = 0; r < rows; ++r) {
+    const opmath_t* src = first + r * src_pitch;
+    opmath_t* d = dst + r * dst_pitch;
+    Vec prev[S2];
+    for (int b = 0; b < S2; ++b) prev[b] = Vec(opmath_t(0));
+    for (int64_t x = 0; x < out_len; x += V) {
+      Vec mix[S2];
+      for (int b = 0; b < S2; ++b) mix[b] = Vec(opmath_t(0));
+      const bool inside = x + V <= len;
+      const LaneWindow<opmath_t> window(x, len);
+      for (int64_t e = 0; e < ns; ++e) {
+        const opmath_t* p = src + src_off[e] + x;
+        const Vec in = inside ? Vec::loadu(p) : window.load(p);
+        static_for<S2>([&](auto b) FIXEDBRANCH_INLINE { mix[b] = at::vec::fmadd(Vec(w[b * ns + e]), in, mix[b]); });
+      }
+      Vec sum = mix[0];
+      static_for<S2 - 1>([&](auto i) FIXEDBRANCH_INLINE {
+        constexpr int b = i + 1;
+        sum = sum + lanes_before<b>(prev[b], mix[b]);
+      });
+      sum.store(d + x, std::min<int64_t>(V, out_len - x));
+      for (int b = 0; b < S2; ++b) prev[b] = mix[b];
+    }
+  }
+}
+
 // Every phase of a stride-(SH, SW) adjoint at once (the strided backward's planes, planes.cpp): phase (pr, pc) sums,
 // over the sources s and the taps (pr + SH*dr, pc + SW*dc) of their S1 x S2 filters w[s], src[s][x + (Dr - dr) *
 // pitch + Dc - dc] into dst + (pr*SW + pc) * phase_stride, for x in [0, len). The phases share their shifted source
