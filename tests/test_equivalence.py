@@ -453,13 +453,14 @@ def test_square_backward_in_row_blocks_matches_reference(size, layout, dtype):
             assert_close(grad, expected_grad, dtype, f"gradient, K={k}, {mode}")
 
 
-# Factored banks' backward at stride 1 in NCHW sums each column's transposed row passes in registers, for the odd
-# row widths 3 to 11 (up to 7 in float64): rows shorter than a vector, rows of several vectors and a partial one,
-# gradients read in place (contiguous) or staged (sliced, expanded), the identity live or absent, zero and reflect
-# padding, filters taller or shorter than wide.
+# Factored banks' backward in NCHW at column stride 1 or 2 sums each column's transposed row passes in registers (at
+# stride 2 both phases, interleaved), for the odd row widths 3 to 11 (up to 7 in float64): rows shorter than a
+# vector, rows of several vectors and a partial one, gradients read in place (contiguous) or staged (sliced,
+# expanded), the identity live or absent, zero and reflect padding, filters taller or shorter than wide.
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("stride", [1, 2, (1, 2), (2, 1)], ids=str)
 @pytest.mark.parametrize("s", [(3, 3), (5, 5), (7, 7), (5, 9), (11, 11), (3, 11), (7, 4)], ids=str)
-def test_factored_row_sums_in_registers_match_reference(s, dtype):
+def test_factored_row_sums_in_registers_match_reference(s, stride, dtype):
     gen = torch.Generator().manual_seed(17 + s[0] * 13 + s[1])
     bank = separable_bank(6, *s, gen)
     for (h, w), identity, mode, grad_layout in (((9, 10), True, "zeros", "contiguous"),
@@ -467,12 +468,12 @@ def test_factored_row_sums_in_registers_match_reference(s, dtype):
                                                 ((12, 70), True, "reflect", "contiguous"),
                                                 ((7, 33), True, "zeros", "expanded")):
         y64 = torch.randn(2, 3, max(h, s[0]), max(w, s[1]), generator=gen, dtype=torch.float64).requires_grad_(True)
-        expected = reference.fixed_branch(y64, bank.to(dtype).double(), mode, [2], identity)
+        expected = reference.fixed_branch(y64, bank.to(dtype).double(), mode, [2], identity, stride=stride)
         g = make_grad(expected.shape, torch.float64, "cpu", grad_layout, gen)
         (expected_grad,) = torch.autograd.grad(expected, y64, g)
         y = y64.detach().to(dtype).requires_grad_(True)
         with factoring("always"):
-            out = fb.fixed_branch(y, bank.to(dtype), mode, [2], identity)
+            out = fb.fixed_branch(y, bank.to(dtype), mode, [2], identity, stride=stride)
             (grad,) = torch.autograd.grad(out, y, g.to(dtype))
         assert_close(grad, expected_grad, dtype, f"gradient, {h}x{w}, {mode}, {grad_layout}")
 

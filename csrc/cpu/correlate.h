@@ -183,25 +183,46 @@ FIXEDBRANCH_INLINE inline at::vec::Vectorized<opmath_t> lanes_before(const at::v
 #endif
 }
 
-// A factored backward's transposed row passes of one group, summed (stride 1, one channel a pixel): dst[q] = sum_b
-// sum_e w[b * ns + e] * src_e[q - b] for q in [0, len + S2 - 1), where src_e = first + src_off[e] holds len values
-// and reads as zeros outside them; `rows` rows, src and dst pitch apart. Each step loads the ns source vectors at x
-// once into S2 mixes (S2 * ns multiply-adds), shifts mix b by b lanes across the previous step's (lanes_before) and
-// adds them: the mixes never leave the registers. Stored as rows and summed from shifted loads, the sums took a
-// quarter of the DCT 5x5 backward and waited on their loads.
-template <int S2, typename opmath_t>
+// The lanes of a and b interleaved (a0 b0 a1 b1 ...): the first V into lo, the rest into hi. AVX-512 only, as above.
+template <typename opmath_t>
+FIXEDBRANCH_INLINE inline void interleave_lanes(const at::vec::Vectorized<opmath_t>& a,
+                                                const at::vec::Vectorized<opmath_t>& b,
+                                                at::vec::Vectorized<opmath_t>& lo, at::vec::Vectorized<opmath_t>& hi) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<opmath_t, float>) {
+    lo = _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), b);
+    hi = _mm512_permutex2var_ps(a, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
+                                b);
+  } else {
+    lo = _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), b);
+    hi = _mm512_permutex2var_pd(a, _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), b);
+  }
+#else
+  static_assert(sizeof(opmath_t) == 0, "interleave_lanes needs AVX-512 (kLaneShifts)");
+#endif
+}
+
+// A factored backward's transposed row passes of one group, summed (one channel a pixel, column stride SW of 1 or
+// 2): dst[q] = sum_b sum_e w[b * ns + e] * src_e[m - d] over the taps b = rho + SW * d of the column's phase, q = rho
+// + SW * m, for q in [0, out_len), where src_e = first + src_off[e] holds len values and reads as zeros outside
+// them; `rows` rows, src and dst pitch apart. Each step loads the ns source vectors at m once into S2 mixes (S2 * ns
+// multiply-adds), shifts mix b by d lanes across the previous step's (lanes_before) and adds those of each phase;
+// at stride 2 the two phases' sums are interleaved in registers into the row. The mixes never leave the registers:
+// stored as rows and summed from shifted loads, the sums took a quarter of the DCT 5x5 backward and waited on their
+// loads.
+template <int S2, int SW, typename opmath_t>
 void transposed_row_sums(const opmath_t* first, int64_t src_pitch, const int64_t* src_off, int64_t ns,
-                         const opmath_t* w, int64_t len, opmath_t* dst, int64_t dst_pitch, int64_t rows) {
+                         const opmath_t* w, int64_t len, int64_t out_len, opmath_t* dst, int64_t dst_pitch,
+                         int64_t rows) {
   using Vec = at::vec::Vectorized<opmath_t>;
   constexpr int64_t V = Vec::size();
-  static_assert(S2 <= V, "a mix shifts by fewer lanes than a vector holds");
-  const int64_t out_len = len + S2 - 1;
+  static_assert(S2 <= V && (SW == 1 || SW == 2), "a mix shifts by fewer lanes than a vector holds");
   for (int64_t r = 0; r < rows; ++r) {
     const opmath_t* src = first + r * src_pitch;
     opmath_t* d = dst + r * dst_pitch;
     Vec prev[S2];
     for (int b = 0; b < S2; ++b) prev[b] = Vec(opmath_t(0));
-    for (int64_t x = 0; x < out_len; x += V) {
+    for (int64_t x = 0; x * SW < out_len; x += V) {
       Vec mix[S2];
       for (int b = 0; b < S2; ++b) mix[b] = Vec(opmath_t(0));
       const bool inside = x + V <= len;
@@ -211,12 +232,23 @@ void transposed_row_sums(const opmath_t* first, int64_t src_pitch, const int64_t
         const Vec in = inside ? Vec::loadu(p) : window.load(p);
         static_for<S2>([&](auto b) FIXEDBRANCH_INLINE { mix[b] = at::vec::fmadd(Vec(w[b * ns + e]), in, mix[b]); });
       }
-      Vec sum = mix[0];
-      static_for<S2 - 1>([&](auto i) FIXEDBRANCH_INLINE {
-        constexpr int b = i + 1;
-        sum = sum + lanes_before<b>(prev[b], mix[b]);
+      Vec phase[SW];
+      static_for<SW>([&](auto rho) FIXEDBRANCH_INLINE {
+        phase[rho] = mix[rho];
+        static_for<(S2 - rho + SW - 1) / SW - 1>([&](auto i) FIXEDBRANCH_INLINE {
+          constexpr int dd = i + 1, b = rho + SW * dd;
+          phase[rho] = phase[rho] + lanes_before<dd>(prev[b], mix[b]);
+        });
       });
-      sum.store(d + x, std::min<int64_t>(V, out_len - x));
+      if constexpr (SW == 1) {
+        phase[0].store(d + x, std::min<int64_t>(V, out_len - x));
+      } else {
+        Vec lo, hi;
+        interleave_lanes(phase[0], phase[1], lo, hi);
+        const int64_t q = 2 * x;
+        lo.store(d + q, std::min<int64_t>(V, out_len - q));
+        if (out_len > q + V) hi.store(d + q + V, std::min<int64_t>(V, out_len - q - V));
+      }
       for (int b = 0; b < S2; ++b) prev[b] = mix[b];
     }
   }

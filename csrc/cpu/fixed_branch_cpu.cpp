@@ -577,13 +577,14 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   // NCHW at a column stride: each group's transposed row passes run phase by phase over all of a task's rows (from
   // its mixed rows, below).
   const bool phase_planes = sw > 1 && tl.cv == 1;
-  // At stride 1, one channel a pixel, each group's mixes are summed in registers (transposed_row_sums) for the odd
-  // widths up to 11 that fit a vector's lanes. Float32, 2 threads, against the mixed rows stored and summed: DCT 5x5
-  // 0.81x the backward's time at a 3.8 MB gradient, 0.67x at 38 MB; DCT 7x7 0.73x at 7.4 MB, 0.68x at 37 MB; the
-  // Gabor 11x11 bank (two of its filters factored) 0.84x.
+  // At column stride 1 or 2, one channel a pixel, each group's mixes are summed in registers (transposed_row_sums)
+  // for the odd widths up to 11 that fit a vector's lanes. Float32, 2 threads, against the mixed rows stored and
+  // summed: DCT 5x5 0.81x the backward's time at a 3.8 MB gradient, 0.67x at 38 MB; DCT 7x7 0.73x at 7.4 MB, 0.68x
+  // at 37 MB; the Gabor 11x11 bank (two of its filters factored) 0.84x; at stride 2, against the mixes' phase
+  // planes summed and interleaved, DCT 5x5 0.68-0.73x (dL/dout of 3.8 to 148 MB).
   constexpr int64_t kVec = at::vec::Vectorized<opmath_t>::size();
   const bool sum_in_registers =
-      kLaneShifts && sw == 1 && tl.cv == 1 && S2 % 2 == 1 && S2 >= 3 && S2 <= 11 && S2 <= kVec;
+      kLaneShifts && sw <= 2 && tl.cv == 1 && S2 % 2 == 1 && S2 >= 3 && S2 <= 11 && S2 <= kVec;
   const int64_t phase_len = ceil_div(pw, sw);  // values of a phase row
 
   const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
@@ -757,8 +758,12 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
                 if (sum_in_registers) {
                   const opmath_t* w = group_mix[u].data();
                   auto run = [&](auto taps) {
-                    transposed_row_sums<decltype(taps)::value>(first, pitch, source_off.data(), ns, w, Wo, h_first,
-                                                               h_pitch, nO);
+                    constexpr int kS2 = decltype(taps)::value;
+                    if (sw == 1) {
+                      transposed_row_sums<kS2, 1>(first, pitch, source_off.data(), ns, w, Wo, pw, h_first, h_pitch, nO);
+                    } else {
+                      transposed_row_sums<kS2, 2>(first, pitch, source_off.data(), ns, w, Wo, pw, h_first, h_pitch, nO);
+                    }
                   };
                   using std::integral_constant;
                   switch (S2) {
