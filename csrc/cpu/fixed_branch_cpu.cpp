@@ -575,7 +575,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   const Phases g_phases_full = make_phases(S2, sw, tl.cv), g_phases_tail = make_phases(S2, sw, cv_tail);
   const Phases h_phases_full = make_phases(1, 1, tl.cv), h_phases_tail = make_phases(1, 1, cv_tail);
   // NCHW at a column stride: each group's transposed row passes run phase by phase over all of a task's rows (from
-  // its mixed rows, below).
+  // its mixed rows, below), unless summed in registers.
   const bool phase_planes = sw > 1 && tl.cv == 1;
   // At column stride 1 or 2, one channel a pixel, each group's mixes are summed in registers (transposed_row_sums)
   // for the odd widths up to 11 that fit a vector's lanes. Float32, 2 threads, against the mixed rows stored and
@@ -770,8 +770,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
                     case 3: run(integral_constant<int, 3>{}); break;
                     case 5: run(integral_constant<int, 5>{}); break;
                     case 7: run(integral_constant<int, 7>{}); break;
-                    case 9: if constexpr (kVec >= 9) run(integral_constant<int, kVec >= 9 ? 9 : 1>{}); break;
-                    default: if constexpr (kVec >= 11) run(integral_constant<int, kVec >= 11 ? 11 : 1>{}); break;
+                    case 9: if constexpr (kVec >= 9) run(integral_constant<int, 9>{}); break;
+                    default: if constexpr (kVec >= 11) run(integral_constant<int, 11>{}); break;
                   }
                   continue;
                 }
