@@ -183,25 +183,6 @@ FIXEDBRANCH_INLINE inline at::vec::Vectorized<opmath_t> lanes_before(const at::v
 #endif
 }
 
-// The lanes of a and b interleaved (a0 b0 a1 b1 ...): the first V into lo, the rest into hi. AVX-512 only, as above.
-template <typename opmath_t>
-FIXEDBRANCH_INLINE inline void interleave_lanes(const at::vec::Vectorized<opmath_t>& a,
-                                                const at::vec::Vectorized<opmath_t>& b,
-                                                at::vec::Vectorized<opmath_t>& lo, at::vec::Vectorized<opmath_t>& hi) {
-#if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same_v<opmath_t, float>) {
-    lo = _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), b);
-    hi = _mm512_permutex2var_ps(a, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
-                                b);
-  } else {
-    lo = _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), b);
-    hi = _mm512_permutex2var_pd(a, _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), b);
-  }
-#else
-  static_assert(sizeof(opmath_t) == 0, "interleave_lanes needs AVX-512 (kLaneShifts)");
-#endif
-}
-
 // A factored backward's transposed row passes of one group, summed (one channel a pixel, column stride SW of 1 or
 // 2): dst[q] = sum_b sum_e w[b * ns + e] * src_e[m - d] over the taps b = rho + SW * d of the column's phase, q = rho
 // + SW * m, for q in [0, out_len), where src_e = first + src_off[e] holds len values and reads as zeros outside
@@ -243,11 +224,10 @@ void transposed_row_sums(const opmath_t* first, int64_t src_pitch, const int64_t
       if constexpr (SW == 1) {
         phase[0].store(d + x, std::min<int64_t>(V, out_len - x));
       } else {
-        Vec lo, hi;
-        interleave_lanes(phase[0], phase[1], lo, hi);
+        const auto pair = at::vec::interleave2(phase[0], phase[1]);  // the row's values from q on, in two vectors
         const int64_t q = 2 * x;
-        lo.store(d + q, std::min<int64_t>(V, out_len - q));
-        if (out_len > q + V) hi.store(d + q + V, std::min<int64_t>(V, out_len - q - V));
+        pair.first.store(d + q, std::min<int64_t>(V, out_len - q));
+        if (out_len > q + V) pair.second.store(d + q + V, std::min<int64_t>(V, out_len - q - V));
       }
       for (int b = 0; b < S2; ++b) prev[b] = mix[b];
     }
