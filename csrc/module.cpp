@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <string>
 
+#include "cpu/cache.h"
+
 #ifndef FIXEDBRANCH_ISA
 #define FIXEDBRANCH_ISA "default"
 #endif
@@ -81,6 +83,11 @@ PyObject* PyInit__C(void) {
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr) PyModule_AddStringConstant(module, "cpu_isa", FIXEDBRANCH_ISA);
   if (module != nullptr) PyModule_AddStringConstant(module, "torch_version", kBuiltTorch);
+  // The cache sizes the CPU kernels plan for (cpu/cache.h), for `python -m fixedbranch`.
+  if (module != nullptr) {
+    PyModule_AddIntConstant(module, "cpu_cache_bytes", fixedbranch::cpu::last_level_cache_bytes());
+    PyModule_AddIntConstant(module, "cpu_owned_cache_bytes", fixedbranch::cpu::owned_cache_bytes());
+  }
 #ifdef FIXEDBRANCH_CUDA_ARCHS
   if (module != nullptr) PyModule_AddStringConstant(module, "cuda_arch_list", FIXEDBRANCH_CUDA_ARCHS);
 #endif

@@ -51,6 +51,10 @@ def report() -> tuple[list[str], bool]:
         isa = getattr(_C, "cpu_isa", None)
         cpu = "yes" + (f" (vector ISA: {isa})" if isa else "") if _has_kernel("CPU") else "no"
         lines.append(_row("CPU kernels", cpu))
+        listed, owned = getattr(_C, "cpu_cache_bytes", 0), getattr(_C, "cpu_owned_cache_bytes", 0)
+        if listed:
+            lines.append(_row("CPU cache", f"{listed / 2**20:g} MiB last level, {owned / 2**20:g} MiB counted on "
+                              "(streaming stores beyond it, prefetching beyond the last level)"))
         if _has_kernel("CUDA"):
             lines.append(_row("CUDA kernels", "yes"))
             archs = getattr(_C, "cuda_arch_list", None)

@@ -3,7 +3,9 @@
 kernels believe the cache small, so a subprocess sets FIXEDBRANCH_CPU_CACHE_BYTES (read once per process) to 4 KiB
 and checks, against the reference, outputs and gradients whose rows start on and off the vector alignment that
 streaming needs, direct and factored banks, strided planes and tiles, every padding mode, both layouts, both
-channel orders and both real dtypes."""
+channel orders and both real dtypes. Also the cache sizes the kernels plan for, as listed and as counted on."""
+
+from __future__ import annotations
 
 import os
 import subprocess
@@ -60,3 +62,28 @@ def test_large_operand_paths_match_reference():
                           timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.split()[-1] == "684", done.stdout
+
+
+
+SIZES = "from fixedbranch import _C; print(_C.cpu_cache_bytes, _C.cpu_owned_cache_bytes)"
+
+
+def _cache_sizes(set_bytes: str | None) -> list[int]:
+    """The listed and the counted-on cache of a fresh process, FIXEDBRANCH_CPU_CACHE_BYTES set to `set_bytes`."""
+    env = {k: v for k, v in os.environ.items() if k != "FIXEDBRANCH_CPU_CACHE_BYTES"}
+    if set_bytes is not None:
+        env["FIXEDBRANCH_CPU_CACHE_BYTES"] = set_bytes
+    done = subprocess.run([sys.executable, "-c", SIZES], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [int(v) for v in done.stdout.split()]
+
+
+def test_cache_the_kernels_count_on():
+    # As listed, at most 16 MiB per CPU (a virtual machine may list its host's whole cache); set, taken as is.
+    listed, owned = _cache_sizes(None)
+    assert listed > 0
+    assert owned == min(listed, 16 * 2**20 * os.cpu_count())
+    assert _cache_sizes("4096") == [4096, 4096]
+    assert _cache_sizes(str(2**40)) == [2**40, 2**40]
+    assert _cache_sizes("-5")[0] == listed  # not a positive integer: ignored

@@ -1,9 +1,11 @@
 // The last-level cache's size (cache.h).
 #include "cpu/cache.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <thread>
 
 #ifdef __linux__
 #include <unistd.h>
@@ -37,20 +39,35 @@ int64_t sysfs_last_level_cache() {
   return best_size;
 }
 
+// FIXEDBRANCH_CPU_CACHE_BYTES as a positive integer, 0 where unset or malformed.
+int64_t cache_bytes_set() {
+  if (const char* set = std::getenv("FIXEDBRANCH_CPU_CACHE_BYTES")) {
+    char* end = nullptr;
+    const long long value = std::strtoll(set, &end, 10);
+    if (end != set && *end == '\0' && value > 0) return static_cast<int64_t>(value);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int64_t last_level_cache_bytes() {
   static const int64_t bytes = [] {
-    if (const char* set = std::getenv("FIXEDBRANCH_CPU_CACHE_BYTES")) {
-      char* end = nullptr;
-      const long long value = std::strtoll(set, &end, 10);
-      if (end != set && *end == '\0' && value > 0) return static_cast<int64_t>(value);
-    }
+    if (const int64_t set = cache_bytes_set()) return set;
     int64_t size = sysfs_last_level_cache();
 #if defined(__linux__) && defined(_SC_LEVEL3_CACHE_SIZE)
     if (size <= 0) size = sysconf(_SC_LEVEL3_CACHE_SIZE);
 #endif
     return size > 0 ? size : int64_t(32) << 20;
+  }();
+  return bytes;
+}
+
+int64_t owned_cache_bytes() {
+  static const int64_t bytes = [] {
+    if (cache_bytes_set() > 0) return last_level_cache_bytes();
+    const int64_t cpus = std::max(1u, std::thread::hardware_concurrency());
+    return std::min(last_level_cache_bytes(), cpus * (int64_t(16) << 20));
   }();
   return bytes;
 }

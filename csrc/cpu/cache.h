@@ -12,11 +12,26 @@ namespace cpu {
 // MiB on the 2-core AMD EPYC whose L3 is 32 MiB), else sysconf, else 32 MiB. Read once.
 int64_t last_level_cache_bytes();
 
-// Whether `bytes` of operand outgrow the last-level cache: software prefetching and streaming stores pay only then,
-// from and to main memory.
-// A factored bank's backward staged its gradient rows with prefetching 1.04-1.08x slower from the 32 MiB L3 of the
-// 2-core AMD EPYC (DCT 5x5 and 7x7, 3.8-7.4 MB of gradient) and 1.15-1.3x faster from its memory (37-38 MB).
-inline bool exceeds_last_level_cache(int64_t bytes) { return bytes > last_level_cache_bytes(); }
+// The part of that cache this process can count on keeping its data in: the listing, at most 16 MiB per CPU it may
+// run on (FIXEDBRANCH_CPU_CACHE_BYTES, if set, as is). No processor has more last-level cache per core than that
+// (the largest, AMD's stacked-cache parts, 12 MiB); a virtual machine that lists more lists its host's cache, which
+// other guests share: the 2-core Intel Xeon guest lists 480 MiB, yet its copies slow from 48 MiB working sets on
+// (56 GB/s to 50 at 48 MiB, 30 at 96 MiB, 27 at 256 MiB) and its writes from 96 MiB.
+int64_t owned_cache_bytes();
+
+// Whether an output of `bytes` should be written with streaming stores, past the cache: when it outgrows the cache
+// this process owns, its lines would be read from memory before being written and then evicted unread. On the Xeon
+// guest (float32, 2 threads) streaming from 32 MiB on instead of from its listed 480: the 3x3 bank of four's forward
+// at 150 MB 0.47-0.49x the time, 75 MB 0.54-0.70x, 37.5 MB 0.59-1.0x (its regular stores there ran at either speed),
+// 20 MB 1.01-1.03x; DCT 5x5 and 7x7 at 150 MB 0.46-0.55x.
+inline bool streaming_pays(int64_t bytes) { return bytes > owned_cache_bytes(); }
+
+// Whether an operand of `bytes` read once should be prefetched in software: only from main memory, when it outgrows
+// the cache as listed. A factored bank's backward staged its gradient rows with prefetching 1.04-1.08x slower from
+// the 32 MiB L3 of the 2-core AMD EPYC (DCT 5x5 and 7x7, 3.8-7.4 MB of gradient) and 1.15-1.3x faster from its
+// memory (37-38 MB). On the Xeon guest, the 3x3 bank's backward prefetched from 32 MiB on was 1.1x slower at 37.5
+// MB and 0.85-0.92x at 150 MB, the DCT 5x5 bank's within noise: there the listing decides.
+inline bool prefetch_pays(int64_t bytes) { return bytes > last_level_cache_bytes(); }
 
 }  // namespace cpu
 }  // namespace fixedbranch

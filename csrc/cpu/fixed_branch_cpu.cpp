@@ -74,12 +74,12 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
   const bool direct = std::is_same_v<scalar_t, opmath_t> && tl.cv == 1 && (osW == 1 || Wo == 1);
   const int64_t staged_rows = (tl.rows - 1) * sh + S1;
   const int64_t row_len = layout.values() * tl.cv;  // values of one staged row (of a full channel block)
-  // Rows written straight into an output larger than the last-level cache (NCHW rows, channels_last pixels) are
-  // streamed past it (stream_store), not read from memory before being written: float32, 2 threads, 37.6 and 150
-  // MB outputs, a 3x3 bank of four took 0.87-0.93x the time and the DCT 5x5 bank 0.80-0.86x; in channels_last
-  // (N8 C32 96x96, 47 MB out) 0.63-0.64x.
+  // Rows written straight into an output larger than the cache this process owns (NCHW rows, channels_last
+  // pixels) are streamed past it (stream_store), not read from memory before being written: float32, 2 threads, on
+  // the AMD EPYC at 37.6 and 150 MB outputs, a 3x3 bank of four took 0.87-0.93x the time and the DCT 5x5 bank
+  // 0.80-0.86x; in channels_last (N8 C32 96x96, 47 MB out) 0.63-0.64x. On the Xeon guest see cache.h.
   // The store functions stream only contiguous runs of opmath_t (store_run).
-  const bool stream_out = exceeds_last_level_cache(static_cast<int64_t>(out.nbytes()));
+  const bool stream_out = streaming_pays(static_cast<int64_t>(out.nbytes()));
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(Wo, K + 1), [&](int64_t begin, int64_t end) {
     std::vector<opmath_t> tile(staged_rows * row_len + kSlack<opmath_t>);
@@ -594,7 +594,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   constexpr int64_t kAheadRows = 8;  // gradient rows prefetched ahead of the staging
   // Prefetching ahead of the staging pays from main memory only: from the last-level cache it stalled the staging
   // (3x3 K=4 backward at 5 MB: 1.08x slower with it; DCT 5x5 at 3.8-7.4 MB: 1.04-1.08x).
-  const bool prefetch_g = exceeds_last_level_cache(static_cast<int64_t>(g.nbytes()));
+  const bool prefetch_g = prefetch_pays(static_cast<int64_t>(g.nbytes()));
   // Direct banks at stride 1 read NCHW float or double gradient rows where they lie, LaneWindow standing in for the
   // zeros around a staged row (staging copied every row once more), and in zero mode their sums start from the
   // identity's gradient (gather_rows' init, its rows prefetched with the others) instead of a pass that copied it

@@ -64,8 +64,8 @@ void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
   const int64_t osW = out.stride(3), slot_osC = a.channel_step() * out.stride(1);
   const bool in_place = std::is_same_v<scalar_t, opmath_t> && osW == 1;
-  // In place into an output larger than the last-level cache: streamed past it, as in the row kernels' forward.
-  const bool stream_out = in_place && exceeds_last_level_cache(static_cast<int64_t>(out.nbytes()));
+  // In place into an output larger than the cache this process owns: streamed past it, as in the row kernels' forward.
+  const bool stream_out = in_place && streaming_pays(static_cast<int64_t>(out.nbytes()));
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(Wo, K + 1), [&](int64_t begin, int64_t end) {
     // The last tap of the last dropped output reads (S2-1)/sw < pitch values past the planes.

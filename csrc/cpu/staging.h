@@ -361,10 +361,10 @@ struct LaneWindow {
   }
 };
 
-// Streaming stores, for outputs larger than the last-level cache: their lines would otherwise be read from memory
-// before being written, and the cache could not keep them anyway. stream_store puts v at p past the caches where the
-// ISA has a streaming store and p is aligned to the vector, else stores it as usual. They are weakly ordered:
-// a thread ends its streaming with stream_fence before its work counts as done.
+// Streaming stores, for outputs larger than the cache this process owns (cache.h): their lines would otherwise be
+// read from memory before being written, and the cache could not keep them anyway. stream_store puts v at p past the
+// caches where the ISA has a streaming store and p is aligned to the vector, else stores it as usual. They are weakly
+// ordered: a thread ends its streaming with stream_fence before its work counts as done.
 template <typename T>
 inline void stream_store(const at::vec::Vectorized<T>& v, T* p) {
   if (reinterpret_cast<uintptr_t>(p) % sizeof(at::vec::Vectorized<T>) == 0) {
@@ -420,7 +420,7 @@ inline void with_bool(bool b, F&& f) {
 }
 
 // Writes W*Cv staged values of one row to a tensor whose pixels are `sW` apart and channels `sC` apart; contiguous
-// runs streamed if `stream` (store_run), for an output larger than the last-level cache.
+// runs streamed if `stream` (store_run), for an output larger than the cache this process owns.
 template <typename scalar_t, typename opmath_t>
 void store_row(const opmath_t* src, int64_t W, int64_t Cv, scalar_t* dst, int64_t sW, int64_t sC,
                bool stream = false) {

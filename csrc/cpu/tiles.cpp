@@ -75,8 +75,8 @@ void forward_tiles(const at::Tensor& y, const at::Tensor& bank, const BranchArgs
   // written (or read) later in the same run: no masked load or store but the run's last row's. Only rows of a vector
   // or more: a shorter row's vector would reach past the next row.
   const bool runs_on = ysH == a.W && osH == Wo && Wo >= V;
-  // An output larger than the last-level cache is streamed past it, as in the row kernels' forward.
-  const bool stream = exceeds_last_level_cache(static_cast<int64_t>(out.nbytes()));
+  // An output larger than the cache this process owns is streamed past it, as in the row kernels' forward.
+  const bool stream = streaming_pays(static_cast<int64_t>(out.nbytes()));
   at::parallel_for(0, a.N * a.C * Ho, tasks_per_grain(2 * a.W + (K + 1) * Wo), [&](int64_t begin, int64_t end) {
     std::vector<T*> maps(K);
     for_each_run(begin, end, a.C, Ho, [&](int64_t n, int64_t c, int64_t i, int64_t count) {
@@ -126,7 +126,7 @@ void backward_tiles(const at::Tensor& g, const at::Tensor& bank, const BranchArg
   const int64_t gsN = g.stride(0), gsC = g.stride(1), gsH = g.stride(2);
   const int64_t dsN = grad_y.stride(0), dsC = grad_y.stride(1), dsH = grad_y.stride(2);
   const bool runs_on = gsH == Wo && dsH == a.W && Wo >= V;  // as in forward_tiles
-  const bool stream = exceeds_last_level_cache(static_cast<int64_t>(grad_y.nbytes()));  // as forward_tiles' output
+  const bool stream = streaming_pays(static_cast<int64_t>(grad_y.nbytes()));  // as forward_tiles' output
   at::parallel_for(0, a.N * a.C * Ho, tasks_per_grain((L + 1) * Wo + 2 * a.W), [&](int64_t begin, int64_t end) {
     std::vector<const T*> sources(L);
     for_each_run(begin, end, a.C, Ho, [&](int64_t n, int64_t c, int64_t i, int64_t count) {
