@@ -41,15 +41,24 @@ def test_empty_batch_forward_and_backward():
 # ------------------------------------------------------------------------------------------------- NaN and Inf
 
 
+# Symmetric banks run their forward over classes of equal taps, summing inputs before they are weighted: an infinity
+# and its opposite in one class, or a NaN, must end as the reference's sum of products ends.
+BANKS = {"edges": lambda: fb.filters.bank("sobel_x", "laplacian8", fb.filters.gaussian(5, 1.0)),
+         "symmetric": lambda: fb.filters.bank(fb.filters.gaussian(5, 1.0), fb.filters.log(5, 1.0),
+                                              fb.filters.gabor(5, 1.5, 0.0, 3.0))}
+
+
+@pytest.mark.parametrize("bank_name", BANKS)
 @pytest.mark.parametrize("options", [{}, dict(identity=False, order="channel", stride=(2, 1))],
                          ids=["default", "options"])
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
-def test_nan_and_inf_propagate_as_in_the_reference(padding_mode, options):
-    bank = fb.filters.bank("sobel_x", "laplacian8", fb.filters.gaussian(5, 1.0)).float()
+def test_nan_and_inf_propagate_as_in_the_reference(padding_mode, options, bank_name):
+    bank = BANKS[bank_name]().float()
     y = torch.randn(1, 2, 9, 8)
     y[0, 0, 4, 4] = float("nan")
     y[0, 0, 0, 1] = float("inf")
     y[0, 1, 8, 7] = float("-inf")
+    y[0, 1, 2, 2], y[0, 1, 2, 6] = float("inf"), float("-inf")  # one class of a mirror-symmetric 5x5 filter
     y.requires_grad_()
     out = fb.fixed_branch(y, bank, padding_mode, **options)
     expected = reference.fixed_branch(y, bank, padding_mode, **options)

@@ -526,3 +526,40 @@ def test_column_groups_in_blocks_match_reference(layout, stride, dtype):
             (grad,) = torch.autograd.grad(out, y, g.to(dtype))
         assert_close(out, expected, dtype, f"forward, {bank.shape[0]} filters")
         assert_close(grad, expected_grad, dtype, f"gradient, {bank.shape[0]} filters")
+
+
+def _symmetric_bank(k: int, s1: int, s2: int, symmetry: str, gen: torch.Generator) -> torch.Tensor:
+    """k random filters with a symmetry every one shares, so that their taps fall into classes of equal weights:
+    mirror (both axes: classes of 4, 2, 1), point (180 degrees: classes of 2, 1), octo (both axes and the diagonal,
+    square: classes of 8, 4, 1) or levels (a few integer values: classes of any size)."""
+    if symmetry == "levels":
+        return torch.randint(-1, 3, (k, s1, s2), generator=gen).double()
+    a = torch.randn(k, s1, s2, generator=gen, dtype=torch.float64)
+    if symmetry == "octo":
+        a = a + a.transpose(1, 2)
+    if symmetry in ("mirror", "octo"):
+        a = a + a.flip(1)
+        return a + a.flip(2)
+    return a + a.flip(1).flip(2)
+
+
+# Direct filters whose taps share weights in every filter of a register block (symmetric banks: Gaussians, LoGs,
+# Gabors) are run over classes of taps, each class's inputs summed before the block's multiply-adds. Blocks of 1 to 8
+# filters (and 9 and 13: several blocks), classes of every size, the forward's three direct paths (NCHW rows at once,
+# channels_last row by row, strided planes), every padding mode, against the reference.
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("symmetry,s", [("mirror", (5, 5)), ("mirror", (4, 6)), ("point", (11, 11)),
+                                        ("point", (3, 5)), ("octo", (7, 7)), ("octo", (3, 3)), ("levels", (3, 3)),
+                                        ("levels", (5, 4))], ids=str)
+def test_symmetric_direct_banks_match_reference(symmetry, s, dtype):
+    gen = torch.Generator().manual_seed(23 + 7 * s[0] + s[1])
+    cases = list(zip((1, 2, 3, 5, 7, 8, 9, 13), ("contiguous", "channels_last") * 4, (1, 2, 1, (1, 2), 1, 2, 1, 1),
+                     PADDING_MODES * 2))
+    for k, layout, stride, mode in cases:
+        bank = _symmetric_bank(k, *s, symmetry, gen)
+        y64 = torch.randn(2, 3, 13, 37, generator=gen, dtype=torch.float64)
+        expected = reference.fixed_branch(y64, bank.to(dtype).double(), mode, stride=stride)
+        y = to_layout(y64.to(dtype), layout)
+        with factoring("never"):
+            out = fb.fixed_branch(y, bank.to(dtype), mode, stride=stride)
+        assert_close(out, expected, dtype, f"{k} filters, {layout}, stride {stride}, {mode}")

@@ -17,19 +17,23 @@ namespace fixedbranch {
 // ran the DCT 7x7 forward (in cache) and the Gaussian/LoG 7x7 one 1.1x slower than blocks of 4 and 3, or 4 and 4;
 // blocks of at most 6 ran them as fast or faster. The 16 registers of AVX2 hold KB = 4. kVectorRegisters: the ISA's
 // vector registers, which the backward's compile-time taps need 32 of (gather_rows_any, fixed_branch_cpu.cpp).
+// kMaxClassBranches: the same for the forward's passes over tap classes (correlate_classes), whose steps hold fewer
+// operands: 2*8 accumulators and 4 partial sums.
 #ifdef CPU_CAPABILITY_AVX512
 constexpr int kVectorRegisters = 32;
 constexpr int64_t kMaxBranches = 6;
+constexpr int64_t kMaxClassBranches = 8;
 #else
 constexpr int kVectorRegisters = 16;
 constexpr int64_t kMaxBranches = 4;
+constexpr int64_t kMaxClassBranches = 4;
 #endif
 
-// f(first, size) for each block of a run of n branches: as few blocks of at most kMaxBranches as possible, of even
-// sizes (the kernels run them so, correlate_blocks, and the cost model counts them so).
+// f(first, size) for each block of a run of n branches: as few blocks of at most `most` (kMaxBranches) as possible,
+// of even sizes (the kernels run them so, correlate_blocks, and the cost model counts them so).
 template <typename F>
-void for_each_branch_block(int64_t n, F&& f) {
-  const int64_t blocks = (n + kMaxBranches - 1) / kMaxBranches;
+void for_each_branch_block(int64_t n, F&& f, int64_t most = kMaxBranches) {
+  const int64_t blocks = (n + most - 1) / most;
   for (int64_t b = 0, first = 0; b < blocks; ++b) {
     const int64_t size = (n - first) / (blocks - b);
     f(first, size);

@@ -144,8 +144,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
       if (rows_at_once && Kd > 0) {
         for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], t.i0);
         with_bool(stream_out, [&](auto stream) {
-          correlate_blocks<false, stream>(Kd, tile.data(), sh * len, off, kb.direct_weights.data(), taps, dst.data(),
-                                          osH, n_rows, Wo);
+          correlate_direct<stream>(kb, tile.data(), sh * len, off, dst.data(), osH, n_rows, Wo);
         });
       }
       if (rows_at_once && U > 0) {
@@ -166,7 +165,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
         if (a.identity && cv == 1) store_row(src + centre * cv, Wo, cv, slot_row(0, i), osW, slot_osC, stream_out);
         if (Kd > 0 && !rows_at_once) {
           for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], i);
-          correlate_blocks(Kd, src, 0, off, kb.direct_weights.data(), taps, dst.data(), 0, 1, Wo * cv);
+          correlate_direct(kb, src, 0, off, dst.data(), 0, 1, Wo * cv);
         }
         if (U > 0 && !rows_at_once) {
           column_passes(src, 1);

@@ -102,8 +102,7 @@ void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar
         }
       }
       with_bool(stream_out, [&](auto stream) {
-        correlate_blocks<false, stream>(K, tile.data(), pitch, off.data(), kb.direct_weights.data(), taps, dst.data(),
-                                        dst_pitch, n, Wo);
+        correlate_direct<stream>(kb, tile.data(), pitch, off.data(), dst.data(), dst_pitch, n, Wo);
       });
       for (int64_t i = 0; i < n; ++i) {
         scalar_t* out_row = out_task + i * out.stride(2);
