@@ -34,6 +34,33 @@ FIXEDBRANCH_INLINE inline void static_for(F&& f) {
   static_for_each(f, std::make_integer_sequence<int, N>{});
 }
 
+// step(s, d, x, integral_constant<int, N>{}, last) over `rows` rows of `len` outputs (row r reads src + r *
+// src_pitch, writes dst[k] + r * dst_pitch): steps of U vectors, then the rest, fewer than U vectors, as one step of
+// as many vectors as it needs, whose last vector keeps `last` values: single vectors would load and broadcast as much
+// for a fraction of the multiply-adds (rows of 28 outputs ran 60% slower so).
+template <int KB, int U, typename opmath_t, typename Step>
+FIXEDBRANCH_INLINE inline void for_each_step(const opmath_t* src, int64_t src_pitch, opmath_t* const* dst,
+                                             int64_t dst_pitch, int64_t rows, int64_t len, Step&& step) {
+  constexpr int64_t V = at::vec::Vectorized<opmath_t>::size();
+  using std::integral_constant;
+  opmath_t* d[KB];
+  for (int64_t r = 0; r < rows; ++r) {
+    const opmath_t* s = src + r * src_pitch;
+    for (int k = 0; k < KB; ++k) d[k] = dst[k] + r * dst_pitch;
+    int64_t x = 0;
+    for (; x + U * V <= len; x += U * V) step(s, d, x, integral_constant<int, U>{}, V);
+    const int64_t rest = len - x;
+    if (rest == 0) continue;
+    const int64_t last = rest - (rest - 1) / V * V;  // values in the step's last vector
+    switch ((rest + V - 1) / V) {
+      case 1: step(s, d, x, integral_constant<int, 1>{}, last); break;
+      case 2: if constexpr (U >= 2) step(s, d, x, integral_constant<int, 2>{}, last); break;
+      case 3: if constexpr (U >= 3) step(s, d, x, integral_constant<int, 3>{}, last); break;
+      default: if constexpr (U >= 4) step(s, d, x, integral_constant<int, 4>{}, last); break;
+    }
+  }
+}
+
 // dst[k][x] = sum_t w[k * taps + t] * src[x + off[t]] for x in [0, len) and KB branches at once, for `rows` rows
 // whose src and dst lie src_pitch and dst_pitch apart.
 //
@@ -50,7 +77,7 @@ void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64
   constexpr int64_t V = Vec::size();
   static_assert(U * V <= kSlack<opmath_t>, "slack too small for one step");
   // N vectors from x on; the last one keeps `last` values (V: all).
-  auto step = [&](const opmath_t* s, opmath_t* const* d, int64_t x, auto vectors, int64_t last) {
+  auto step = [&](const opmath_t* s, opmath_t* const* d, int64_t x, auto vectors, int64_t last) FIXEDBRANCH_INLINE {
     constexpr int N = decltype(vectors)::value;
     Vec acc[KB][N];
     for (int k = 0; k < KB; ++k)
@@ -68,24 +95,7 @@ void correlate(const opmath_t* src, const int64_t* off, const opmath_t* w, int64
     for (int k = 0; k < KB; ++k)
       for (int u = 0; u < N; ++u) store_vector(acc[k][u], d[k] + x + u * V, u + 1 < N ? V : last, kStream);
   };
-  opmath_t* d[KB];
-  for (int64_t r = 0; r < rows; ++r) {
-    const opmath_t* s = src + r * src_pitch;
-    for (int k = 0; k < KB; ++k) d[k] = dst[k] + r * dst_pitch;
-    int64_t x = 0;
-    for (; x + U * V <= len; x += U * V) step(s, d, x, std::integral_constant<int, U>{}, V);
-    // The rest, fewer than U vectors, as one step of as many vectors as it needs: single vectors would load and
-    // broadcast as much for a fraction of the multiply-adds (rows of 28 outputs ran 60% slower so).
-    const int64_t rest = len - x;
-    if (rest == 0) continue;
-    const int64_t last = rest - (rest - 1) / V * V;  // values in the step's last vector
-    switch ((rest + V - 1) / V) {
-      case 1: step(s, d, x, std::integral_constant<int, 1>{}, last); break;
-      case 2: if constexpr (U >= 2) step(s, d, x, std::integral_constant<int, 2>{}, last); break;
-      case 3: if constexpr (U >= 3) step(s, d, x, std::integral_constant<int, 3>{}, last); break;
-      default: if constexpr (U >= 4) step(s, d, x, std::integral_constant<int, 4>{}, last); break;
-    }
-  }
+  for_each_step<KB, U>(src, src_pitch, dst, dst_pitch, rows, len, step);
 }
 
 // run(integral_constant KB, integral_constant U) for a run-time block of kb in 1..kMaxClassBranches branches: the
@@ -263,22 +273,7 @@ void correlate_classes(const opmath_t* src, const int64_t* off, const TapClasses
     for (int k = 0; k < KB; ++k)
       for (int u = 0; u < N; ++u) store_vector(acc[k][u], d[k] + x + u * V, u + 1 < N ? V : last, kStream);
   };
-  opmath_t* d[KB];
-  for (int64_t r = 0; r < rows; ++r) {
-    const opmath_t* s = src + r * src_pitch;
-    for (int k = 0; k < KB; ++k) d[k] = dst[k] + r * dst_pitch;
-    int64_t x = 0;
-    for (; x + U * V <= len; x += U * V) step(s, d, x, std::integral_constant<int, U>{}, V);
-    const int64_t rest = len - x;
-    if (rest == 0) continue;
-    const int64_t last = rest - (rest - 1) / V * V;
-    switch ((rest + V - 1) / V) {
-      case 1: step(s, d, x, std::integral_constant<int, 1>{}, last); break;
-      case 2: if constexpr (U >= 2) step(s, d, x, std::integral_constant<int, 2>{}, last); break;
-      case 3: if constexpr (U >= 3) step(s, d, x, std::integral_constant<int, 3>{}, last); break;
-      default: if constexpr (U >= 4) step(s, d, x, std::integral_constant<int, 4>{}, last); break;
-    }
-  }
+  for_each_step<KB, U>(src, src_pitch, dst, dst_pitch, rows, len, step);
 }
 
 // dst[x] = sum_s sum_t w[s * taps + t] * src[s][x + off[t]]: a sum over branches (the backward's, a factored
