@@ -1,6 +1,7 @@
 // The size of this machine's last-level cache, for the choices that depend on whether an operand stays in it.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 namespace fixedbranch {
@@ -27,11 +28,15 @@ int64_t owned_cache_bytes();
 inline bool streaming_pays(int64_t bytes) { return bytes > owned_cache_bytes(); }
 
 // Whether an operand of `bytes` read once should be prefetched in software: only from main memory, when it outgrows
-// the cache as listed. A factored bank's backward staged its gradient rows with prefetching 1.04-1.08x slower from
-// the 32 MiB L3 of the 2-core AMD EPYC (DCT 5x5 and 7x7, 3.8-7.4 MB of gradient) and 1.15-1.3x faster from its
-// memory (37-38 MB). On the Xeon guest, the 3x3 bank's backward prefetched from 32 MiB on was 1.1x slower at 37.5
-// MB and 0.85-0.92x at 150 MB, the DCT 5x5 bank's within noise: there the listing decides.
-inline bool prefetch_pays(int64_t bytes) { return bytes > last_level_cache_bytes(); }
+// the cache as listed or twice the cache counted on, whichever is less (reads keep their speed further than
+// writes: the Xeon guest read 56 GB/s up to 64 MiB, 53 at 96, 44 at 128, 25 at 256). A factored bank's backward
+// staged its gradient rows with prefetching 1.04-1.08x slower from the 32 MiB L3 of the 2-core AMD EPYC (DCT 5x5
+// and 7x7, 3.8-7.4 MB of gradient) and 1.15-1.3x faster from its memory (37-38 MB). On the Xeon guest the 3x3 bank's
+// backward prefetched was 1.1x slower at 37.5 MB and 0.85-0.92x at 150 MB; the DCT 5x5 and 7x7, Gaussian/LoG and
+// Gabor banks' within noise at both.
+inline bool prefetch_pays(int64_t bytes) {
+  return bytes > std::min(last_level_cache_bytes(), 2 * owned_cache_bytes());
+}
 
 }  // namespace cpu
 }  // namespace fixedbranch
