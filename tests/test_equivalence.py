@@ -546,8 +546,8 @@ def _symmetric_bank(k: int, s1: int, s2: int, symmetry: str, gen: torch.Generato
 # Direct filters whose taps share weights in every filter of a register block (symmetric banks: Gaussians, LoGs,
 # Gabors) are run over classes of taps, each class's inputs summed before the block's multiply-adds. Blocks of 1 to 8
 # filters (and 9 and 13: several blocks), classes of every size, the forward's three direct paths (NCHW rows at once,
-# channels_last row by row, strided planes), every padding mode, against the reference.
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+# channels_last row by row, strided planes), every padding mode and dtype, against the reference.
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("symmetry,s", [("mirror", (5, 5)), ("mirror", (4, 6)), ("point", (11, 11)),
                                         ("point", (3, 5)), ("octo", (7, 7)), ("octo", (3, 3)), ("levels", (3, 3)),
                                         ("levels", (5, 4))], ids=str)
@@ -557,9 +557,9 @@ def test_symmetric_direct_banks_match_reference(symmetry, s, dtype):
                      PADDING_MODES * 2))
     for k, layout, stride, mode in cases:
         bank = _symmetric_bank(k, *s, symmetry, gen)
-        y64 = torch.randn(2, 3, 13, 37, generator=gen, dtype=torch.float64)
-        expected = reference.fixed_branch(y64, bank.to(dtype).double(), mode, stride=stride)
-        y = to_layout(y64.to(dtype), layout)
+        y = torch.randn(2, 3, 13, 37, generator=gen, dtype=torch.float64).to(dtype)
+        expected = reference.fixed_branch(y.double(), bank.to(dtype).double(), mode, stride=stride)
+        y = to_layout(y, layout)
         with factoring("never"):
             out = fb.fixed_branch(y, bank.to(dtype), mode, stride=stride)
         assert_close(out, expected, dtype, f"{k} filters, {layout}, stride {stride}, {mode}")
