@@ -54,7 +54,7 @@ def report() -> tuple[list[str], bool]:
         listed, owned = getattr(_C, "cpu_cache_bytes", 0), getattr(_C, "cpu_owned_cache_bytes", 0)
         if listed:
             lines.append(_row("CPU cache", f"{listed / 2**20:g} MiB last level, {owned / 2**20:g} MiB counted on "
-                              "(streaming stores beyond it, prefetching beyond the last level)"))
+                              "(streaming stores beyond it, prefetching beyond twice it or the last level)"))
         if _has_kernel("CUDA"):
             lines.append(_row("CUDA kernels", "yes"))
             archs = getattr(_C, "cuda_arch_list", None)
