@@ -64,7 +64,6 @@ def test_large_operand_paths_match_reference():
     assert done.stdout.split()[-1] == "684", done.stdout
 
 
-
 SIZES = "from fixedbranch import _C; print(_C.cpu_cache_bytes, _C.cpu_owned_cache_bytes)"
 
 

@@ -156,7 +156,7 @@ struct TapClasses {
 // every class holds the same value for each filter and NaN or infinite inputs propagate as in the direct sum).
 template <typename opmath_t>
 TapClasses<opmath_t> tap_classes(const opmath_t* w, int64_t kb, int64_t taps) {
-  std::vector<int64_t> order(taps), class_of(taps, -1);
+  std::vector<int64_t> order(taps);
   std::iota(order.begin(), order.end(), 0);
   // A strict weak order for the sort: NaN after every number, NaNs alike, ties by tap.
   auto before = [](opmath_t x, opmath_t y) { return x != x ? false : y != y || x < y; };
@@ -174,18 +174,13 @@ TapClasses<opmath_t> tap_classes(const opmath_t* w, int64_t kb, int64_t taps) {
     return true;
   };
   std::sort(order.begin(), order.end(), less);
-  std::vector<int64_t> lead(taps);              // the first tap of each tap's class
-  for (int64_t i = 0; i < taps; ++i)
-    lead[order[i]] = i > 0 && same(order[i - 1], order[i]) ? lead[order[i - 1]] : order[i];
-  TapClasses<opmath_t> tc;
+  // Equal taps lie next to each other in that order, each class's in increasing tap order.
   std::vector<std::vector<int64_t>> classes;
-  for (int64_t t = 0; t < taps; ++t) {
-    if (class_of[lead[t]] < 0) {
-      class_of[lead[t]] = static_cast<int64_t>(classes.size());
-      classes.emplace_back();
-    }
-    classes[class_of[lead[t]]].push_back(t);
+  for (int64_t i = 0; i < taps; ++i) {
+    if (i == 0 || !same(order[i - 1], order[i])) classes.emplace_back();
+    classes.back().push_back(order[i]);
   }
+  TapClasses<opmath_t> tc;
   // Largest classes first: runs of classes of one size, whose sums a step unrolls (correlate_classes).
   std::stable_sort(classes.begin(), classes.end(), [](const auto& a, const auto& b) { return a.size() > b.size(); });
   tc.count = static_cast<int64_t>(classes.size());
@@ -199,7 +194,6 @@ TapClasses<opmath_t> tap_classes(const opmath_t* w, int64_t kb, int64_t taps) {
     for (int64_t c = 0; c < tc.count; ++c) tc.weights[k * tc.count + c] = w[k * taps + classes[c][0]];
   return tc;
 }
-
 
 // correlate<KB, U> (kExactTail false) with the block's taps in classes: dst[k][x] = sum_c tc.weights[k * count + c]
 // * sum_{t in c} src[x + off[t]]. Same operands, same rows and the same stores as correlate.

@@ -757,12 +757,10 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
                 if (sum_in_registers) {
                   const opmath_t* w = group_mix[u].data();
                   auto run = [&](auto taps) {
-                    constexpr int kS2 = decltype(taps)::value;
-                    if (sw == 1) {
-                      transposed_row_sums<kS2, 1>(first, pitch, source_off.data(), ns, w, Wo, pw, h_first, h_pitch, nO);
-                    } else {
-                      transposed_row_sums<kS2, 2>(first, pitch, source_off.data(), ns, w, Wo, pw, h_first, h_pitch, nO);
-                    }
+                    with_bool(sw == 2, [&](auto two) {
+                      transposed_row_sums<decltype(taps)::value, two ? 2 : 1>(first, pitch, source_off.data(), ns, w,
+                                                                              Wo, pw, h_first, h_pitch, nO);
+                    });
                   };
                   using std::integral_constant;
                   switch (S2) {
