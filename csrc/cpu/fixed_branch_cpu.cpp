@@ -246,7 +246,9 @@ struct Gather {
 // multiply-add, and a 3x3 filter's taps held in registers, no weight load either. Against the general gather, 3x3 K=4
 // (y = 4x7x96x96 float32, 2 threads) 0.92x the time; Gaussian/LoG 7x7 (K=8, 5 and 37 MB outputs) 0.81-0.82x; the
 // six direct filters of the Gabor 11x11 bank 0.84-0.87x the whole backward; the column passes of the DCT 5x5 and 7x7
-// backward 0.91-0.96x.
+// backward 0.91-0.96x. Its inputs and weights pinned in registers (in_register) and only the vectors that reach past
+// a row's ends masked (rows read in place, W = 96: two of three steps, one vector of two): Gaussian/LoG 7x7 0.85x
+// the time, Gabor 11x11 0.93-0.95x, 3x3 0.95x (y of 1-4 MB, 2 threads).
 //
 // The sums start from zero, from dst (kAccumulate) or, if `init` is given, from init[r] instead of dst[r].
 template <int R, int U, bool kAccumulate, int kS1 = 0, int kS2 = 0, typename opmath_t>
@@ -283,16 +285,24 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
       for (int t = 0; t < kS2; ++t) f(t);
     }
   };
-  // Rows read where they lie need masked loads only in the steps that reach past either end.
+  // Rows read where they lie need masked loads only in the vectors that reach past either end.
+  constexpr int kNoVector = 0, kFirstVector = 1, kLastVector = 2, kEveryVector = 3;
   int64_t dcv_min = 0, dcv_max = 0;
   for (int t = 0; t < kS2; ++t) dcv_min = std::min(dcv_min, fixed_dcv[t]), dcv_max = std::max(dcv_max, fixed_dcv[t]);
+  // masked: which vectors of a step load through windows, the others loading whole vectors: kNoVector, kFirstVector
+  // (a row's first step), kLastVector (its last) or kEveryVector (a step that reaches past both ends).
   auto fixed_step = [&](int64_t e, Vec (&acc)[R][U], auto masked) FIXEDBRANCH_INLINE {
+    constexpr int kMasked = decltype(masked)::value;
+    auto masks = [](int u) constexpr {
+      return kMasked == kEveryVector || (kMasked == kFirstVector && u == 0) || (kMasked == kLastVector && u == U - 1);
+    };
     // The windows of a masked step are the same for every source row.
     using Window = LaneWindow<opmath_t>;
-    std::optional<Window> window[decltype(masked)::value ? kS2 : 1][U];
-    if constexpr (decltype(masked)::value) {
+    std::optional<Window> window[kMasked != kNoVector ? kS2 : 1][U];
+    if constexpr (kMasked != kNoVector) {
       for (int t = 0; t < kS2; ++t)
-        for (int u = 0; u < U; ++u) window[t][u].emplace(shift + e - fixed_dcv[t] + u * V, g.width);
+        for (int u = 0; u < U; ++u)
+          if (masks(u)) window[t][u].emplace(shift + e - fixed_dcv[t] + u * V, g.width);
     }
     for (int64_t l = 0; l < g.L; ++l) {
       const opmath_t* wl = g.w + l * kS1 * kS2;
@@ -308,11 +318,12 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
           Vec in[U];
           for (int u = 0; u < U; ++u) {
             const int64_t x = shift + e - fixed_dcv[t] + u * V;
-            if constexpr (decltype(masked)::value) {
+            if (kMasked != kNoVector && masks(u)) {
               in[u] = window[t][u]->load(row + x);
             } else {
               in[u] = Vec::loadu(row + x);
             }
+            in[u] = in_register(in[u]);  // one load for every row it feeds
           }
           static_for<R>([&](auto r) FIXEDBRANCH_INLINE {
             constexpr int a = kS1 - 1 + r - i;  // row tap of output row r
@@ -321,7 +332,7 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
               if constexpr (kHoldTaps) {
                 wv = w[a][t];
               } else {
-                wv = Vec(wl[a * kS2 + t]);
+                wv = in_register(Vec(wl[a * kS2 + t]));  // one broadcast for the U multiply-adds
               }
               for (int u = 0; u < U; ++u) acc[r][u] = at::vec::fmadd(wv, in[u], acc[r][u]);
             }
@@ -353,11 +364,18 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
     }
   };
   auto step = [&](int64_t e, Vec (&acc)[R][U]) FIXEDBRANCH_INLINE {
+    using std::integral_constant;
     if constexpr (kS1 > 0) {
-      if (g.width > 0 && (shift + e - dcv_max < 0 || shift + e + U * V - dcv_min > g.width)) {
-        fixed_step(e, acc, std::true_type{});
+      const int64_t x = shift + e;
+      const bool left = g.width > 0 && x - dcv_max < 0, right = g.width > 0 && x + U * V - dcv_min > g.width;
+      if (!left && !right) {
+        fixed_step(e, acc, integral_constant<int, kNoVector>{});
+      } else if (!right && x + V - dcv_max >= 0) {
+        fixed_step(e, acc, integral_constant<int, kFirstVector>{});
+      } else if (!left && x + (U - 1) * V - dcv_min <= g.width) {
+        fixed_step(e, acc, integral_constant<int, kLastVector>{});
       } else {
-        fixed_step(e, acc, std::false_type{});
+        fixed_step(e, acc, integral_constant<int, kEveryVector>{});
       }
     } else {
       any_step(e, acc);
@@ -566,8 +584,20 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   // column any phase reads.
   const int64_t E = (S2 - 1) / sw, Wg = E + std::max(Wo, ceil_div(pw, sw));
   const bool cl = is_channels_last(grad_y);
-  const Tiling tl =
-      make_tiling(C, H, (std::max<int64_t>(L, 1) * Wg + G * pw) / sh + W + pw, 1, (S1 - 1) / sh, cl, sizeof(opmath_t));
+  // A direct bank at stride 1 whose live filters share tap classes (symmetric banks: Gaussians, LoGs) gathers from
+  // class mixes, the adjoint of the forward's correlate_classes: mix_c[o] = sum_l w_l(c) g_l[o] for every gradient
+  // row o, then padded pixel (p, q) sums mix_c[p - a][q - b] over the classes c and their taps (a, b), weight one.
+  // Gaussian/LoG 7x7, K = 8: 10 classes, 80 multiply-adds and 49 adds a vector where the gather did 392
+  // multiply-adds. One channel a pixel (NCHW).
+  TapClasses<opmath_t> classes;
+  if (G == 0 && Ld > 1 && sh == 1 && sw == 1) classes = tap_classes(wl.data(), Ld, taps);
+  const int64_t class_count = 2 * (classes.count * Ld + taps) <= Ld * taps ? classes.count : 0;
+  std::vector<opmath_t> class_weights(class_count * Ld);  // [c * Ld + l]: live filter l's weight on class c
+  for (int64_t c = 0; c < class_count; ++c)
+    for (int64_t l = 0; l < Ld; ++l) class_weights[c * Ld + l] = classes.weights[l * classes.count + c];
+  const Tiling tl = make_tiling(C, H, (std::max<int64_t>(L, 1) * Wg + G * pw + class_count * Wg) / sh + W + pw, 1,
+                                (S1 - 1) / sh, cl, sizeof(opmath_t));
+  const bool by_classes = class_count > 0 && tl.cv == 1;
   const int64_t max_rows = (tl.rows + S1 - 2) / sh + 2;  // gradient rows one run of padded rows reads
   const bool identity_live = a.identity && !a.stopped[0];
   const int64_t cv_tail = C % tl.cv == 0 ? tl.cv : C % tl.cv;
@@ -640,6 +670,21 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     std::vector<const scalar_t*> slot_rows(L);   // channels_last: one gradient row of each live filter
     std::vector<opmath_t*> staged_rows(L);       // and where it is staged
     std::vector<opmath_t> pixel_block(tl.cv > 1 ? a.B * tl.cv : 0);  // channels_last, channel order: one pixel
+    // Class c's mix of gradient row o at class_mix[(c * mix_rows_per_class + o - o0 + S1 - 1) * g_pitch + E], laid
+    // out as a staged row (its zero borders, from the initialisation, are never written) between S1 - 1 rows of zeros
+    // standing for the rows outside the gradient, so that every padded row sums the same offsets.
+    const int64_t mix_rows_per_class = max_rows + 2 * (S1 - 1);
+    std::vector<opmath_t> class_mix(by_classes ? class_count * mix_rows_per_class * g_pitch + kSlack<opmath_t> : 0);
+    std::vector<opmath_t*> mix_rows(class_count);
+    std::vector<int64_t> mix_off(Ld);
+    // Padded row p sums, for every class c and tap (a, b) in it, mix_c's row p - a from column -b: these offsets from
+    // mix_0's row p.
+    std::vector<int64_t> class_tap_off;
+    for (int64_t c = 0; c < class_count; ++c)
+      for (int64_t m = classes.begin[c]; m < classes.begin[c + 1]; ++m) {
+        const int64_t tap = classes.members[m];
+        class_tap_off.push_back((c * mix_rows_per_class - tap / S2) * g_pitch - tap % S2);
+      }
     for (int64_t id = begin; id < end; ++id) {
       const Task t = locate(tl, id, C, H);
       const int64_t cv = t.cv;
@@ -683,6 +728,24 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
         // one gradient slot after another, then run their transposed row passes: read row by row across 25-49 slots
         // at once, the DCT banks' backward ran 1.3-1.5x slower at 38 MB.
         const bool incremental = G == 0;
+        auto mixed_row = [&](int64_t c, int64_t o) {
+          return class_mix.data() + (c * mix_rows_per_class + o - o0 + S1 - 1) * g_pitch + E;
+        };
+        // Rows outside the gradient read as zeros (their slots may hold another run's mixes); the other rows around
+        // o0 .. o1 - 1 are never read.
+        for (int64_t c = 0; c < class_count; ++c)
+          for (int64_t i = 1; i < S1; ++i) {
+            if (o0 - i < 0) std::fill_n(mixed_row(c, o0 - i), Wo, opmath_t(0));
+            if (o1 - 1 + i >= Ho) std::fill_n(mixed_row(c, o1 - 1 + i), Wo, opmath_t(0));
+          }
+        // Gradient row o's class mixes, from every live filter's row o, staged or where it lies.
+        auto mix_classes = [&](int64_t o) {
+          const opmath_t* first = g_rows[o - o0];
+          for (int64_t l = 0; l < Ld; ++l) mix_off[l] = g_rows[l * nO + (o - o0)] - first;
+          for (int64_t c = 0; c < class_count; ++c) mix_rows[c] = mixed_row(c, o);
+          correlate_blocks<true>(class_count, first, 0, mix_off.data(), class_weights.data(), Ld, mix_rows.data(), 0,
+                                 1, Wo);
+        };
         int64_t staged = o0;  // rows o0 .. staged-1 are staged
         auto stage_until = [&](int64_t o_end) {
           for (; staged < o_end; ++staged) {
@@ -711,6 +774,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
             }
             if (prefetch_g && identity_starts_sums && staged + kAheadRows < Ho)
               prefetch_pixels(g_slot(0) + (staged + kAheadRows) * g.stride(2), v, Wo);
+            if (by_classes) mix_classes(staged);
           }
         };
         if (!incremental) {
@@ -824,7 +888,13 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
           if (identity_in_gather) accumulate = identity_starts_sums;
           for (int64_t r = 0; r < nr && identity_starts_sums; ++r)
             identity_rows[r] = reinterpret_cast<const opmath_t*>(g_slot(0) + (p + r - pad.top) * g.stride(2));
-          if (Ld > 0) {
+          if (Ld > 0 && by_classes) {
+            for (int64_t r = 0; r < nr; ++r) {
+              const opmath_t* start = identity_starts_sums ? identity_rows[r] : accumulate ? dst[r] : nullptr;
+              sum_rows(mixed_row(0, p + r) + qa, class_tap_off.data(), taps, start, dst[r], qb - qa);
+            }
+            accumulate = true;
+          } else if (Ld > 0) {
             gather_columns(direct, g_phases, cv, p, nr, qa, qb, dst, accumulate, phase_buf.data(), phase_pitch,
                            identity_starts_sums ? identity_rows : nullptr);
             accumulate = true;
