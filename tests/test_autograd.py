@@ -6,7 +6,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import fixedbranch as fb
 
-from .common import PADDING_MODES, backward_op, cpu_and_cuda
+from .common import PADDING_MODES, backward_op, cpu_and_cuda, factoring
 
 
 def _bank(device):
@@ -27,6 +27,19 @@ def test_fixed_branch_gradcheck(mode, stop, device):
         assert gradcheck(fn, (y,))
     # The backward is linear in g, stop set included: its own derivative must be exact.
     assert gradgradcheck(fn, (y,))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("mode", PADDING_MODES)
+def test_symmetric_bank_gradcheck(mode, device):
+    # Gaussians and LoGs run direct: on the CPU their backward sums class mixes of the gradients (equal taps).
+    sigmas = (0.8, 1.2, 1.6)
+    bank = fb.filters.bank(*(fb.filters.gaussian(5, s) for s in sigmas), *(fb.filters.log(5, s) for s in sigmas))
+    y = torch.randn(2, 2, 7, 9, dtype=torch.float64, device=device, requires_grad=True)
+    fn = lambda t: fb.fixed_branch(t, bank.to(device), mode, (2,))  # noqa: E731
+    with factoring("never"):
+        assert gradgradcheck(fn, (y,))
+        assert gradcheck(lambda t: fb.fixed_branch(t, bank.to(device), mode), (y,))
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
