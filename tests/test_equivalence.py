@@ -568,21 +568,22 @@ def test_symmetric_direct_banks_match_reference(symmetry, s, dtype):
 
 # Their backward at stride 1 (one channel a pixel) gathers from one mix of the gradients per class of taps, each
 # class's taps then summing its mix with weight one. Banks of 2 to 13 filters, every padding mode, stop sets with and
-# without the identity, gradients contiguous, expanded and sliced (staged instead of read where they lie), every
-# dtype, against the reference's gradient in float64.
+# without the identity, both orders, gradients contiguous, expanded and sliced (staged instead of read where they
+# lie) and channels_last (which gathers), every dtype, against the reference's gradient in float64.
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("symmetry,s", [("mirror", (5, 5)), ("mirror", (4, 6)), ("point", (11, 11)),
                                         ("octo", (7, 7)), ("octo", (3, 3)), ("levels", (3, 3))], ids=str)
 def test_symmetric_direct_banks_gradients_match_reference(symmetry, s, dtype):
     gen = torch.Generator().manual_seed(29 + 7 * s[0] + s[1])
     cases = list(zip((2, 3, 5, 8, 9, 13), PADDING_MODES * 2, ((), (1,), (0,), (2,), (), (0, 3)),
-                     (True, True, True, False, False, True), ("contiguous", "expanded", "sliced") * 2))
-    for k, mode, stop, identity, layout in cases:
+                     (True, True, True, False, False, True), ORDERS * 3,
+                     ("contiguous", "expanded", "channels_last", "sliced", "contiguous", "channels_last")))
+    for k, mode, stop, identity, order, layout in cases:
         bank = _symmetric_bank(k, *s, symmetry, gen).to(dtype)
         g = make_grad((2, 3 * (k + int(identity)), 13, 37), dtype, "cpu", layout, gen)
         y = torch.zeros(2, 3, 13, 37, dtype=torch.float64, requires_grad=True)
-        out = reference.fixed_branch(y, bank.double(), mode, stop, identity)
+        out = reference.fixed_branch(y, bank.double(), mode, stop, identity, order)
         (expected,) = torch.autograd.grad(out, y, g.double())
         with factoring("never"):
-            grad = backward_op(g, bank, mode, stop, identity)
-        assert_close(grad, expected, dtype, f"{k} filters, stop {stop}, identity {identity}, {layout}, {mode}")
+            grad = backward_op(g, bank, mode, stop, identity, order)
+        assert_close(grad, expected, dtype, f"{k} filters, stop {stop}, identity {identity}, {order}, {layout}, {mode}")

@@ -591,13 +591,15 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   // multiply-adds. One channel a pixel (NCHW).
   TapClasses<opmath_t> classes;
   if (G == 0 && Ld > 1 && sh == 1 && sw == 1) classes = tap_classes(wl.data(), Ld, taps);
-  const int64_t class_count = 2 * (classes.count * Ld + taps) <= Ld * taps ? classes.count : 0;
+  const bool classes_pay = 2 * (classes.count * Ld + taps) <= Ld * taps;
+  const Tiling tl =
+      make_tiling(C, H, (std::max<int64_t>(L, 1) * Wg + G * pw + (classes_pay ? classes.count * Wg : 0)) / sh + W + pw,
+                  1, (S1 - 1) / sh, cl, sizeof(opmath_t));
+  const int64_t class_count = classes_pay && tl.cv == 1 ? classes.count : 0;
+  const bool by_classes = class_count > 0;
   std::vector<opmath_t> class_weights(class_count * Ld);  // [c * Ld + l]: live filter l's weight on class c
   for (int64_t c = 0; c < class_count; ++c)
     for (int64_t l = 0; l < Ld; ++l) class_weights[c * Ld + l] = classes.weights[l * classes.count + c];
-  const Tiling tl = make_tiling(C, H, (std::max<int64_t>(L, 1) * Wg + G * pw + class_count * Wg) / sh + W + pw, 1,
-                                (S1 - 1) / sh, cl, sizeof(opmath_t));
-  const bool by_classes = class_count > 0 && tl.cv == 1;
   const int64_t max_rows = (tl.rows + S1 - 2) / sh + 2;  // gradient rows one run of padded rows reads
   const bool identity_live = a.identity && !a.stopped[0];
   const int64_t cv_tail = C % tl.cv == 0 ? tl.cv : C % tl.cv;
