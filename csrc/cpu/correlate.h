@@ -335,29 +335,22 @@ void correlate_sum(const opmath_t* const* src, int64_t nsrc, const int64_t* off,
 
 // dst[x] = start[x] + sum_i src[x + off[i]] for x in [0, len), from zero if start is null: the backward's gather over
 // tap classes, whose weights are all one. src must be readable a vector past len + off[i]; start (which may be dst)
-// and dst are read and written only in [0, len). Four vectors a step, each its own sum, so that the adds' latency
+// and dst are read and written only in [0, len). Steps of four vectors, each its own sum, so that the adds' latency
 // overlaps.
 template <typename opmath_t>
 void sum_rows(const opmath_t* src, const int64_t* off, int64_t n, const opmath_t* start, opmath_t* dst, int64_t len) {
   using Vec = at::vec::Vectorized<opmath_t>;
   constexpr int64_t V = Vec::size();
-  constexpr int U = 4;
-  int64_t x = 0;
-  for (; x + U * V <= len; x += U * V) {
-    Vec acc[U];
-    for (int u = 0; u < U; ++u) acc[u] = start ? Vec::loadu(start + x + u * V) : Vec(opmath_t(0));
-    for (int64_t i = 0; i < n; ++i) {
-      const opmath_t* at = src + off[i] + x;
-      for (int u = 0; u < U; ++u) acc[u] = acc[u] + Vec::loadu(at + u * V);
-    }
-    for (int u = 0; u < U; ++u) acc[u].store(dst + x + u * V);
-  }
-  for (; x < len; x += V) {
-    const int64_t m = std::min(V, len - x);
-    Vec acc = start ? Vec::loadu(start + x, m) : Vec(opmath_t(0));
-    for (int64_t i = 0; i < n; ++i) acc = acc + Vec::loadu(src + off[i] + x);
-    acc.store(dst + x, m);
-  }
+  auto step = [&](const opmath_t* s, opmath_t* const* d, int64_t x, auto vectors, int64_t last) FIXEDBRANCH_INLINE {
+    constexpr int N = decltype(vectors)::value;
+    Vec acc[N];
+    for (int u = 0; u < N; ++u)
+      acc[u] = start ? Vec::loadu(start + x + u * V, u + 1 < N ? V : last) : Vec(opmath_t(0));
+    for (int64_t i = 0; i < n; ++i)
+      for (int u = 0; u < N; ++u) acc[u] = acc[u] + Vec::loadu(s + off[i] + x + u * V);
+    for (int u = 0; u < N; ++u) acc[u].store(d[0] + x + u * V, u + 1 < N ? V : last);
+  };
+  for_each_step<1, 4>(src, 0, &dst, 0, 1, len, step);
 }
 
 #if defined(CPU_CAPABILITY_AVX512)

@@ -591,7 +591,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   // multiply-adds. One channel a pixel (NCHW).
   TapClasses<opmath_t> classes;
   if (G == 0 && Ld > 1 && sh == 1 && sw == 1) classes = tap_classes(wl.data(), Ld, taps);
-  const bool classes_pay = 2 * (classes.count * Ld + taps) <= Ld * taps;
+  const bool classes_pay = classes.count > 0 && 2 * (classes.count * Ld + taps) <= Ld * taps;
   const Tiling tl =
       make_tiling(C, H, (std::max<int64_t>(L, 1) * Wg + G * pw + (classes_pay ? classes.count * Wg : 0)) / sh + W + pw,
                   1, (S1 - 1) / sh, cl, sizeof(opmath_t));
@@ -601,6 +601,15 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   for (int64_t c = 0; c < class_count; ++c)
     for (int64_t l = 0; l < Ld; ++l) class_weights[c * Ld + l] = classes.weights[l * classes.count + c];
   const int64_t max_rows = (tl.rows + S1 - 2) / sh + 2;  // gradient rows one run of padded rows reads
+  // Padded row p sums, for every class c and tap (a, b) in it, mix_c's row p - a from column -b (the task's class_mix,
+  // staged rows Wg pixels apart): these offsets from mix_0's row p.
+  const int64_t mix_rows_per_class = max_rows + 2 * (S1 - 1);
+  std::vector<int64_t> class_tap_off;
+  for (int64_t c = 0; c < class_count; ++c)
+    for (int64_t m = classes.begin[c]; m < classes.begin[c + 1]; ++m) {
+      const int64_t tap = classes.members[m];
+      class_tap_off.push_back((c * mix_rows_per_class - tap / S2) * Wg - tap % S2);
+    }
   const bool identity_live = a.identity && !a.stopped[0];
   const int64_t cv_tail = C % tl.cv == 0 ? tl.cv : C % tl.cv;
   const Phases g_phases_full = make_phases(S2, sw, tl.cv), g_phases_tail = make_phases(S2, sw, cv_tail);
@@ -675,18 +684,9 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     // Class c's mix of gradient row o at class_mix[(c * mix_rows_per_class + o - o0 + S1 - 1) * g_pitch + E], laid
     // out as a staged row (its zero borders, from the initialisation, are never written) between S1 - 1 rows of zeros
     // standing for the rows outside the gradient, so that every padded row sums the same offsets.
-    const int64_t mix_rows_per_class = max_rows + 2 * (S1 - 1);
     std::vector<opmath_t> class_mix(by_classes ? class_count * mix_rows_per_class * g_pitch + kSlack<opmath_t> : 0);
     std::vector<opmath_t*> mix_rows(class_count);
     std::vector<int64_t> mix_off(Ld);
-    // Padded row p sums, for every class c and tap (a, b) in it, mix_c's row p - a from column -b: these offsets from
-    // mix_0's row p.
-    std::vector<int64_t> class_tap_off;
-    for (int64_t c = 0; c < class_count; ++c)
-      for (int64_t m = classes.begin[c]; m < classes.begin[c + 1]; ++m) {
-        const int64_t tap = classes.members[m];
-        class_tap_off.push_back((c * mix_rows_per_class - tap / S2) * g_pitch - tap % S2);
-      }
     for (int64_t id = begin; id < end; ++id) {
       const Task t = locate(tl, id, C, H);
       const int64_t cv = t.cv;
