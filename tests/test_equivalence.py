@@ -457,7 +457,8 @@ def test_square_backward_in_row_blocks_matches_reference(size, layout, dtype):
 # Factored banks' backward in NCHW at column stride 1 or 2 sums each column's transposed row passes in registers (at
 # stride 2 both phases, interleaved), for the odd row widths 3 to 11 (up to 7 in float64): rows shorter than a
 # vector, rows of several vectors and a partial one, gradients read in place (contiguous) or staged (sliced,
-# expanded), the identity live or absent, zero and reflect padding, filters taller or shorter than wide (column passes of 3 to 11 taps).
+# expanded), the identity live or absent, zero and reflect padding, filters taller or shorter than wide (column
+# passes of 3 to 11 taps).
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("stride", [1, 2, (1, 2), (2, 1)], ids=str)
 @pytest.mark.parametrize("s", [(3, 3), (5, 5), (7, 7), (5, 9), (9, 5), (11, 11), (3, 11), (7, 4)], ids=str)
