@@ -588,3 +588,25 @@ def test_symmetric_direct_banks_gradients_match_reference(symmetry, s, dtype):
         with factoring("never"):
             grad = backward_op(g, bank, mode, stop, identity, order)
         assert_close(grad, expected, dtype, f"{k} filters, stop {stop}, identity {identity}, {order}, {layout}, {mode}")
+
+
+# Banks of factored and direct filters (Gabor banks: filters at 0 and 90 degrees factor, the oblique ones do not): at
+# stride 1 the direct filters' gather reads the gradient's rows where they lie (contiguous) or staged (sliced,
+# expanded, channels_last), its sums starting from the identity's gradient in zero mode, and the factored filters'
+# passes add theirs. Stopped direct and factored filters, no identity, every padding mode, both orders, every dtype.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("s", [(3, 3), (5, 5), (11, 11), (5, 7)], ids=str)
+def test_banks_of_factored_and_direct_filters_gradients_match_reference(s, dtype):
+    gen = torch.Generator().manual_seed(31 + 5 * s[0] + s[1])
+    factored, direct = separable_bank(4, *s, gen), torch.randn(3, *s, generator=gen, dtype=torch.float64)
+    bank = torch.cat([direct[:1], factored, direct[1:]])  # direct filters first, between and after factored ones
+    cases = zip(PADDING_MODES * 2, ((), (1,), (2, 4), (0,), (), (1, 7)), (True, True, False, True, False, True),
+                ORDERS * 3, ("contiguous", "sliced", "contiguous", "expanded", "channels_last", "contiguous"))
+    for mode, stop, identity, order, layout in cases:
+        g = make_grad((2, 3 * (len(bank) + int(identity)), 14, 37), dtype, "cpu", layout, gen)
+        y = torch.zeros(2, 3, 14, 37, dtype=torch.float64, requires_grad=True)
+        out = reference.fixed_branch(y, bank, mode, stop, identity, order)
+        (expected,) = torch.autograd.grad(out, y, g.double())
+        with factoring("always"):
+            grad = backward_op(g, bank.to(dtype), mode, stop, identity, order)
+        assert_close(grad, expected, dtype, f"stop {stop}, identity {identity}, {order}, {layout}, {mode}")
