@@ -751,16 +751,20 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
             if (o0 - i < 0) std::fill_n(mixed_row(c, o0 - i), Wo, opmath_t(0));
             if (o1 - 1 + i >= Ho) std::fill_n(mixed_row(c, o1 - 1 + i), Wo, opmath_t(0));
           }
-        // Gradient row o's class mixes, from every live filter's row o, staged or where it lies.
-        auto mix_classes = [&](int64_t o) {
+        // Gradient rows o .. o+n-1's class mixes, from every live filter's rows, staged or where they lie (equally far
+        // apart in every slot either way): the rows a block of output rows reaches, mixed in one pass, not one pass a
+        // row (Gaussian/LoG 7x7 backward 0.98x the time at 5, 37 and 150 MB).
+        auto mix_classes = [&](int64_t o, int64_t n) {
           const opmath_t* first = g_rows[o - o0];
+          const int64_t pitch = n > 1 ? g_rows[o - o0 + 1] - first : 0;
           for (int64_t l = 0; l < Ld; ++l) mix_off[l] = g_rows[l * nO + (o - o0)] - first;
           for (int64_t c = 0; c < class_count; ++c) mix_rows[c] = mixed_row(c, o);
-          correlate_blocks<true>(class_count, first, 0, mix_off.data(), class_weights.data(), Ld, mix_rows.data(), 0,
-                                 1, Wo);
+          correlate_blocks<true>(class_count, first, pitch, mix_off.data(), class_weights.data(), Ld, mix_rows.data(),
+                                 g_pitch, n, Wo);
         };
         int64_t staged = o0;  // rows o0 .. staged-1 are staged
         auto stage_until = [&](int64_t o_end) {
+          const int64_t unmixed = staged;
           for (; staged < o_end; ++staged) {
             if (cv > 1) {
               // channels_last: every live slot's row at once, pixel by pixel (stage_zero_padded_pixels).
@@ -787,8 +791,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
             }
             if (prefetch_g && identity_starts_sums && staged + kAheadRows < Ho)
               prefetch_pixels(g_slot(0) + (staged + kAheadRows) * g.stride(2), v, Wo);
-            if (by_classes) mix_classes(staged);
           }
+          if (by_classes && staged > unmixed) mix_classes(unmixed, staged - unmixed);
         };
         if (!incremental) {
           // Slot after slot; from main memory, each row prefetched kAheadRows rows (in this order) before it is
