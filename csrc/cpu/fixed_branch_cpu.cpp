@@ -297,11 +297,11 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
     }
     for (int64_t l = 0; l < g.L; ++l) {
       const opmath_t* wl = g.w + l * kS1 * kS2;
-      // Up to nine taps are held for the whole step, source row by source row. Larger filters run column tap by
-      // column tap, the column's kS1 weights broadcast once for all kRowsRead source rows instead of once per row and
-      // tap (R of them per row): a 7x7 or 11x11 step then issues about half the loads for its multiply-adds (0.44 a
-      // multiply-add for 11x11 instead of 0.82). One Xeon core, staged rows, 8 sources: 3.4-3.5 -> 4.0-4.1 G vector
-      // multiply-adds a second for 11x11, 3.4-3.5 -> 3.8-3.95 for 7x7 (with its columns unrolled, 3.6).
+      // Held taps pass source row by source row. Larger filters run column tap by column tap, the column's kS1
+      // weights broadcast once for all kRowsRead source rows instead of once per row and tap (R of them per row): a
+      // 7x7 or 11x11 step then issues about half the loads for its multiply-adds (0.44 a multiply-add for 11x11
+      // instead of 0.82). One Xeon core, staged rows, 8 sources: 3.4-3.5 -> 4.0-4.1 G vector multiply-adds a second
+      // for 11x11, 3.4-3.5 -> 3.8-3.95 for 7x7 (with its columns unrolled, 3.6).
       Vec held[kHoldTaps ? kS2 : 1][kS1];
       if constexpr (kHoldTaps) {
         static_for<kS2>([&](auto t) FIXEDBRANCH_INLINE {
