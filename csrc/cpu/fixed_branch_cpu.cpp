@@ -726,6 +726,10 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
           g_rows[l * nO + (o - o0)] = row + E * cv;
           return row;
         };
+        // Slot l's gradient row o read where it lies (g_in_place): the gathers read it through lane windows.
+        auto point_at_row = [&](int64_t l, int64_t o) {
+          g_rows[l * nO + (o - o0)] = reinterpret_cast<const opmath_t*>(g_base[l] + o * g.stride(2));
+        };
         // One channel a pixel (NCHW): every staged row has the same zero border, which the buffer's initialisation
         // wrote and no staging overwrites; only the row's pixels are copied.
         auto stage_row = [&](int64_t l, int64_t o) {
@@ -782,7 +786,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
             }
             for (int64_t l = 0; l < L; ++l) {
               if (g_in_place) {
-                g_rows[l * nO + (staged - o0)] = reinterpret_cast<const opmath_t*>(g_base[l] + staged * g.stride(2));
+                point_at_row(l, staged);
               } else {
                 stage_row(l, staged);
               }
@@ -805,7 +809,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
           for (int64_t l = 0; l < L_staged; ++l)
             for (int64_t o = o0; o < o1; ++o) {
               if (g_in_place) {
-                g_rows[l * nO + (o - o0)] = reinterpret_cast<const opmath_t*>(g_base[l] + o * g.stride(2));
+                point_at_row(l, o);
                 continue;
               }
               stage_row(l, o);
