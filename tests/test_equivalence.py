@@ -505,6 +505,39 @@ def test_channel_blocks_of_two_widths_match_reference(policy):
         torch.set_num_threads(threads)
 
 
+# channels_last blocks of whole vectors (16, 32 and 48 float32 channels, 8 float64) in branch order: the forward's
+# direct filters write each pixel's channels straight into the output, beside factored filters that go through a
+# row buffer, and the backward copies the identity's gradient as it stages each pixel (stride 1, zero mode, the
+# identity live), or not (a stopped identity, no live filter, other modes, strides). Against the reference's forward
+# and gradient in float64.
+@pytest.mark.parametrize("dtype,c", [(torch.float32, 16), (torch.float32, 48), (torch.float64, 8),
+                                     (torch.float32, 32)])
+@pytest.mark.parametrize("policy", ["never", "always"])
+def test_channels_last_pixel_runs_match_reference(dtype, c, policy):
+    gen = torch.Generator().manual_seed(c)
+    # Two rank-1 filters (factored under "always") around a direct one, and a 5x5 direct filter of its own block.
+    bank = torch.cat([separable_bank(2, 3, 3, gen), torch.randn(1, 3, 3, generator=gen, dtype=torch.float64),
+                      separable_bank(1, 3, 3, gen)])
+    cases = [(mode, identity, stop, stride) for mode in PADDING_MODES for identity in (True, False)
+             for stop, stride in (((), 1), ((2,), 1), ((1, 2, 3, 4), 1), ((), 2))]
+    cases += [("zeros", True, (0,), 1), ("zeros", True, (0, 3), 1)]
+    for mode, identity, stop, stride in cases:
+        y64 = torch.randn(2, c, 11, 13, generator=gen, dtype=torch.float64).requires_grad_(True)
+        expected = reference.fixed_branch(y64, bank, mode, stop, identity=identity, stride=stride)
+        g = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+        # Every branch stopped: the reference's output is a constant, its gradient zero.
+        expected_grad = torch.autograd.grad(expected, y64, g)[0] if expected.requires_grad else torch.zeros_like(y64)
+        what = f"{mode} identity={identity} stop={stop} stride={stride}"
+        with factoring(policy):
+            out = fb.fixed_branch(to_layout(y64.detach().to(dtype), "channels_last"), bank.to(dtype), mode, stop,
+                                  identity=identity, stride=stride)
+            grad = backward_op(to_layout(g.to(dtype), "channels_last"), bank.to(dtype), mode, stop, identity,
+                               stride=stride, input_size=(11, 13))
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert_close(out, expected, dtype, "forward " + what)
+        assert_close(grad, expected_grad, dtype, "gradient " + what)
+
+
 # The factored forward runs the row passes of the single-term filters on one column in register blocks of several
 # branches, over all of a task's rows at once where the output takes them in place: a DCT 5x5 basis (five filters on
 # each of five columns) and thirteen filters on one column (blocks of uneven split), at stride 1 and 2, in both

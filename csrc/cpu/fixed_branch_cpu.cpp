@@ -140,6 +140,11 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
       // on setting up what made the 3x3 bank's forward (y = 4x7x96x96 float32, 2 threads) take 0.184 ms instead of
       // 0.153. A factored bank runs its column passes over all the task's rows first, then each row pass over them.
       const bool rows_at_once = direct && cv == 1;
+      // channels_last float/double in branch order: a slot's cv channels of a pixel are one run of the output, so the
+      // direct filters correlate pixel by pixel (a pixel a row of cv values, osW apart) straight into it, not into
+      // `rows` and then stored pixel by pixel. Whole vectors a pixel only: a partial one every pixel would cost more.
+      const bool direct_pixels = std::is_same_v<scalar_t, opmath_t> && cl && a.order == Order::Branch &&
+                                 cv % at::vec::Vectorized<opmath_t>::size() == 0;
       const int64_t n_rows = t.i1 - t.i0;
       if (rows_at_once && Kd > 0) {
         for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], t.i0);
@@ -163,7 +168,18 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
         const opmath_t* src = tile.data() + (i - t.i0) * sh * len;
         // The identity is y itself, copied from the staged centre: exact for every dtype.
         if (a.identity && cv == 1) store_row(src + centre * cv, Wo, cv, slot_row(0, i), osW, slot_osC, stream_out);
-        if (Kd > 0 && !rows_at_once) {
+        if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+          if (Kd > 0 && direct_pixels) {
+            for (int64_t j = 0; j < Kd; ++j) {
+              buffered[kb.direct[j]] = false;
+              dst[j] = slot_row(a.slot(kb.direct[j]), i);
+            }
+            with_bool(stream_out, [&](auto stream) {
+              correlate_direct<stream>(kb, src, cv, off, dst.data(), osW, Wo, cv);
+            });
+          }
+        }
+        if (Kd > 0 && !rows_at_once && !direct_pixels) {
           for (int64_t j = 0; j < Kd; ++j) dst[j] = row_for(kb.direct[j], i);
           correlate_direct(kb, src, 0, off, dst.data(), 0, 1, Wo * cv);
         }
@@ -186,6 +202,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
             slot_dst[n++] = slot_row(0, i);
           }
           for (int64_t k = 1; k <= K; ++k) {
+            if (!buffered[k]) continue;
             slot_src[n] = rows.data() + (k - 1) * Wo * cv;
             slot_dst[n++] = slot_row(a.slot(k), i);
           }
@@ -656,6 +673,11 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   const bool g_in_place = kMaskedLoads && rows_in_place;
   const bool identity_in_gather = rows_in_place && mode == PadMode::Zeros && L > 0;  // no pass before the gathers
   const bool identity_starts_sums = identity_in_gather && identity_live;
+  // channels_last direct banks at stride 1 in zero mode: the identity's gradient is copied into dL/dy's rows as the
+  // staging reads each pixel (slot 0 lies just before the live slots), not in a pass over the task's rows before it:
+  // that pass read every gradient pixel from memory with nothing to overlap, and the staging read it again.
+  const bool identity_with_staging = identity_live && G == 0 && L > 0 && !by_channel && sh == 1 && sw == 1 &&
+                                     mode == PadMode::Zeros && tl.cv > 1;
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(W, a.K + 1), [&](int64_t begin, int64_t end) {
     const int64_t g_pitch = Wg * tl.cv, h_pitch = pw * tl.cv;
@@ -710,6 +732,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
       // of W pixels of cv channels one contiguous run), which saves storing them afterwards.
       scalar_t* gy_base = gy_ptr + t.n * grad_y.stride(0) + t.c0 * grad_y.stride(1);
       opmath_t* rows = acc.data();
+      const bool identity_staged = identity_with_staging && cv > 1;
       if constexpr (std::is_same_v<scalar_t, opmath_t>) {
         if ((cv == 1 || grad_y.stride(1) == 1) && grad_y.stride(3) == cv && grad_y.stride(2) == W * cv)
           rows = gy_base + t.i0 * grad_y.stride(2);
@@ -779,6 +802,9 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
               if (by_channel) {
                 stage_pixels_by_channel(g_slot(0) + staged * g.stride(2), live_slots.data(), L, a.B, v, Wo, E, Wg,
                                         pixel_block.data(), staged_rows.data());
+              } else if (identity_staged && staged >= t.i0 && staged < t.i1) {
+                stage_zero_padded_pixels(slot_rows.data(), L, v, Wo, E, Wg, staged_rows.data(),
+                                         g_slot(0) + staged * g.stride(2), rows + (staged - t.i0) * W * cv);
               } else {
                 stage_zero_padded_pixels(slot_rows.data(), L, v, Wo, E, Wg, staged_rows.data());
               }
@@ -943,8 +969,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
         });
       };
 
-      if (identity_in_gather) {
-        // The gathers below write every row.
+      if (identity_in_gather || identity_staged) {
+        // The gathers below write every row, or the staging copies the identity's gradient into each.
       } else if (identity_live) {
         identity_adjoint_rows(g_slot(0), v, sh, sw, t.i0, t.i1 - t.i0, W, rows);
       } else {

@@ -93,12 +93,16 @@ void zero_borders(opmath_t* const* dst, int64_t n, int64_t Cv, int64_t npix, int
 // stage_zero_padded for n rows at once, pixel by pixel: pixel j of every row, then pixel j+1. Rows that interleave
 // in the tensor (the slots of a channels_last gradient, whose pixels hold every slot's channels) are read as one
 // stream instead of n passes that each touch every pixel.
+// With `row` (a row of npix pixels, no zeros around it), the pixels of `row_src` are copied into it in the same pass.
 template <typename scalar_t, typename opmath_t>
 void stage_zero_padded_pixels(const scalar_t* const* src, int64_t n, const View& v, int64_t npix, int64_t lead,
-                              int64_t total, opmath_t* const* dst) {
+                              int64_t total, opmath_t* const* dst, const scalar_t* row_src = nullptr,
+                              opmath_t* row = nullptr) {
   zero_borders(dst, n, v.Cv, npix, lead, total);
-  for (int64_t j = 0; j < npix; ++j)
+  for (int64_t j = 0; j < npix; ++j) {
+    if (row) convert_run(row_src + j * v.sW, v.sC, v.Cv, row + j * v.Cv);
     for (int64_t r = 0; r < n; ++r) convert_run(src[r] + j * v.sW, v.sC, v.Cv, dst[r] + (lead + j) * v.Cv);
+  }
 }
 
 // stage_zero_padded_pixels for n slots of a channels_last gradient in channel order, whose pixel holds channel c of
