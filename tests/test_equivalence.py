@@ -507,11 +507,13 @@ def test_channel_blocks_of_two_widths_match_reference(policy):
 
 # channels_last blocks of whole vectors (16, 32 and 48 float32 channels, 8 float64) in branch order: the forward's
 # direct filters write each pixel's channels straight into the output, beside factored filters that go through a
-# row buffer, and the backward copies the identity's gradient as it stages each pixel (stride 1, zero mode, the
-# identity live), or not (a stopped identity, no live filter, other modes, strides). Against the reference's forward
-# and gradient in float64.
+# row buffer, and a direct bank's backward at stride 1 in zero mode reads g and writes dL/dy pixel by pixel where
+# they lie (pixels.cpp: image borders, pixel blocks and their rest, up to four vectors a chunk), the identity's
+# gradient among its taps or stopped, no live filter. 24 channels (not whole vectors) take the row kernels, whose
+# backward copies the identity's gradient as it stages each pixel. Other modes and stride 2 take the row kernels
+# throughout. Against the reference's forward and gradient in float64.
 @pytest.mark.parametrize("dtype,c", [(torch.float32, 16), (torch.float32, 48), (torch.float64, 8),
-                                     (torch.float32, 32)])
+                                     (torch.float32, 32), (torch.float32, 24), (torch.float32, 160)])
 @pytest.mark.parametrize("policy", ["never", "always"])
 def test_channels_last_pixel_runs_match_reference(dtype, c, policy):
     gen = torch.Generator().manual_seed(c)

@@ -28,6 +28,7 @@
 
 #include "cpu/cache.h"
 #include "cpu/correlate.h"
+#include "cpu/pixels.h"
 #include "cpu/planes.h"
 #include "cpu/staging.h"
 #include "cpu/tiles.h"
@@ -600,6 +601,10 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   const int64_t L = static_cast<int64_t>(live.size()), G = static_cast<int64_t>(groups.size());
   if (!is_channels_last(grad_y) && a.strided() && G == 0 && mode == PadMode::Zeros)
     return backward_planes<scalar_t>(g, live, wl, S1, S2, a, grad_y);
+  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+    if (pixels_apply(g, grad_y, a, G == 0))
+      return backward_pixels<scalar_t>(g, live, wl, S1, S2, a, grad_y);
+  }
   // A channels_last gradient in channel order holds a pixel's slots interleaved, channel by channel: its pixels are
   // read as whole runs (stage_pixels_by_channel), each live slot's channels taken from there.
   std::vector<int64_t> live_slots(L);
@@ -673,9 +678,10 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   const bool g_in_place = kMaskedLoads && rows_in_place;
   const bool identity_in_gather = rows_in_place && mode == PadMode::Zeros && L > 0;  // no pass before the gathers
   const bool identity_starts_sums = identity_in_gather && identity_live;
-  // channels_last direct banks at stride 1 in zero mode: the identity's gradient is copied into dL/dy's rows as the
-  // staging reads each pixel (slot 0 lies just before the live slots), not in a pass over the task's rows before it:
-  // that pass read every gradient pixel from memory with nothing to overlap, and the staging read it again.
+  // channels_last direct banks at stride 1 in zero mode that backward_pixels leaves (channels that are not whole
+  // vectors): the identity's gradient is copied into dL/dy's rows as the staging reads each pixel (slot 0 lies just
+  // before the live slots), not in a pass over the task's rows before it: that pass read every gradient pixel from
+  // memory with nothing to overlap, and the staging read it again (N8 C32 96x96, 3x3 K=4: 0.93x the time).
   const bool identity_with_staging = identity_live && G == 0 && L > 0 && !by_channel && sh == 1 && sw == 1 &&
                                      mode == PadMode::Zeros && tl.cv > 1;
 
