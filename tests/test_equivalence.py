@@ -508,8 +508,8 @@ def test_channel_blocks_of_two_widths_match_reference(policy):
 # channels_last blocks of whole vectors (16, 32 and 48 float32 channels, 8 float64) in branch order: the forward's
 # direct filters write each pixel's channels straight into the output, beside factored filters that go through a
 # row buffer, and a direct bank's backward at stride 1 in zero mode reads g and writes dL/dy pixel by pixel where
-# they lie (pixels.cpp: image borders, pixel blocks and their rest, up to four vectors a chunk), the identity's
-# gradient among its taps or stopped, no live filter. 24 channels (not whole vectors) take the row kernels, whose
+# they lie (pixels.cpp: image borders, uneven padding, pixel blocks and their rest, up to four vectors a chunk), the
+# identity's gradient among its taps or stopped, no live filter. 24 channels (not whole vectors) take the row kernels, whose
 # backward copies the identity's gradient as it stages each pixel. Other modes and stride 2 take the row kernels
 # throughout. Against the reference's forward and gradient in float64.
 @pytest.mark.parametrize("dtype,c", [(torch.float32, 16), (torch.float32, 48), (torch.float64, 8),
@@ -517,19 +517,21 @@ def test_channel_blocks_of_two_widths_match_reference(policy):
 @pytest.mark.parametrize("policy", ["never", "always"])
 def test_channels_last_pixel_runs_match_reference(dtype, c, policy):
     gen = torch.Generator().manual_seed(c)
-    # Two rank-1 filters (factored under "always") around a direct one, and a 5x5 direct filter of its own block.
-    bank = torch.cat([separable_bank(2, 3, 3, gen), torch.randn(1, 3, 3, generator=gen, dtype=torch.float64),
-                      separable_bank(1, 3, 3, gen)])
-    cases = [(mode, identity, stop, stride) for mode in PADDING_MODES for identity in (True, False)
+    # Two rank-1 filters (factored under "always") around a direct one; five 4x5 filters (even rows: uneven padding).
+    mixed = torch.cat([separable_bank(2, 3, 3, gen), torch.randn(1, 3, 3, generator=gen, dtype=torch.float64),
+                       separable_bank(1, 3, 3, gen)])
+    uneven = torch.randn(5, 4, 5, generator=gen, dtype=torch.float64)
+    cases = [(mixed, mode, identity, stop, stride) for mode in PADDING_MODES for identity in (True, False)
              for stop, stride in (((), 1), ((2,), 1), ((1, 2, 3, 4), 1), ((), 2))]
-    cases += [("zeros", True, (0,), 1), ("zeros", True, (0, 3), 1)]
-    for mode, identity, stop, stride in cases:
+    cases += [(mixed, "zeros", True, (0,), 1), (mixed, "zeros", True, (0, 3), 1), (uneven, "zeros", True, (), 1),
+              (uneven, "zeros", False, (1,), 1), (uneven, "reflect", True, (), 1)]
+    for bank, mode, identity, stop, stride in cases:
         y64 = torch.randn(2, c, 11, 13, generator=gen, dtype=torch.float64).requires_grad_(True)
         expected = reference.fixed_branch(y64, bank, mode, stop, identity=identity, stride=stride)
         g = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
         # Every branch stopped: the reference's output is a constant, its gradient zero.
         expected_grad = torch.autograd.grad(expected, y64, g)[0] if expected.requires_grad else torch.zeros_like(y64)
-        what = f"{mode} identity={identity} stop={stop} stride={stride}"
+        what = f"{tuple(bank.shape)} {mode} identity={identity} stop={stop} stride={stride}"
         with factoring(policy):
             out = fb.fixed_branch(to_layout(y64.detach().to(dtype), "channels_last"), bank.to(dtype), mode, stop,
                                   identity=identity, stride=stride)
