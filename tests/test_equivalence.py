@@ -509,9 +509,9 @@ def test_channel_blocks_of_two_widths_match_reference(policy):
 # direct filters write each pixel's channels straight into the output, beside factored filters that go through a
 # row buffer, and a direct bank's backward at stride 1 in zero mode reads g and writes dL/dy pixel by pixel where
 # they lie (pixels.cpp: image borders, uneven padding, pixel blocks and their rest, up to four vectors a chunk), the
-# identity's gradient among its taps or stopped, no live filter. 24 channels (not whole vectors) take the row kernels, whose
-# backward copies the identity's gradient as it stages each pixel. Other modes and stride 2 take the row kernels
-# throughout. Against the reference's forward and gradient in float64.
+# identity's gradient among its taps or stopped, no live filter. 24 channels (not whole vectors) take the row
+# kernels, whose backward copies the identity's gradient as it stages each pixel. Other modes and stride 2 take the
+# row kernels throughout. Against the reference's forward and gradient in float64.
 @pytest.mark.parametrize("dtype,c", [(torch.float32, 16), (torch.float32, 48), (torch.float64, 8),
                                      (torch.float32, 32), (torch.float32, 24), (torch.float32, 160)])
 @pytest.mark.parametrize("policy", ["never", "always"])
