@@ -505,13 +505,13 @@ def test_channel_blocks_of_two_widths_match_reference(policy):
         torch.set_num_threads(threads)
 
 
-# channels_last blocks of whole vectors (16, 32 and 48 float32 channels, 8 float64) in branch order: the forward's
-# direct filters write each pixel's channels straight into the output, beside factored filters that go through a
-# row buffer, and a direct bank's backward at stride 1 in zero mode reads g and writes dL/dy pixel by pixel where
-# they lie (pixels.cpp: image borders, uneven padding, pixel blocks and their rest, up to four vectors a chunk), the
-# identity's gradient among its taps or stopped, no live filter. 24 channels (not whole vectors) take the row
-# kernels, whose backward copies the identity's gradient as it stages each pixel. Other modes and stride 2 take the
-# row kernels throughout. Against the reference's forward and gradient in float64.
+# channels_last blocks of whole vectors (16, 32, 48 and 160 float32 channels, 8 float64) in branch order: the
+# forward's direct filters write each pixel's channels straight into the output, beside factored filters that go
+# through a row buffer, and a direct bank's backward in zero mode reads g and writes dL/dy pixel by pixel where they
+# lie (pixels.cpp: image borders, uneven padding, pixel blocks and their rest, up to four vectors a chunk, the column
+# phases of strides 2, 3 and unequal pairs), the identity's gradient among its taps or stopped, no live filter. 24
+# channels (not whole vectors) take the row kernels, whose backward at stride 1 copies the identity's gradient as it
+# stages each pixel; other modes take the row kernels throughout. Against the reference in float64.
 @pytest.mark.parametrize("dtype,c", [(torch.float32, 16), (torch.float32, 48), (torch.float64, 8),
                                      (torch.float32, 32), (torch.float32, 24), (torch.float32, 160)])
 @pytest.mark.parametrize("policy", ["never", "always"])
@@ -525,6 +525,8 @@ def test_channels_last_pixel_runs_match_reference(dtype, c, policy):
              for stop, stride in (((), 1), ((2,), 1), ((1, 2, 3, 4), 1), ((), 2))]
     cases += [(mixed, "zeros", True, (0,), 1), (mixed, "zeros", True, (0, 3), 1), (uneven, "zeros", True, (), 1),
               (uneven, "zeros", False, (1,), 1), (uneven, "reflect", True, (), 1)]
+    cases += [(bank, "zeros", identity, (), stride) for bank in (mixed, uneven) for identity in (True, False)
+              for stride in (3, (2, 1), (1, 3), (3, 2))]
     for bank, mode, identity, stop, stride in cases:
         y64 = torch.randn(2, c, 11, 13, generator=gen, dtype=torch.float64).requires_grad_(True)
         expected = reference.fixed_branch(y64, bank, mode, stop, identity=identity, stride=stride)

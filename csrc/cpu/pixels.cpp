@@ -1,9 +1,10 @@
 // The channels_last backward of direct banks, pixel by pixel (pixels.h).
 //
-// In channels_last a pixel of g holds every slot's C channels in one run, and a pixel of dL/dy its C channels. Pixel
-// (i, j) of dL/dy is, channel by channel, the identity's gradient at (i, j) plus w_l[a][b] * g_l[i + top - a][j +
-// left - b] over the live filters l and their taps: one correlation whose "rows" are pixels (gW apart in g, C apart in
-// dL/dy) and whose taps are offsets into g, summed in registers and stored once. g is read where it lies: the row
+// In channels_last a pixel of g holds every slot's C channels in one run, and a pixel of dL/dy its C channels. At
+// stride 1, pixel (i, j) of dL/dy is, channel by channel, the identity's gradient at (i, j) plus w_l[a][b] * g_l[i +
+// top - a][j + left - b] over the live filters l and their taps: one correlation whose "rows" are pixels (gW apart in
+// g, C apart in dL/dy) and whose taps are offsets into g, summed in registers and stored once. At a stride, each
+// column phase of dL/dy is such a correlation with its own taps (polyphase, below). g is read where it lies: the row
 // kernels staged each live slot's channels of every pixel into rows of their own first, a copy that read g from
 // memory with no arithmetic to overlap (the 3x3 bank of four, y = 8x32x96x96 float32: staging two thirds of the
 // backward's time on one thread, the gather a quarter).
@@ -24,7 +25,7 @@ bool pixels_apply(const at::Tensor& g, const at::Tensor& grad_y, const BranchArg
   const at::ScalarType t = g.scalar_type();
   if (t != at::kFloat && t != at::kDouble) return false;
   const int64_t lanes = t == at::kFloat ? at::vec::Vectorized<float>::size() : at::vec::Vectorized<double>::size();
-  return all_direct && !a.strided() && a.mode == PadMode::Zeros && a.order == Order::Branch && a.C % lanes == 0 &&
+  return all_direct && a.mode == PadMode::Zeros && a.order == Order::Branch && a.C % lanes == 0 &&
          g.stride(1) == 1 && grad_y.stride(1) == 1 && is_channels_last(grad_y);
 }
 
@@ -99,54 +100,71 @@ void correlate_pixels(const T* src, int64_t src_pitch, const int64_t* off, const
 template <typename scalar_t>
 void backward_pixels(const at::Tensor& g, const std::vector<int64_t>& live, const std::vector<scalar_t>& weights,
                      int64_t S1, int64_t S2, const BranchArgs& a, at::Tensor& grad_y) {
-  const int64_t C = a.C, H = a.H, W = a.W, taps = S1 * S2, L = static_cast<int64_t>(live.size());
+  const int64_t C = a.C, H = a.H, W = a.W, Ho = a.out_h, Wo = a.out_w, sh = a.stride_h, sw = a.stride_w;
+  const int64_t taps = S1 * S2, L = static_cast<int64_t>(live.size());
   const SamePad& pad = a.pad;
   const int64_t gsH = g.stride(2), gsW = g.stride(3), ysH = grad_y.stride(2), ysW = grad_y.stride(3);
   const bool identity_live = a.identity && !a.stopped[0];
   std::vector<int64_t> slot_at(L);  // where slot l's channels start in a pixel of g
   for (int64_t l = 0; l < L; ++l) slot_at[l] = a.channel(a.slot(live[l]), 0);
-  // Pixels whose every column tap lies inside g run as one correlation; the S2 - 1 others of a row one by one, with
-  // only their taps inside.
-  const int64_t j_lo = std::clamp<int64_t>(S2 - 1 - pad.left, 0, W), j_hi = std::max(j_lo, W - pad.left);
   const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
   scalar_t* gy_ptr = grad_y.mutable_data_ptr<scalar_t>();
-  // A task is one row of dL/dy: consecutive rows share S1 - 1 rows of g, which stay in cache.
+  // A task is one row of dL/dy: consecutive rows share rows of g, which stay in cache.
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, W * C * (L * taps + 1)));
 
   at::parallel_for(0, a.N * H, grain, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> off;
     std::vector<scalar_t> w;
     for (int64_t id = begin; id < end; ++id) {
-      const int64_t n = id / H, i = id % H;
+      const int64_t n = id / H, i = id % H, p = i + pad.top;  // p: the padded row
       const scalar_t* g_image = g_ptr + n * g.stride(0);
       scalar_t* dst_row = gy_ptr + n * grad_y.stride(0) + i * ysH;
-      // The row of g that dL/dy's row i + kAheadRows reads first, prefetched as this row's pixels pass.
-      const int64_t ahead = i + pad.top + kAheadRows < H ? (i + pad.top + kAheadRows) * gsH : 0;
-      // Pixels j0 .. j1 - 1: every tap that reaches pixel j0 from inside g, as offsets from its pixel of g.
-      auto run = [&](int64_t j0, int64_t j1) {
-        off.clear();
-        w.clear();
-        if (identity_live) {
-          off.push_back(i * gsH + a.channel(0, 0));
-          w.push_back(scalar_t(1));
+      // The row of g that dL/dy's row i + kAheadRows * sh reads first, prefetched as this row's pixels pass.
+      const int64_t o_ahead = p / sh + kAheadRows;
+      const int64_t ahead = o_ahead < Ho ? o_ahead * gsH : 0;
+      // Polyphase: pixel j = rho + sw * m of dL/dy (padded column q = j + left) gathers only the column taps b with
+      // q - b = sw * x, from g's pixel x = m + (rho + left - b) / sw; row p only the row taps r with p - r = sh * o.
+      // Column phase rho's pixels are thus one correlation over g's pixels m, sw pixels of dL/dy apart.
+      for (int64_t rho = 0; rho < std::min(sw, W); ++rho) {
+        const int64_t M = (W - rho + sw - 1) / sw;  // pixels of this phase
+        // The pixels m whose every column tap of this phase lies inside g.
+        int64_t m_lo = 0, m_hi = M;
+        for (int64_t b = 0; b < S2; ++b) {
+          if ((rho + pad.left - b) % sw != 0) continue;
+          const int64_t d = (rho + pad.left - b) / sw;
+          m_lo = std::max(m_lo, -d);
+          m_hi = std::min(m_hi, Wo - d);
         }
-        for (int64_t l = 0; l < L; ++l)
-          for (int64_t r = 0; r < S1; ++r) {
-            const int64_t o = i + pad.top - r;
-            if (o < 0 || o >= H) continue;
-            for (int64_t b = 0; b < S2; ++b) {
-              const int64_t x = j0 + pad.left - b;
-              if (x < 0 || x >= W) continue;
-              off.push_back(o * gsH + (pad.left - b) * gsW + slot_at[l]);
-              w.push_back(weights[l * taps + r * S2 + b]);
-            }
+        m_lo = std::min(m_lo, M);
+        m_hi = std::max(m_hi, m_lo);
+        // Pixels m0 .. m1 - 1: every tap that reaches pixel m0 from inside g, as offsets from g's pixel m0.
+        auto run = [&](int64_t m0, int64_t m1) {
+          off.clear();
+          w.clear();
+          if (identity_live && rho == 0 && i % sh == 0) {  // y's pixel (i, sw * m) is out's (i / sh, m)
+            off.push_back(i / sh * gsH + a.channel(0, 0));
+            w.push_back(scalar_t(1));
           }
-        correlate_pixels(g_image + j0 * gsW, gsW, off.data(), w.data(), static_cast<int64_t>(off.size()),
-                         dst_row + j0 * ysW, ysW, j1 - j0, C, ahead);
-      };
-      for (int64_t j = 0; j < j_lo; ++j) run(j, j + 1);
-      if (j_hi > j_lo) run(j_lo, j_hi);
-      for (int64_t j = j_hi; j < W; ++j) run(j, j + 1);
+          for (int64_t l = 0; l < L; ++l)
+            for (int64_t r = 0; r < S1; ++r) {
+              if ((p - r) % sh != 0) continue;
+              const int64_t o = (p - r) / sh;
+              if (p - r < 0 || o >= Ho) continue;
+              for (int64_t b = 0; b < S2; ++b) {
+                if ((rho + pad.left - b) % sw != 0) continue;
+                const int64_t d = (rho + pad.left - b) / sw;
+                if (m0 + d < 0 || m0 + d >= Wo) continue;
+                off.push_back(o * gsH + d * gsW + slot_at[l]);
+                w.push_back(weights[l * taps + r * S2 + b]);
+              }
+            }
+          correlate_pixels(g_image + m0 * gsW, gsW, off.data(), w.data(), static_cast<int64_t>(off.size()),
+                           dst_row + (rho + sw * m0) * ysW, sw * ysW, m1 - m0, C, rho == 0 ? ahead : 0);
+        };
+        for (int64_t m = 0; m < m_lo; ++m) run(m, m + 1);
+        if (m_hi > m_lo) run(m_lo, m_hi);
+        for (int64_t m = m_hi; m < M; ++m) run(m, m + 1);
+      }
     }
   });
 }
