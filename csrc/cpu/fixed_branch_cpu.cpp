@@ -679,9 +679,10 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   const bool identity_in_gather = rows_in_place && mode == PadMode::Zeros && L > 0;  // no pass before the gathers
   const bool identity_starts_sums = identity_in_gather && identity_live;
   // channels_last direct banks at stride 1 in zero mode that backward_pixels leaves (channels that are not whole
-  // vectors): the identity's gradient is copied into dL/dy's rows as the staging reads each pixel (slot 0 lies just
-  // before the live slots), not in a pass over the task's rows before it: that pass read every gradient pixel from
-  // memory with nothing to overlap, and the staging read it again (N8 C32 96x96, 3x3 K=4: 0.93x the time).
+  // vectors, half precision): the identity's gradient is copied into dL/dy's rows as the staging reads each pixel
+  // (slot 0 lies just before the live slots), not in a pass over the task's rows before it: that pass read every
+  // gradient pixel from memory with nothing to overlap, and the staging read it again (N8 C32 96x96, 3x3 K=4: 0.93x
+  // the time).
   const bool identity_with_staging = identity_live && G == 0 && L > 0 && !by_channel && sh == 1 && sw == 1 &&
                                      mode == PadMode::Zeros && tl.cv > 1;
 
