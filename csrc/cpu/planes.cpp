@@ -14,16 +14,23 @@ namespace fixedbranch {
 namespace cpu {
 namespace {
 
-// Strided NCHW passes of direct filters run plane by plane. Rows at a stride are short (a wavelet level of a
-// 56-pixel map has 28-pixel rows), and row by row the correlation spent more on each call's setup and partial last
-// vector than on its arithmetic. A task's padded rows are staged as sh*sw polyphase planes instead: plane
-// (r % sh, q % sw) holds padded pixel (r, q) at row r / sh, column q / sw, each plane row `pitch` values. Every tap
-// of every output of the task is then one offset into contiguous memory, the task is one correlation call over its
-// rows. A plane row holds the Wo + (S2-1)/sw pixels the outputs of a row read. Float and double maps whose rows are
-// contiguous along W are written in place, Wo values a row (the last vector of a row stored in part); the others go
-// through rows of `pitch` values whose last (S2-1)/sw are dropped. In place saves a copy of every map: for a 3x3
-// bank of four at stride 2, float32, 2 threads, 0.091 -> 0.072 ms (y = 4x7x96x96) and 0.72-0.75 -> 0.60-0.69 ms
-// (4x51x96x96) on the 2-core AMD EPYC.
+// Strided NCHW passes of direct filters run plane by plane. Rows at a stride are short (a wavelet level of a 56-pixel
+// map has 28-pixel rows), and row by row the correlation spent more on each call's setup and partial last vector than
+// on its arithmetic. A task's padded rows are staged as sh*sw polyphase planes instead: plane (r % sh, q % sw) holds
+// padded pixel (r, q) at row r / sh, column q / sw, each plane row `pitch` values. Every tap of every output of the
+// task is then one offset into contiguous memory, the task is one correlation call over its rows. A plane row holds the
+// Wo + (S2-1)/sw pixels the outputs of a row read. Float and double maps whose rows are contiguous along W are written
+// in place, Wo values a row (the last vector of a row stored in part); the others go through rows of `pitch` values
+// whose last (S2-1)/sw are dropped. In place saves a copy of every map: for a 3x3 bank of four at stride 2, float32, 2
+// threads, 0.091 -> 0.072 ms (y = 4x7x96x96) and 0.72-0.75 -> 0.60-0.69 ms (4x51x96x96) on the 2-core AMD EPYC. The
+// staging is not what bounds the pass: on the Xeon guest it took a third of the samples of the 3x3 forward (y =
+// 4x7x96x96), yet a kernel that read y where it lies instead (a row's taps b = 2p, 2p + 1 the even and odd lanes of one
+// pair of loads, deinterleaved in registers, no planes) took the same time (float32, 2 threads: 0.109 ms in two runs
+// against 0.104-0.126 in four; 0.60-0.61 against 0.61-0.63 at 4x51x96x96). A core moves about 25 GB/s to and from the
+// last-level cache there (a one-thread copy of 1.3 or 5 MB), and the maps' writes (read for ownership, written back)
+// and y's reads come to 3.6 MB, 72 us of the 104 at two cores' rate. Tasks a quarter or an eighth as large, whose
+// planes stay in L1, took 0.82-0.93x the time at y = 4x7x96x96 on two threads but 0.86-1.02x on one thread or at
+// 4x51x96x96 (three rounds each): a few percent at most, not adopted.
 struct Planes {
   int64_t sh, sw, rows, pitch;
   int64_t size() const { return rows * pitch; }
