@@ -132,21 +132,30 @@ std::shared_ptr<const BankPlan> build_plan(const double* data, int64_t K, int64_
 
 }  // namespace
 
+std::string bank_content_key(const at::Tensor& bank) {
+  const at::Tensor values = bank.detach().contiguous();
+  const int64_t header[4] = {static_cast<int64_t>(values.scalar_type()), values.size(0), values.size(1),
+                             values.size(2)};
+  const size_t value_bytes = values.nbytes();
+  std::string key(sizeof(header) + value_bytes, '\0');
+  std::memcpy(&key[0], header, sizeof(header));
+  if (value_bytes > 0) std::memcpy(&key[sizeof(header)], values.const_data_ptr(), value_bytes);
+  return key;
+}
+
 std::shared_ptr<const BankPlan> plan_bank(const at::Tensor& bank) {
   constexpr const char* what = "fixedbranch.bank_plan";
   check_bank(what, bank, bank, "itself");
   TORCH_CHECK_VALUE(bank.device().is_cpu(), what, ": expected bank on the CPU, got ", bank.device());
-  const c10::ScalarType dtype = bank.scalar_type();
+  static auto* plans = new BankCache<BankPlan>();  // never destroyed: plans may be requested during static teardown
+  // Keyed by the bank's own bytes, which the float64 values are made from only when the plan is new (the conversion
+  // cost more than the lookup).
+  const std::string key = bank_content_key(bank);
+  if (auto hit = plans->get(key)) return hit;
   const at::Tensor values = bank.detach().to(at::kDouble).contiguous();
-  const int64_t K = values.size(0), S1 = values.size(1), S2 = values.size(2);
-  const int64_t header[4] = {static_cast<int64_t>(dtype), K, S1, S2};
-  const size_t value_bytes = static_cast<size_t>(values.numel()) * sizeof(double);
-  std::string key(sizeof(header) + value_bytes, '\0');
-  std::memcpy(&key[0], header, sizeof(header));
-  std::memcpy(&key[sizeof(header)], values.const_data_ptr<double>(), value_bytes);
-  if (auto hit = cached_plan(key)) return hit;
   // Decomposed outside the lock: two threads may both build the first plan of a bank; one of them is kept.
-  return cache_plan(key, build_plan(values.const_data_ptr<double>(), K, S1, S2, dtype));
+  return plans->put(key, build_plan(values.const_data_ptr<double>(), values.size(0), values.size(1), values.size(2),
+                                    bank.scalar_type()));
 }
 
 }  // namespace fixedbranch

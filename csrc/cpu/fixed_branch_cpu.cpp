@@ -54,7 +54,8 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
     if (fits_tiles(y, out, bank, a)) return forward_tiles<scalar_t>(y, bank, a, out);
   }
   const bool cl = is_channels_last(out);
-  const KernelBank<opmath_t> kb = kernel_bank<opmath_t>(bank, Pass::Forward, a.stride_w);
+  const auto shared_kb = shared_kernel_bank<opmath_t>(bank, Pass::Forward, a.stride_w);
+  const KernelBank<opmath_t>& kb = *shared_kb;
   const int64_t Kd = static_cast<int64_t>(kb.direct.size()), U = kb.num_columns;
   if (!cl && a.strided() && U == 0) return forward_planes<scalar_t>(y, kb, a, out);
   // A task's tile holds its staged rows and, for a factored bank, the U column passes of one row.
@@ -550,7 +551,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   const SamePad& pad = a.pad;
   const PadMode mode = a.mode;
   const int64_t pw = W + S2 - 1;  // width of the padded image: the adjoint's columns
-  const KernelBank<opmath_t> kb = kernel_bank<opmath_t>(bank, Pass::Backward);
+  const auto shared_kb = shared_kernel_bank<opmath_t>(bank, Pass::Backward);
+  const KernelBank<opmath_t>& kb = *shared_kb;
   // Live filters (whose gradient reaches y) are staged, the direct ones first.
   std::vector<int64_t> live;
   std::vector<opmath_t> wl;  // the live direct filters' taps
