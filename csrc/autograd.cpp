@@ -91,6 +91,17 @@ at::Tensor zero_stopped(const at::Tensor& out, const Options& o, int64_t num_fil
   return out.masked_fill(mask.view({1, -1, 1, 1}), 0);
 }
 
+// Whether a call has anything to record: an input that requires grad (in grad mode) or carries a forward-mode
+// tangent (which the Functions reject). A call with nothing to record runs the operator below autograd directly:
+// building the node and saving the options took a tenth of a call's time on a 1x2x8x8 input, for nothing.
+bool records(std::initializer_list<const at::Tensor*> inputs) {
+  const bool grad_mode = at::GradMode::is_enabled();
+  for (const at::Tensor* t : inputs) {
+    if (t && t->defined() && ((grad_mode && t->requires_grad()) || t->_fw_grad(/*level=*/0).defined())) return true;
+  }
+  return false;
+}
+
 class BranchBackward : public torch::autograd::Function<BranchBackward> {
  public:
   static Variable forward(AutogradContext* ctx, const Variable& grad, const Variable& bank, const Options& o,
@@ -116,6 +127,11 @@ class BranchBackward : public torch::autograd::Function<BranchBackward> {
 
 Variable branch_backward(const Variable& grad, const Variable& bank, const Options& o,
                          c10::SymIntArrayRef input_size) {
+  // Within a backward that builds no graph (the usual one), grad records nothing.
+  if (!records({&grad, &bank})) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_backward(grad, bank, o.padding_mode, o.stop, o.identity, o.order, o.stride, input_size);
+  }
   return BranchBackward::apply(grad, bank, o, input_size);
 }
 
@@ -220,17 +236,6 @@ class Conv : public torch::autograd::Function<Conv> {
 Options options(c10::string_view padding_mode, c10::IntArrayRef stop, bool identity, c10::string_view order,
                 c10::IntArrayRef stride) {
   return {std::string(padding_mode), std::string(order), stop.vec(), stride.vec(), identity};
-}
-
-// Whether a call has anything to record: an input that requires grad (in grad mode) or carries a forward-mode
-// tangent (which the Functions reject). A call with nothing to record runs the operator below autograd directly:
-// building the node and saving the options took a tenth of a call's time on a 1x2x8x8 input, for nothing.
-bool records(std::initializer_list<const at::Tensor*> inputs) {
-  const bool grad_mode = at::GradMode::is_enabled();
-  for (const at::Tensor* t : inputs) {
-    if (t && t->defined() && ((grad_mode && t->requires_grad()) || t->_fw_grad(/*level=*/0).defined())) return true;
-  }
-  return false;
 }
 
 at::Tensor fixed_branch_autograd(const at::Tensor& y, const at::Tensor& bank, c10::string_view padding_mode,
