@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 import fixedbranch
-from fixedbranch import filters
+from fixedbranch import filters, reference
 from fixedbranch.plan import BankPlan, bank_plan, plan_tolerances
 
-from .common import HALF_DTYPES, TOLERANCE, cpu_and_cuda, factoring
+from .common import HALF_DTYPES, TOLERANCE, assert_close, backward_op, cpu_and_cuda, factoring
 
 _ops = torch.ops.fixedbranch
 
@@ -389,6 +389,29 @@ def test_deterministic_and_cached():
     assert torch.equal(_ops._bank_plan(bank), first)
     assert torch.equal(_ops._bank_plan_reconstruct(bank), first_rebuilt)
     assert bank_plan(bank) == bank_plan(bank.clone())
+
+
+def test_cpu_kernels_follow_the_bank_content():
+    # The CPU kernels keep their form of a bank (plan, tap classes) cached by its bytes: a change in place, through
+    # .data (no version bump) or through numpy (none either) must run the new values, as must a policy change, a
+    # symmetric bank made asymmetric (its tap classes split) and the same values in another dtype.
+    gen = torch.Generator().manual_seed(5)
+    y = torch.randn(2, 3, 17, 19, generator=gen, dtype=torch.float64)
+    g = torch.randn(2, 3 * 9, 17, 19, generator=gen, dtype=torch.float64)
+    symmetric = torch.stack([filters.gaussian(7, s) for s in (1.0, 1.5, 2.0, 2.5)]
+                            + [filters.log(7, s) for s in (1.0, 1.5, 2.0, 2.5)])
+    for bank in (symmetric.clone(), filters.dct(5)[:8].clone()):
+        for change in (lambda b: b[1].mul_(-2.0), lambda b: b.data[2, 0, 1].add_(0.5),
+                       lambda b: b.numpy().__setitem__((3, 2, 2), 7.0)):
+            for policy in ("auto", "never", "always"):
+                with factoring(policy):
+                    for dtype in (torch.float64, torch.float32):
+                        yd, gd, bd = y.to(dtype), g.to(dtype), bank.to(dtype)
+                        assert_close(fixedbranch.fixed_branch(yd, bd), reference.fixed_branch(y, bd.double()), dtype,
+                                     f"forward, {policy}, {dtype}")
+                        expected = reference.fixed_branch_transpose(g, bd.double())
+                        assert_close(backward_op(gd, bd), expected, dtype, f"backward, {policy}, {dtype}")
+            change(bank)
 
 
 def test_threads_agree():
