@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "bank_plan/cache.h"
 #include "bank_plan/factorise.h"
@@ -131,17 +130,6 @@ std::shared_ptr<const BankPlan> build_plan(const double* data, int64_t K, int64_
 }
 
 }  // namespace
-
-std::string bank_content_key(const at::Tensor& bank) {
-  const at::Tensor values = bank.detach().contiguous();
-  const int64_t header[4] = {static_cast<int64_t>(values.scalar_type()), values.size(0), values.size(1),
-                             values.size(2)};
-  const size_t value_bytes = values.nbytes();
-  std::string key(sizeof(header) + value_bytes, '\0');
-  std::memcpy(&key[0], header, sizeof(header));
-  if (value_bytes > 0) std::memcpy(&key[sizeof(header)], values.const_data_ptr(), value_bytes);
-  return key;
-}
 
 std::shared_ptr<const BankPlan> plan_bank(const at::Tensor& bank) {
   constexpr const char* what = "fixedbranch.bank_plan";
