@@ -6,6 +6,10 @@ the per-call mode the overhead study uses, the median per call over many short b
 (and the case's copy) are timed in turn, repetition by repetition, so that a change of the machine's load hits them
 alike; each timing gives the median, the quartiles and the best repetition (``min_s``). Before timing, every
 implementation has run once (its check) and once more untimed, whose duration plans ``iters`` and the repetitions.
+Each timed block follows an untimed one of the same calls: the first calls after another row run slow (caches, clocks:
+on the Xeon guest, the 3x3 backward at 37.6 MB took 5.9, 2.8, 2.1 ms for its first calls after torch.mm, then 1.46),
+which timed alone charged to whichever row came first (the fused operators' backward at 1.4x the same kernel timed a
+row later).
 CPU blocks use ``time.perf_counter``; CUDA blocks CUDA events after a synchronize. The garbage collector is off while
 timing (a collection would be charged to whichever call triggered it).
 
@@ -152,6 +156,7 @@ def time_interleaved(blocks: dict, budget: Budget) -> dict:
             for key, block in blocks.items():
                 iters, reps = plans[key]
                 if rep < reps:
+                    block(iters)  # settles: untimed, so that no row pays for the state its predecessor left
                     per_call = [block(iters) / iters for _ in range(budget.blocks_per_rep)]
                     samples[key].append(statistics.median(per_call))
     finally:
@@ -295,8 +300,7 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, budget: Budge
     t0 = time.perf_counter()
     impls = case.build()
     rows = check_impls(impls, device, dtype)
-    # The yardsticks first in each repetition, torch.mm before the copy: a row timed right after torch.mm ran slower
-    # (the 3x3 bank's forward at 5 MB on the Xeon guest: median 1.2x, best 1.09x against after itself or the copy).
+    # The yardsticks first in each repetition; each block settles untimed before it is timed (time_interleaved).
     blocks = {}
     if case.macs:
         size = rates["mm_size"]
