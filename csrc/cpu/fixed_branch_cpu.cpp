@@ -247,6 +247,7 @@ struct Gather {
   // 0: the rows are staged between zeros. Else they are read where they lie, `width` values each, every value outside
   // them read as a zero (LaneWindow).
   int64_t width = 0;
+  bool stream = false;  // the sums are final: whole vectors streamed past the caches (stream_store)
 };
 
 // dst[r][e] (+)= sum_l sum_o sum_t w[l][a][b[t]] * rows(l, o)[shift + e - dcv[t]] for e in [0, len), where
@@ -414,7 +415,7 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
       for (int u = 0; u < U; ++u) acc[r][u] = kAccumulate && r < nr ? Vec::loadu(from[r] + e + u * V) : Vec(0);
     step(e, acc);
     for (int r = 0; r < nr && r < R; ++r)
-      for (int u = 0; u < U; ++u) acc[r][u].store(dst[r] + e + u * V);
+      for (int u = 0; u < U; ++u) store_vector(acc[r][u], dst[r] + e + u * V, V, g.stream);
   }
   if (e == len) return;
   // The tail runs full vectors over the slack and keeps only its len - e values.
@@ -667,6 +668,9 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   // Prefetching ahead of the staging pays from main memory only: from the last-level cache it stalled the staging
   // (3x3 K=4 backward at 5 MB: 1.08x slower with it; DCT 5x5 at 3.8-7.4 MB: 1.04-1.08x).
   const bool prefetch_g = prefetch_pays(static_cast<int64_t>(g.nbytes()));
+  // A direct bank's gather whose sums are final, stored in place into dL/dy, streams them past the cache when the
+  // call's operands outgrow the cache this process owns: stored, each line of dL/dy was read from memory first.
+  const bool stream_grad = streaming_pays(static_cast<int64_t>(g.nbytes() + grad_y.nbytes()));
   // Direct banks at stride 1 read NCHW float or double gradient rows where they lie, LaneWindow standing in for the
   // zeros around a staged row (staging copied every row once more), and in zero mode their sums start from the
   // identity's gradient (gather_rows' init, its rows prefetched with the others) instead of a pass that copied it
@@ -933,8 +937,9 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
             }
           }
         }
-        const Gather<opmath_t> direct{g_rows.data(), Ld, o0, nO, wl.data(), S1, S2, sh, zeros.data() + E * cv,
-                                      g_in_place ? Wo : 0};
+        Gather<opmath_t> direct{g_rows.data(), Ld, o0, nO, wl.data(), S1, S2, sh, zeros.data() + E * cv,
+                                g_in_place ? Wo : 0};
+        direct.stream = stream_grad && in_place && G == 0 && rows != acc.data();
         const Gather<opmath_t> columns{h_rows.data(), G, o0, nO, group_columns.data(), S1, 1, sh, zeros.data()};
         for (int64_t p = p0; p < p1; p += kRows) {
           const int64_t nr = std::min(kRows, p1 - p);
@@ -1002,6 +1007,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
           store_row(acc.data() + (i - t.i0) * W * cv, W, cv, gy_base + i * grad_y.stride(2), grad_y.stride(3),
                     grad_y.stride(1));
     }
+    if (stream_grad) stream_fence();
   });
 }
 

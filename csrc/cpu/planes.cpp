@@ -150,9 +150,14 @@ void backward_pairs(const at::Tensor& g, const std::vector<int64_t>& live, const
   const opmath_t* g_ptr = g.const_data_ptr<opmath_t>();
   opmath_t* gy_ptr = grad_y.mutable_data_ptr<opmath_t>();
   const std::vector<opmath_t> zeros(Wo + V, opmath_t(0));  // stands for gradient rows outside g
+  // dL/dy streamed past the cache when the call's operands outgrow the cache this process owns: its rows are then
+  // interleaved into a buffer and streamed from there (the rows start a pixel off the vectors' alignment in 'same'
+  // padding, where no streaming store reaches). Stored in place, each line of dL/dy was read from memory first.
+  const bool stream_out = streaming_pays(static_cast<int64_t>(g.nbytes() + grad_y.nbytes()));
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(W, a.K + 1), [&](int64_t begin, int64_t end) {
     std::vector<const opmath_t*> planes(L), rows(L * N);
+    std::vector<opmath_t> row_buffer(stream_out ? 2 * W : 0);
     for (int64_t id = begin; id < end; ++id) {
       const Task t = locate(tl, id, C, H);
       auto g_plane = [&](int64_t b) { return g_ptr + t.n * g.stride(0) + a.channel(b, t.c0) * g.stride(1); };
@@ -166,10 +171,11 @@ void backward_pairs(const at::Tensor& g, const std::vector<int64_t>& live, const
           }
         const int64_t io = mr - top / 2;  // the identity's gradient row
         const opmath_t* identity = identity_live && io >= 0 && io < Ho ? g_plane(0) + io * g.stride(2) : nullptr;
-        opmath_t* out[2];
+        opmath_t *out[2], *dest[2];  // where a step stores dL/dy's rows, and where they belong
         for (int pr = 0; pr < 2; ++pr) {
           const int64_t i = 2 * mr + pr - top;
-          out[pr] = i >= t.i0 && i < t.i1 ? gy_plane + i * grad_y.stride(2) : nullptr;
+          dest[pr] = i >= t.i0 && i < t.i1 ? gy_plane + i * grad_y.stride(2) : nullptr;
+          out[pr] = dest[pr] && stream_out ? row_buffer.data() + pr * W : dest[pr];
         }
         auto step = [&](int64_t mc0, auto masked) FIXEDBRANCH_INLINE {
           constexpr bool kMasked = decltype(masked)::value;
@@ -242,8 +248,11 @@ void backward_pairs(const at::Tensor& g, const std::vector<int64_t>& live, const
             step(mc0, std::true_type{});
           }
         }
+        for (int pr = 0; pr < 2 && stream_out; ++pr)
+          if (dest[pr]) store_run(out[pr], W, dest[pr], 1, true);
       }
     }
+    if (stream_out) stream_fence();
   });
 }
 
