@@ -669,7 +669,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   // (3x3 K=4 backward at 5 MB: 1.08x slower with it; DCT 5x5 at 3.8-7.4 MB: 1.04-1.08x).
   const bool prefetch_g = prefetch_pays(static_cast<int64_t>(g.nbytes()));
   // A direct bank's gather whose sums are final, stored in place into dL/dy, streams them past the cache when the
-  // call's operands outgrow the cache this process owns: stored, each line of dL/dy was read from memory first.
+  // call's operands outgrow the cache this process owns: stored, each line of dL/dy was read from memory first. Only
+  // the direct gather: streaming the class sums (Gaussian/LoG 7x7 at 150 MB) changed nothing.
   const bool stream_grad = streaming_pays(static_cast<int64_t>(g.nbytes() + grad_y.nbytes()));
   // Direct banks at stride 1 read NCHW float or double gradient rows where they lie, LaneWindow standing in for the
   // zeros around a staged row (staging copied every row once more), and in zero mode their sums start from the
@@ -939,7 +940,9 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
         }
         Gather<opmath_t> direct{g_rows.data(), Ld, o0, nO, wl.data(), S1, S2, sh, zeros.data() + E * cv,
                                 g_in_place ? Wo : 0};
-        direct.stream = stream_grad && in_place && G == 0 && rows != acc.data();
+        // Streamed only as dL/dy's first touch: lines a pass before had just written sat in the cache when streamed
+        // (the column passes of the DCT 5x5 bank's backward, after the identity's, 1.08-1.13x the time so).
+        direct.stream = stream_grad && in_place && G == 0 && identity_in_gather && rows != acc.data();
         const Gather<opmath_t> columns{h_rows.data(), G, o0, nO, group_columns.data(), S1, 1, sh, zeros.data()};
         for (int64_t p = p0; p < p1; p += kRows) {
           const int64_t nr = std::min(kRows, p1 - p);
