@@ -458,7 +458,7 @@ def test_square_backward_in_row_blocks_matches_reference(size, layout, dtype):
 # stride 2 both phases, interleaved), for the odd row widths 3 to 11 (up to 7 in float64): rows shorter than a
 # vector, rows of several vectors and a partial one, gradients read in place (contiguous) or staged (sliced,
 # expanded), the identity live or absent, zero and reflect padding, filters taller or shorter than wide (column
-# passes of 3 to 11 taps).
+# passes of 3 to 11 taps; at row stride 2 on rows of two vectors or more, one pass per row parity with its own taps).
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("stride", [1, 2, (1, 2), (2, 1)], ids=str)
 @pytest.mark.parametrize("s", [(3, 3), (5, 5), (7, 7), (5, 9), (9, 5), (11, 11), (3, 11), (7, 4)], ids=str)

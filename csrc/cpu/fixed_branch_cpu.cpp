@@ -465,6 +465,45 @@ void gather_rows_any(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const in
       }
     }
   }
+  if constexpr (kVectorRegisters >= 32) {
+    // Column passes at row stride 2 (a factored bank's strided backward): the output rows of one parity q gather only
+    // the taps a = q + 2d, from source rows (p - q) / 2 - d, a stride-1 column pass over that parity's rows with
+    // ceil((S1 - q) / 2) taps known at compile time, instead of the general gather's run-time row and tap tests
+    // (DCT 5x5 at stride 2, float32, 2 threads: the backward 0.83x the time at a 37 MB gradient, 0.93x at 9.6 MB).
+    if (g.zeros && g.sh == 2 && g.S2 == 1 && nt == 1 && g.width == 0 && g.S1 >= 2 && g.S1 <= 11 && g.L <= 32 &&
+        !short_run && nr >= 2) {
+      opmath_t phase_w[32 * 6];
+      for (int64_t q = 0; q < 2; ++q) {
+        const int64_t r0 = (q - p0 % 2 + 2) % 2, taps = (g.S1 - q + 1) / 2;
+        if (r0 >= nr || taps == 0) continue;
+        opmath_t* rows[2];
+        const opmath_t* starts[2];
+        int64_t n = 0;
+        for (int64_t r = r0; r < nr; r += 2, ++n) rows[n] = dst[r], starts[n] = init ? init[r] : nullptr;
+        for (int64_t l = 0; l < g.L; ++l)
+          for (int64_t d = 0; d < taps; ++d) phase_w[l * taps + d] = g.w[l * g.S1 + q + 2 * d];
+        Gather<opmath_t> phase = g;
+        phase.sh = 1, phase.S1 = taps, phase.w = phase_w;
+        const int64_t m0 = (p0 + r0 - q) / 2;
+        auto run = [&](auto rows_read) {
+          constexpr int S1 = decltype(rows_read)::value;
+          if (accumulate) return gather_rows<2, 3, true, S1, 1>(phase, m0, n, b, dcv, 1, shift, rows, len,
+                                                                  init ? starts : nullptr);
+          gather_rows<2, 3, false, S1, 1>(phase, m0, n, b, dcv, 1, shift, rows, len, init ? starts : nullptr);
+        };
+        using std::integral_constant;
+        switch (taps) {
+          case 1: run(integral_constant<int, 1>{}); break;
+          case 2: run(integral_constant<int, 2>{}); break;
+          case 3: run(integral_constant<int, 3>{}); break;
+          case 4: run(integral_constant<int, 4>{}); break;
+          case 5: run(integral_constant<int, 5>{}); break;
+          default: run(integral_constant<int, 6>{}); break;
+        }
+      }
+      return;
+    }
+  }
   switch ((one ? 1 : 0) + (short_run ? 2 : 0) + (accumulate ? 4 : 0)) {
     case 0: gather_rows<4, 2, false>(g, p0, nr, b, dcv, nt, shift, dst, len, init); break;
     case 1: gather_rows<1, 4, false>(g, p0, nr, b, dcv, nt, shift, dst, len, init); break;
