@@ -27,6 +27,13 @@ int64_t owned_cache_bytes();
 // 20 MB 1.01-1.03x; DCT 5x5 and 7x7 at 150 MB 0.46-0.55x.
 inline bool streaming_pays(int64_t bytes) { return bytes > owned_cache_bytes(); }
 
+// Whether a backward should stream dL/dy past the cache: when the gradient it reads and dL/dy together outgrow the
+// cache this process owns, dL/dy's lines are gone from it by the time they are written again (stored, each line was
+// read from memory first), though dL/dy alone may be small (a fifth of the gradient for a 3x3 bank of four).
+inline bool streaming_grad_pays(int64_t gradient_bytes, int64_t grad_y_bytes) {
+  return streaming_pays(gradient_bytes + grad_y_bytes);
+}
+
 // Whether an operand of `bytes` read once should be prefetched in software: only from main memory, when it outgrows
 // the cache as listed or twice the cache counted on, whichever is less (reads keep their speed further than
 // writes: the Xeon guest read 56 GB/s up to 64 MiB, 53 at 96, 44 at 128, 25 at 256). A factored bank's backward

@@ -707,10 +707,10 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   // Prefetching ahead of the staging pays from main memory only: from the last-level cache it stalled the staging
   // (3x3 K=4 backward at 5 MB: 1.08x slower with it; DCT 5x5 at 3.8-7.4 MB: 1.04-1.08x).
   const bool prefetch_g = prefetch_pays(static_cast<int64_t>(g.nbytes()));
-  // A direct bank's gather whose sums are final, stored in place into dL/dy, streams them past the cache when the
-  // call's operands outgrow the cache this process owns: stored, each line of dL/dy was read from memory first. Only
+  // A direct bank's gather whose sums are final, stored in place into dL/dy, streams them (streaming_grad_pays). Only
   // the direct gather: streaming the class sums (Gaussian/LoG 7x7 at 150 MB) changed nothing.
-  const bool stream_grad = streaming_pays(static_cast<int64_t>(g.nbytes() + grad_y.nbytes()));
+  const bool stream_grad =
+      streaming_grad_pays(static_cast<int64_t>(g.nbytes()), static_cast<int64_t>(grad_y.nbytes()));
   // Direct banks at stride 1 read NCHW float or double gradient rows where they lie, LaneWindow standing in for the
   // zeros around a staged row (staging copied every row once more), and in zero mode their sums start from the
   // identity's gradient (gather_rows' init, its rows prefetched with the others) instead of a pass that copied it

@@ -150,10 +150,10 @@ void backward_pairs(const at::Tensor& g, const std::vector<int64_t>& live, const
   const opmath_t* g_ptr = g.const_data_ptr<opmath_t>();
   opmath_t* gy_ptr = grad_y.mutable_data_ptr<opmath_t>();
   const std::vector<opmath_t> zeros(Wo + V, opmath_t(0));  // stands for gradient rows outside g
-  // dL/dy streamed past the cache when the call's operands outgrow the cache this process owns: its rows are then
-  // interleaved into a buffer and streamed from there (the rows start a pixel off the vectors' alignment in 'same'
-  // padding, where no streaming store reaches). Stored in place, each line of dL/dy was read from memory first.
-  const bool stream_out = streaming_pays(static_cast<int64_t>(g.nbytes() + grad_y.nbytes()));
+  // dL/dy streamed past the cache (streaming_grad_pays): its rows are then interleaved into a buffer and streamed from
+  // there (the rows start a pixel off the vectors' alignment in 'same' padding, where no streaming store reaches).
+  const bool stream_out =
+      streaming_grad_pays(static_cast<int64_t>(g.nbytes()), static_cast<int64_t>(grad_y.nbytes()));
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(W, a.K + 1), [&](int64_t begin, int64_t end) {
     std::vector<const opmath_t*> planes(L), rows(L * N);
