@@ -96,7 +96,7 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
     for (int64_t u = 0; u < U; ++u) column_dst[u] = column_plane(u);
     std::vector<const opmath_t*> terms;
     std::vector<int64_t> col_off(S1), row_off(S2);
-    std::vector<bool> buffered(K + 1);  // filter k's row is in `rows`, still to be stored
+    std::vector<char> buffered(K + 1);  // filter k's row is in `rows`, still to be stored (bytes: tested a row)
     std::vector<const opmath_t*> slot_src(K + 1);  // channels_last: each slot's row
     std::vector<scalar_t*> slot_dst(K + 1);         // and where it goes
     std::vector<opmath_t> pixel_block(cl ? (K + 1) * tl.cv : 0);  // channels_last, channel order: one pixel's slots
@@ -216,6 +216,10 @@ void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArg
           }
           continue;
         }
+        // Rows at once: every map went straight into the output. Testing K flags a row (std::vector<bool>'s bits)
+        // took a tenth of the DCT 5x5 forward's samples (K = 25); skipping it, float32, 2 threads: 0.94x the time at
+        // 3.8 MB of output, 0.90x at stride 2 (9.6 MB), DCT 7x7 0.93x.
+        if (rows_at_once) continue;
         for (int64_t k = 1; k <= K; ++k)
           if (buffered[k])
             store_row(rows.data() + (k - 1) * Wo * cv, Wo, cv, slot_row(a.slot(k), i), osW, slot_osC);
