@@ -607,12 +607,15 @@ def test_symmetric_direct_banks_match_reference(symmetry, s, dtype):
 
 
 # Their backward at stride 1 (one channel a pixel) gathers from one mix of the gradients per class of taps, each
-# class's taps then summing its mix with weight one. Banks of 2 to 13 filters, every padding mode, stop sets with and
+# class's taps then summing its mix with weight one: column by column for odd widths up to a vector's lanes (the
+# columns' lane shifts; mirror symmetric banks sum half the columns), row by row otherwise (the widths of 4 x 6, 9 x 9
+# in float64). Banks of 2 to 13 filters, every padding mode, stop sets with and
 # without the identity, both orders, gradients contiguous, expanded and sliced (staged instead of read where they
 # lie) and channels_last (which gathers), every dtype, against the reference's gradient in float64.
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("symmetry,s", [("mirror", (5, 5)), ("mirror", (4, 6)), ("point", (11, 11)),
-                                        ("octo", (7, 7)), ("octo", (3, 3)), ("levels", (3, 3))], ids=str)
+@pytest.mark.parametrize("symmetry,s", [("mirror", (5, 5)), ("mirror", (4, 6)), ("mirror", (9, 9)), ("point", (11, 11)),
+                                        ("point", (3, 5)), ("octo", (7, 7)), ("octo", (3, 3)), ("levels", (3, 3))],
+                         ids=str)
 def test_symmetric_direct_banks_gradients_match_reference(symmetry, s, dtype):
     gen = torch.Generator().manual_seed(29 + 7 * s[0] + s[1])
     cases = list(zip((2, 3, 5, 8, 9, 13), PADDING_MODES * 2, ((), (1,), (0,), (2,), (), (0, 3)),

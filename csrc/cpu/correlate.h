@@ -379,6 +379,66 @@ FIXEDBRANCH_INLINE inline at::vec::Vectorized<opmath_t> lanes_before(const at::v
 #endif
 }
 
+// sum_rows over the taps of an S1 x S2 filter, column by column: dst[x] = start[x] + sum_j T_j[x - j], T_j[x] =
+// sum_a src[x + row_off[j * S1 + a]] (the offsets of column j's rows; its taps' column shift -j comes from lane shifts
+// in registers, lanes_before). sum_rows loaded each of the S1 * S2 taps' vectors at its column shift, almost all of
+// them across two cache lines. Here the loads stay on the vectors' alignment where src's rows do, and with kMirror
+// (column S2-1-j reads the rows of column j: the mirror symmetry of Gaussians and Laplacians) only (S2 + 1) / 2 columns
+// are summed. Reads as sum_rows does, and S2 - 1 values before src (masked: the lanes that sum_rows' taps read).
+template <int S2, bool kMirror, typename opmath_t>
+void sum_columns(const opmath_t* src, const int64_t* row_off, int64_t S1, const opmath_t* start, opmath_t* dst,
+                 int64_t len) {
+  using Vec = at::vec::Vectorized<opmath_t>;
+  constexpr int64_t V = Vec::size();
+  constexpr int J = kMirror ? (S2 + 1) / 2 : S2;  // columns summed
+  static_assert(S2 <= V, "a column shifts by at most a vector's lanes");
+  Vec prev[J];  // T_j at x - V .. x - 1
+  const LaneWindow<opmath_t> before_src(S2 - 1 - V, V);
+  static_for<J>([&](auto j) FIXEDBRANCH_INLINE {
+    prev[j] = Vec(opmath_t(0));
+    for (int64_t a = 0; a < S1; ++a) prev[j] = prev[j] + before_src.load(src - V + row_off[j * S1 + a]);
+  });
+  for (int64_t x = 0; x < len; x += V) {
+    Vec cur[J];
+    static_for<J>([&](auto j) FIXEDBRANCH_INLINE {
+      cur[j] = Vec::loadu(src + x + row_off[j * S1]);
+      for (int64_t a = 1; a < S1; ++a) cur[j] = cur[j] + Vec::loadu(src + x + row_off[j * S1 + a]);
+    });
+    const int64_t n = std::min<int64_t>(V, len - x);
+    Vec acc = start ? Vec::loadu(start + x, n) : Vec(opmath_t(0));
+    static_for<S2>([&](auto j) FIXEDBRANCH_INLINE {
+      constexpr int c = kMirror ? std::min<int>(j, S2 - 1 - j) : int(j);
+      if constexpr (j == 0) {
+        acc = acc + cur[c];
+      } else {
+        acc = acc + lanes_before<j>(prev[c], cur[c]);
+      }
+    });
+    acc.store(dst + x, n);
+    for (int j = 0; j < J; ++j) prev[j] = cur[j];
+  }
+}
+
+// sum_columns for a run-time odd width S2 of 3 to 11 (at most a vector's lanes) and symmetry.
+template <typename opmath_t>
+void sum_columns_of(int64_t S2, bool mirror, const opmath_t* src, const int64_t* row_off, int64_t S1,
+                    const opmath_t* start, opmath_t* dst, int64_t len) {
+  constexpr int64_t V = at::vec::Vectorized<opmath_t>::size();
+  with_bool(mirror, [&](auto kMirror) {
+    auto run = [&](auto width) {
+      sum_columns<decltype(width)::value, decltype(kMirror)::value>(src, row_off, S1, start, dst, len);
+    };
+    using std::integral_constant;
+    switch (S2) {
+      case 3: run(integral_constant<int, 3>{}); break;
+      case 5: run(integral_constant<int, 5>{}); break;
+      case 7: run(integral_constant<int, 7>{}); break;
+      case 9: if constexpr (V >= 9) run(integral_constant<int, 9>{}); break;
+      default: if constexpr (V >= 11) run(integral_constant<int, 11>{}); break;
+    }
+  });
+}
+
 // A factored backward's transposed row passes of one group, summed (one channel a pixel, column stride SW of 1 or
 // 2): dst[q] = sum_b sum_e w[b * ns + e] * src_e[m - d] over the taps b = rho + SW * d of the column's phase, q = rho
 // + SW * m, for q in [0, out_len), where src_e = first + src_off[e] holds len values and reads as zeros outside

@@ -678,14 +678,38 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     for (int64_t l = 0; l < Ld; ++l) class_weights[c * Ld + l] = classes.weights[l * classes.count + c];
   const int64_t max_rows = (tl.rows + S1 - 2) / sh + 2;  // gradient rows one run of padded rows reads
   // Padded row p sums, for every class c and tap (a, b) in it, mix_c's row p - a from column -b (the task's class_mix,
-  // staged rows Wg pixels apart): these offsets from mix_0's row p.
+  // rows mix_pitch values apart): these offsets from mix_0's row p.
+  constexpr int64_t kVec = at::vec::Vectorized<opmath_t>::size();
   const int64_t mix_rows_per_class = max_rows + 2 * (S1 - 1);
+  const int64_t mix_pitch = (Wg + kVec - 1) / kVec * kVec;  // between mixed rows: whole vectors (one channel a pixel)
   std::vector<int64_t> class_tap_off;
   for (int64_t c = 0; c < class_count; ++c)
     for (int64_t m = classes.begin[c]; m < classes.begin[c + 1]; ++m) {
       const int64_t tap = classes.members[m];
-      class_tap_off.push_back((c * mix_rows_per_class - tap / S2) * Wg - tap % S2);
+      class_tap_off.push_back((c * mix_rows_per_class - tap / S2) * mix_pitch - tap % S2);
     }
+  // The same sums column by column (sum_columns), where the lanes shift far enough: column b's row a is tap (a, b)'s
+  // class mix, row p - a. Its loads stay on the vectors' alignment: the mixed rows are mix_pitch (whole vectors)
+  // apart, each row's padded column qa (where the sums start) on a vector's boundary. Gaussian/LoG 7x7 (mirror
+  // symmetric: four columns of seven rows summed, 28 aligned loads a vector where sum_rows made 49 unaligned ones),
+  // float32, 2 threads, old build against new: the class sums alone 0.51x the time (1.25-1.31 -> 0.66 ns a pixel, one
+  // core, in L2); the backward 0.86-0.88x at 5.3, 37 and 150 MB of gradient.
+  const bool sum_by_columns = kLaneShifts && S2 % 2 == 1 && S2 >= 3 && S2 <= 11 && S2 <= kVec;
+  std::vector<int64_t> column_rows(by_classes ? S2 * S1 : 0);  // [b * S1 + a]: tap (a, b)'s offset from mix_0's row p
+  bool mirror = true;  // column S2-1-b sums the rows of column b
+  {
+    std::vector<int64_t> class_of(taps);
+    for (int64_t c = 0; c < class_count; ++c)
+      for (int64_t m = classes.begin[c]; m < classes.begin[c + 1]; ++m) class_of[classes.members[m]] = c;
+    for (int64_t a = 0; a < S1 && by_classes; ++a)
+      for (int64_t b = 0; b < S2; ++b) {
+        column_rows[b * S1 + a] = (class_of[a * S2 + b] * mix_rows_per_class - a) * mix_pitch;
+        mirror = mirror && class_of[a * S2 + b] == class_of[a * S2 + S2 - 1 - b];
+      }
+  }
+  // Padded column qa of every mixed row on a vector's boundary: the rows start mix_lead values into an aligned buffer.
+  const int64_t qa_rows = mode == PadMode::Zeros ? pad.left : 0;
+  const int64_t mix_lead = (kVec - (E + qa_rows) % kVec) % kVec;
   const bool identity_live = a.identity && !a.stopped[0];
   const int64_t cv_tail = C % tl.cv == 0 ? tl.cv : C % tl.cv;
   const Phases g_phases_full = make_phases(S2, sw, tl.cv), g_phases_tail = make_phases(S2, sw, cv_tail);
@@ -698,7 +722,6 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   // summed: DCT 5x5 0.81x the backward's time at a 3.8 MB gradient, 0.67x at 38 MB; DCT 7x7 0.73x at 7.4 MB, 0.68x
   // at 37 MB; the Gabor 11x11 bank (two of its filters factored) 0.84x; at stride 2, against the mixes' phase
   // planes summed and interleaved, DCT 5x5 0.68-0.73x (dL/dout of 3.8 to 148 MB).
-  constexpr int64_t kVec = at::vec::Vectorized<opmath_t>::size();
   const bool sum_in_registers =
       kLaneShifts && sw <= 2 && tl.cv == 1 && S2 % 2 == 1 && S2 >= 3 && S2 <= 11 && S2 <= kVec;
   const int64_t phase_len = ceil_div(pw, sw);  // values of a phase row
@@ -771,10 +794,12 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     std::vector<const scalar_t*> slot_rows(L);   // channels_last: one gradient row of each live filter
     std::vector<opmath_t*> staged_rows(L);       // and where it is staged
     std::vector<opmath_t> pixel_block(tl.cv > 1 ? a.B * tl.cv : 0);  // channels_last, channel order: one pixel
-    // Class c's mix of gradient row o at class_mix[(c * mix_rows_per_class + o - o0 + S1 - 1) * g_pitch + E], laid
+    // Class c's mix of gradient row o at mix_base[(c * mix_rows_per_class + o - o0 + S1 - 1) * mix_pitch + E], laid
     // out as a staged row (its zero borders, from the initialisation, are never written) between S1 - 1 rows of zeros
     // standing for the rows outside the gradient, so that every padded row sums the same offsets.
-    std::vector<opmath_t> class_mix(by_classes ? class_count * mix_rows_per_class * g_pitch + kSlack<opmath_t> : 0);
+    std::vector<opmath_t> class_mix(
+        by_classes ? class_count * mix_rows_per_class * mix_pitch + 2 * kVec + kSlack<opmath_t> : 0);
+    opmath_t* const mix_base = by_classes ? aligned_within(class_mix.data()) + mix_lead : nullptr;
     std::vector<opmath_t*> mix_rows(class_count);
     std::vector<int64_t> mix_off(Ld);
     for (int64_t id = begin; id < end; ++id) {
@@ -826,7 +851,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
         // at once, the DCT banks' backward ran 1.3-1.5x slower at 38 MB.
         const bool incremental = G == 0;
         auto mixed_row = [&](int64_t c, int64_t o) {
-          return class_mix.data() + (c * mix_rows_per_class + o - o0 + S1 - 1) * g_pitch + E;
+          return mix_base + (c * mix_rows_per_class + o - o0 + S1 - 1) * mix_pitch + E;
         };
         // Rows outside the gradient read as zeros (their slots may hold another run's mixes); the other rows around
         // o0 .. o1 - 1 are never read.
@@ -844,7 +869,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
           for (int64_t l = 0; l < Ld; ++l) mix_off[l] = g_rows[l * nO + (o - o0)] - first;
           for (int64_t c = 0; c < class_count; ++c) mix_rows[c] = mixed_row(c, o);
           correlate_blocks<true>(class_count, first, pitch, mix_off.data(), class_weights.data(), Ld, mix_rows.data(),
-                                 g_pitch, n, Wo);
+                                 mix_pitch, n, Wo);
         };
         int64_t staged = o0;  // rows o0 .. staged-1 are staged
         auto stage_until = [&](int64_t o_end) {
@@ -1002,7 +1027,14 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
           if (Ld > 0 && by_classes) {
             for (int64_t r = 0; r < nr; ++r) {
               const opmath_t* start = identity_starts_sums ? identity_rows[r] : accumulate ? dst[r] : nullptr;
-              sum_rows(mixed_row(0, p + r) + qa, class_tap_off.data(), taps, start, dst[r], qb - qa);
+              const opmath_t* src = mixed_row(0, p + r) + qa;
+              if constexpr (kLaneShifts) {
+                if (sum_by_columns) {
+                  sum_columns_of(S2, mirror, src, column_rows.data(), S1, start, dst[r], qb - qa);
+                  continue;
+                }
+              }
+              sum_rows(src, class_tap_off.data(), taps, start, dst[r], qb - qa);
             }
             accumulate = true;
           } else if (Ld > 0) {

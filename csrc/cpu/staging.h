@@ -413,6 +413,14 @@ void store_run(const opmath_t* src, int64_t n, scalar_t* dst, int64_t dst_stride
   convert_strided(src, 1, dst, dst_stride, n);
 }
 
+// The first vector boundary at or after p, in a buffer allocated a vector longer: rows placed from there on keep their
+// loads on the vectors' alignment.
+template <typename T>
+inline T* aligned_within(T* p) {
+  constexpr uintptr_t kBytes = sizeof(at::vec::Vectorized<T>);
+  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + kBytes - 1) / kBytes * kBytes);
+}
+
 // f(std::true_type) or f(std::false_type) as b is: a run-time choice between two compile-time variants.
 template <typename F>
 inline void with_bool(bool b, F&& f) {
