@@ -419,23 +419,29 @@ void sum_columns(const opmath_t* src, const int64_t* row_off, int64_t S1, const 
   }
 }
 
-// sum_columns for a run-time odd width S2 of 3 to 11 (at most a vector's lanes) and symmetry.
+// run(integral_constant<int, S>) for a run-time odd width S of 3 to 11 that a vector of opmath_t spans: the widths
+// whose column shifts the lane-shifting sums (sum_columns, transposed_row_sums) take in registers.
+template <typename opmath_t, typename F>
+void with_odd_width(int64_t S, F&& run) {
+  constexpr int64_t V = at::vec::Vectorized<opmath_t>::size();
+  using std::integral_constant;
+  switch (S) {
+    case 3: run(integral_constant<int, 3>{}); break;
+    case 5: run(integral_constant<int, 5>{}); break;
+    case 7: run(integral_constant<int, 7>{}); break;
+    case 9: if constexpr (V >= 9) run(integral_constant<int, 9>{}); break;
+    default: if constexpr (V >= 11) run(integral_constant<int, 11>{}); break;
+  }
+}
+
+// sum_columns for a run-time odd width S2 (with_odd_width) and symmetry.
 template <typename opmath_t>
 void sum_columns_of(int64_t S2, bool mirror, const opmath_t* src, const int64_t* row_off, int64_t S1,
                     const opmath_t* start, opmath_t* dst, int64_t len) {
-  constexpr int64_t V = at::vec::Vectorized<opmath_t>::size();
   with_bool(mirror, [&](auto kMirror) {
-    auto run = [&](auto width) {
+    with_odd_width<opmath_t>(S2, [&](auto width) {
       sum_columns<decltype(width)::value, decltype(kMirror)::value>(src, row_off, S1, start, dst, len);
-    };
-    using std::integral_constant;
-    switch (S2) {
-      case 3: run(integral_constant<int, 3>{}); break;
-      case 5: run(integral_constant<int, 5>{}); break;
-      case 7: run(integral_constant<int, 7>{}); break;
-      case 9: if constexpr (V >= 9) run(integral_constant<int, 9>{}); break;
-      default: if constexpr (V >= 11) run(integral_constant<int, 11>{}); break;
-    }
+    });
   });
 }
 

@@ -953,20 +953,12 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
               if constexpr (kLaneShifts) {
                 if (sum_in_registers) {
                   const opmath_t* w = group_mix[u].data();
-                  auto run = [&](auto taps) {
+                  with_odd_width<opmath_t>(S2, [&](auto taps) {
                     with_bool(sw == 2, [&](auto two) {
                       transposed_row_sums<decltype(taps)::value, two ? 2 : 1>(first, pitch, source_off.data(), ns, w,
                                                                               Wo, pw, h_first, h_pitch, nO);
                     });
-                  };
-                  using std::integral_constant;
-                  switch (S2) {
-                    case 3: run(integral_constant<int, 3>{}); break;
-                    case 5: run(integral_constant<int, 5>{}); break;
-                    case 7: run(integral_constant<int, 7>{}); break;
-                    case 9: if constexpr (kVec >= 9) run(integral_constant<int, 9>{}); break;
-                    default: if constexpr (kVec >= 11) run(integral_constant<int, 11>{}); break;
-                  }
+                  });
                   continue;
                 }
               }
