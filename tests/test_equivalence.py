@@ -608,7 +608,7 @@ def test_symmetric_direct_banks_match_reference(symmetry, s, dtype):
 
 # Their backward at stride 1 (one channel a pixel) gathers from one mix of the gradients per class of taps, each
 # class's taps then summing its mix with weight one: column by column for odd widths up to a vector's lanes (the
-# columns' lane shifts; mirror symmetric banks sum half the columns), row by row otherwise (the widths of 4 x 6, 9 x 9
+# columns' lane shifts; mirror symmetric banks sum half the columns), row by row otherwise (the 4 x 6 bank, and 9 x 9
 # in float64). Banks of 2 to 13 filters, every padding mode, stop sets with and
 # without the identity, both orders, gradients contiguous, expanded and sliced (staged instead of read where they
 # lie) and channels_last (which gathers), every dtype, against the reference's gradient in float64.
