@@ -419,8 +419,14 @@ void sum_columns(const opmath_t* src, const int64_t* row_off, int64_t S1, const 
   }
 }
 
-// run(integral_constant<int, S>) for a run-time odd width S of 3 to 11 that a vector of opmath_t spans: the widths
-// whose column shifts the lane-shifting sums (sum_columns, transposed_row_sums) take in registers.
+// Whether the lane-shifting sums (sum_columns, transposed_row_sums) take width S: odd, 3 to 11, no wider than a vector
+// of opmath_t, and lane shifts in the ISA (kLaneShifts).
+template <typename opmath_t>
+constexpr bool lane_shift_width(int64_t S) {
+  return kLaneShifts && S % 2 == 1 && S >= 3 && S <= 11 && S <= at::vec::Vectorized<opmath_t>::size();
+}
+
+// run(integral_constant<int, S>) for a run-time width S that lane_shift_width takes.
 template <typename opmath_t, typename F>
 void with_odd_width(int64_t S, F&& run) {
   constexpr int64_t V = at::vec::Vectorized<opmath_t>::size();

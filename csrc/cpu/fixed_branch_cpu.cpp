@@ -689,29 +689,31 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   constexpr int64_t kVec = at::vec::Vectorized<opmath_t>::size();
   const int64_t mix_rows_per_class = max_rows + 2 * (S1 - 1);
   const int64_t mix_pitch = (Wg + kVec - 1) / kVec * kVec;  // between mixed rows: whole vectors (one channel a pixel)
-  std::vector<int64_t> class_tap_off;
-  for (int64_t c = 0; c < class_count; ++c)
-    for (int64_t m = classes.begin[c]; m < classes.begin[c + 1]; ++m) {
-      const int64_t tap = classes.members[m];
-      class_tap_off.push_back((c * mix_rows_per_class - tap / S2) * mix_pitch - tap % S2);
-    }
   // The same sums column by column (sum_columns), where the lanes shift far enough: column b's row a is tap (a, b)'s
   // class mix, row p - a. Its loads stay on the vectors' alignment: the mixed rows are mix_pitch (whole vectors)
   // apart, each row's padded column qa (where the sums start) on a vector's boundary. Gaussian/LoG 7x7 (mirror
   // symmetric: four columns of seven rows summed, 28 aligned loads a vector where sum_rows made 49 unaligned ones),
   // float32, 2 threads, old build against new: the class sums alone 0.51x the time (1.25-1.31 -> 0.66 ns a pixel, one
   // core, in L2); the backward 0.86-0.88x at 5.3, 37 and 150 MB of gradient.
-  const bool sum_by_columns = kLaneShifts && S2 % 2 == 1 && S2 >= 3 && S2 <= 11 && S2 <= kVec;
-  std::vector<int64_t> column_rows(by_classes ? S2 * S1 : 0);  // [b * S1 + a]: tap (a, b)'s offset from mix_0's row p
-  bool mirror = true;  // column S2-1-b sums the rows of column b
-  {
+  const bool sum_by_columns = lane_shift_width<opmath_t>(S2);
+  std::vector<int64_t> class_tap_off;  // sum_rows: class by class, each tap's offset
+  std::vector<int64_t> column_rows;    // sum_columns: [b * S1 + a], tap (a, b)'s offset less its column shift
+  bool mirror = true;                  // sum_columns: column S2-1-b sums the rows of column b
+  if (by_classes && sum_by_columns) {
     std::vector<int64_t> class_of(taps);
     for (int64_t c = 0; c < class_count; ++c)
       for (int64_t m = classes.begin[c]; m < classes.begin[c + 1]; ++m) class_of[classes.members[m]] = c;
-    for (int64_t a = 0; a < S1 && by_classes; ++a)
+    column_rows.resize(S2 * S1);
+    for (int64_t a = 0; a < S1; ++a)
       for (int64_t b = 0; b < S2; ++b) {
         column_rows[b * S1 + a] = (class_of[a * S2 + b] * mix_rows_per_class - a) * mix_pitch;
         mirror = mirror && class_of[a * S2 + b] == class_of[a * S2 + S2 - 1 - b];
+      }
+  } else {
+    for (int64_t c = 0; c < class_count; ++c)
+      for (int64_t m = classes.begin[c]; m < classes.begin[c + 1]; ++m) {
+        const int64_t tap = classes.members[m];
+        class_tap_off.push_back((c * mix_rows_per_class - tap / S2) * mix_pitch - tap % S2);
       }
   }
   // Padded column qa of every mixed row on a vector's boundary: the rows start mix_lead values into an aligned buffer.
@@ -729,8 +731,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   // summed: DCT 5x5 0.81x the backward's time at a 3.8 MB gradient, 0.67x at 38 MB; DCT 7x7 0.73x at 7.4 MB, 0.68x
   // at 37 MB; the Gabor 11x11 bank (two of its filters factored) 0.84x; at stride 2, against the mixes' phase
   // planes summed and interleaved, DCT 5x5 0.68-0.73x (dL/dout of 3.8 to 148 MB).
-  const bool sum_in_registers =
-      kLaneShifts && sw <= 2 && tl.cv == 1 && S2 % 2 == 1 && S2 >= 3 && S2 <= 11 && S2 <= kVec;
+  const bool sum_in_registers = sw <= 2 && tl.cv == 1 && lane_shift_width<opmath_t>(S2);
   const int64_t phase_len = ceil_div(pw, sw);  // values of a phase row
 
   const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
