@@ -77,10 +77,12 @@ void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar
   at::parallel_for(0, tl.tasks(a.N), tl.grain(Wo, K + 1), [&](int64_t begin, int64_t end) {
     // The last tap of the last dropped output reads (S2-1)/sw < pitch values past the planes.
     std::vector<opmath_t> tile(sh * sw * planes.size() + pitch + kSlack<opmath_t>);
-    std::vector<opmath_t> row(pw), maps(K * map_len);
+    // The maps' rows when they cannot go into the output in place (zeroed on allocation: none when they can).
+    std::vector<opmath_t> row(pw), maps(in_place ? 0 : K * map_len);
     std::vector<opmath_t*> dst(K);
     for (int64_t id = begin; id < end; ++id) {
-      for (int64_t k = 0; k < K; ++k) dst[k] = maps.data() + k * map_len;
+      if (!in_place)
+        for (int64_t k = 0; k < K; ++k) dst[k] = maps.data() + k * map_len;
       const Task t = locate(tl, id, C, Ho);
       const int64_t n = t.i1 - t.i0;
       const View v{H, W, y.stride(2), y.stride(3), y.stride(1), 1};
@@ -154,6 +156,27 @@ void backward_pairs(const at::Tensor& g, const std::vector<int64_t>& live, const
   // there (the rows start a pixel off the vectors' alignment in 'same' padding, where no streaming store reaches).
   const bool stream_out =
       streaming_grad_pays(static_cast<int64_t>(g.nbytes()), static_cast<int64_t>(grad_y.nbytes()));
+  // The steps along a pair of rows, the same for every pair: where each starts and, for a step that reaches past
+  // g's or dL/dy's edges, the windows of its loads (at column shift dc; the identity's is left / 2 < N) and stores.
+  // Set up once here: rows of 96 pixels are a single masked step, and building its 16 windows row by row took
+  // about a third of the step's instructions.
+  struct PairStep {
+    int64_t mc0;
+    bool masked;
+    std::optional<Window> loads[N][U], stores[U][2];
+  };
+  std::vector<PairStep> steps;
+  for (int64_t mc0 = mc_lo; mc0 < mc_hi; mc0 += U * V) {
+    PairStep& ps = steps.emplace_back();
+    ps.mc0 = mc0;
+    ps.masked = !(mc0 - (N - 1) >= 0 && mc0 - left / 2 >= 0 && mc0 + U * V <= Wo && 2 * mc0 - left >= 0 &&
+                  2 * (mc0 + U * V) - left <= W);
+    if (!ps.masked) continue;
+    for (int u = 0; u < U; ++u) {
+      for (int dc = 0; dc < N; ++dc) ps.loads[dc][u].emplace(mc0 - dc + u * V, Wo);
+      for (int h = 0; h < 2; ++h) ps.stores[u][h].emplace(2 * (mc0 + u * V) - left + h * V, W);
+    }
+  }
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(W, a.K + 1), [&](int64_t begin, int64_t end) {
     std::vector<const opmath_t*> planes(L), rows(L * N);
@@ -177,16 +200,11 @@ void backward_pairs(const at::Tensor& g, const std::vector<int64_t>& live, const
           dest[pr] = i >= t.i0 && i < t.i1 ? gy_plane + i * grad_y.stride(2) : nullptr;
           out[pr] = dest[pr] && stream_out ? row_buffer.data() + pr * W : dest[pr];
         }
-        auto step = [&](int64_t mc0, auto masked) FIXEDBRANCH_INLINE {
+        auto step = [&](const PairStep& ps, auto masked) FIXEDBRANCH_INLINE {
           constexpr bool kMasked = decltype(masked)::value;
-          // A masked step's windows: loads at column shift dc (the identity's is left / 2 < N), stores.
-          std::optional<Window> loads[kMasked ? N : 1][U], stores[kMasked ? U : 1][2];
-          if constexpr (kMasked) {
-            for (int u = 0; u < U; ++u) {
-              for (int dc = 0; dc < N; ++dc) loads[dc][u].emplace(mc0 - dc + u * V, Wo);
-              for (int h = 0; h < 2; ++h) stores[u][h].emplace(2 * (mc0 + u * V) - left + h * V, W);
-            }
-          }
+          const int64_t mc0 = ps.mc0;
+          const auto& loads = ps.loads;
+          const auto& stores = ps.stores;
           auto load = [&](const opmath_t* row, int dc, int u) FIXEDBRANCH_INLINE {
             const int64_t x = mc0 - dc + u * V;
             if constexpr (kMasked) return loads[dc][u]->load(row + x);
@@ -239,13 +257,11 @@ void backward_pairs(const at::Tensor& g, const std::vector<int64_t>& live, const
             }
           });
         };
-        for (int64_t mc0 = mc_lo; mc0 < mc_hi; mc0 += U * V) {
-          const bool inside = mc0 - (N - 1) >= 0 && mc0 - left / 2 >= 0 && mc0 + U * V <= Wo &&
-                              2 * mc0 - left >= 0 && 2 * (mc0 + U * V) - left <= W;
-          if (inside) {
-            step(mc0, std::false_type{});
+        for (const PairStep& ps : steps) {
+          if (ps.masked) {
+            step(ps, std::true_type{});
           } else {
-            step(mc0, std::true_type{});
+            step(ps, std::false_type{});
           }
         }
         for (int pr = 0; pr < 2 && stream_out; ++pr)
