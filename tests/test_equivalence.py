@@ -362,6 +362,32 @@ def test_strided_plane_kernels_match_reference(s, stride, hw, stop, identity, dt
         assert_close(grad, expected_grad, dtype, f"gradient {s} {stride} {hw}")
 
 
+# The forward at column stride 2 that reads y where it lies (forward_pairs, csrc/cpu/planes.cpp), case by case: banks
+# of up to 16 taps and one to five filters (one block of them), rows of one output, shorter than a vector, one step
+# of float32 (64 outputs) and past it, several steps and a partial last vector; maps of one row and of rows whose taps
+# all lie in y between rows that reach past its top or bottom edge; row strides 1 to 3; the identity live or absent,
+# both orders, float32 and float64, y contiguous and rows of a wider tensor.
+PAIR_CASES = [
+    ((3, 3), 4, 2, (5, 7)), ((3, 3), 5, (1, 2), (9, 33)), ((2, 3), 1, (3, 2), (13, 130)), ((4, 4), 3, 2, (40, 161)),
+    ((1, 3), 2, 2, (3, 2)), ((3, 1), 1, 2, (1, 1)), ((3, 3), 2, 2, (2, 257)), ((2, 2), 4, 2, (7, 129)),
+    ((4, 3), 5, 3, (17, 96)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("s,k,stride,hw", PAIR_CASES)
+def test_stride_two_forward_from_y_in_place_matches_reference(s, k, stride, hw, dtype):
+    gen = torch.Generator().manual_seed(sum(s) + sum(hw) + k)
+    bank = torch.randn(k, *s, generator=gen, dtype=torch.float64)
+    wide = torch.randn(2, 3, hw[0], 2 * hw[1], generator=gen, dtype=torch.float64).to(dtype)
+    for y, identity, order in ((wide[..., : hw[1]].contiguous(), True, "branch"), (wide[..., : hw[1]], False, "channel")):
+        with factoring("never"):
+            out = fb.fixed_branch(y, bank, "zeros", identity=identity, order=order, stride=stride)
+        expected = reference.fixed_branch(y.double(), bank.to(dtype).double(), "zeros", identity=identity,
+                                          order=order, stride=stride)
+        assert_close(out, expected, dtype, f"{s} k={k} stride {stride} {hw} {order}")
+
+
 # The 2x2, stride-2 kernels (csrc/cpu/tiles.cpp), case by case: rows of one output (Wo = 1), shorter than a vector,
 # just under, at and over a vector of float32 and float64, and wider; one and several rows per map (a row's last
 # vector runs over into the next row only inside a run of contiguous rows); y and the gradient with contiguous rows,

@@ -1,4 +1,4 @@
-// The strided NCHW kernels that run a task plane by plane (planes.h).
+// The strided NCHW kernels: planes, and column pairs read where they lie (planes.h).
 #include "cpu/planes.h"
 
 #include <ATen/Parallel.h>
@@ -37,6 +37,200 @@ struct Planes {
   int64_t at(int64_t r, int64_t q) const { return ((r % sh) * sw + q % sw) * size() + (r / sh) * pitch + q / sw; }
 };
 
+// v's first `count` values at p, whole vectors streamed if `stream`. By value, unlike store_vector: a reference to an
+// accumulator, passed to a call that was not inlined, kept all of them in memory.
+template <typename T>
+FIXEDBRANCH_INLINE inline void store_value(at::vec::Vectorized<T> v, T* p, int64_t count, bool stream) {
+  if (count < at::vec::Vectorized<T>::size()) return v.store(p, count);
+  if (stream) return stream_store(v, p);
+  v.store(p);
+}
+
+// forward_pairs' steps: vectors a step and filters a block (kPairBranches * kPairVectors accumulators and
+// kPairVectors inputs in the registers).
+constexpr int kPairVectors = kVectorRegisters >= 32 ? 4 : 2, kPairBranches = kVectorRegisters >= 32 ? 5 : 4;
+
+// f(integral_constant<int, N>) for a run-time n in 1..U (U <= 4).
+template <int U, typename F>
+void with_vectors(int n, F&& f) {
+  using std::integral_constant;
+  switch (n) {
+    case 1: f(integral_constant<int, 1>{}); break;
+    case 2: if constexpr (U >= 2) f(integral_constant<int, 2>{}); break;
+    case 3: if constexpr (U >= 3) f(integral_constant<int, 3>{}); break;
+    default: if constexpr (U >= 4) f(integral_constant<int, 4>{}); break;
+  }
+}
+
+// f(integral_constant<int, KB>) for a run-time kb in 1..kMost (kMost <= 5).
+template <int kMost, typename F>
+void with_branches(int64_t kb, F&& f) {
+  using std::integral_constant;
+  switch (kb) {
+    case 1: f(integral_constant<int, 1>{}); break;
+    case 2: if constexpr (kMost >= 2) f(integral_constant<int, 2>{}); break;
+    case 3: if constexpr (kMost >= 3) f(integral_constant<int, 3>{}); break;
+    case 4: if constexpr (kMost >= 4) f(integral_constant<int, 4>{}); break;
+    default: if constexpr (kMost >= 5) f(integral_constant<int, 5>{}); break;
+  }
+}
+
+// One step of forward_pairs: KB filters (weights w, `taps` apart) over the N vectors of outputs from x0 on, summing
+// the n taps j whose inputs start at src[j] (y's row + 2*x0 + b - left), their loads' windows at win[j] (the tap
+// column's, forward_pairs' Step) and their weights at w + tap[j]; for `rows` rows, src_pitch and dst_pitch apart.
+// One flat loop over the taps, as in correlate, and a
+// function of its own, each shape compiled apart: loops over tap rows and columns inside forward_pairs' own loop kept
+// the accumulators in memory.
+template <int KB, int N, typename T>
+void pair_step(const T* const* src, const LaneWindow<T>* const* win, const int64_t* tap, int64_t n, const T* w,
+               int64_t taps, T* const* maps, int64_t x0, int64_t Wo, int64_t rows, int64_t src_pitch,
+               int64_t dst_pitch, bool stream) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  for (int64_t row = 0; row < rows; ++row) {
+    Vec acc[KB][N];
+    static_for<KB>([&](auto k) FIXEDBRANCH_INLINE {
+      static_for<N>([&](auto u) FIXEDBRANCH_INLINE { acc[k][u] = Vec(T(0)); });
+    });
+    for (int64_t j = 0; j < n; ++j) {
+      const T* from = src[j] + row * src_pitch;
+      const LaneWindow<T>* lanes = win[j];
+      Vec in[N];
+      static_for<N>([&](auto u) FIXEDBRANCH_INLINE {
+        const T* pair = from + 2 * u * V;
+        in[u] = at::vec::deinterleave2(lanes[2 * u].load(pair), lanes[2 * u + 1].load(pair + V)).first;
+      });
+      const T* wt = w + tap[j];
+      static_for<KB>([&](auto k) FIXEDBRANCH_INLINE {
+        const Vec wk(wt[k * taps]);
+        static_for<N>([&](auto u) FIXEDBRANCH_INLINE { acc[k][u] = at::vec::fmadd(wk, in[u], acc[k][u]); });
+      });
+    }
+    static_for<N>([&](auto u) FIXEDBRANCH_INLINE {
+      const int64_t x = x0 + u * V, count = std::min(V, Wo - x);
+      static_for<KB>([&](auto k) FIXEDBRANCH_INLINE {
+        store_value(acc[k][u], maps[k] + row * dst_pitch + x, count, stream);
+      });
+    });
+  }
+}
+
+// The identity's N vectors from x0 on in `rows` rows: the even lanes of y's rows from column 2*x0 on (windows
+// `lanes`), the first at `first`.
+template <int N, typename T>
+void pair_identity(const T* first, const LaneWindow<T>* lanes, T* identity, int64_t x0, int64_t Wo, int64_t rows,
+                   int64_t src_pitch, int64_t dst_pitch, bool stream) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  for (int64_t row = 0; row < rows; ++row) {
+    static_for<N>([&](auto u) FIXEDBRANCH_INLINE {
+      const T* from = first + row * src_pitch + 2 * (x0 + u * V);
+      const Vec v = at::vec::deinterleave2(lanes[2 * u].load(from), lanes[2 * u + 1].load(from + V)).first;
+      const int64_t x = x0 + u * V;
+      store_value(v, identity + row * dst_pitch + x, std::min(V, Wo - x), stream);
+    });
+  }
+}
+
+// The forward at column stride 2 in zero padding, every filter direct and in no tap classes, for float or double y
+// and output whose rows are contiguous: y read where it lies, nothing staged. Output pixel (i, x) of a filter sums
+// its taps (r, b) over y's pixel (i*sh + r - top, 2x + b - left): for a tap, the even lanes of the two vectors from
+// y's column 2*x0 + b - left on are the tap's inputs for outputs x0 .. x0 + V - 1, one permute per vector, the lanes
+// outside y's row masked to zero (LaneWindow). The tap (top, left) is y's own pixel (2x, i*sh): the identity's row.
+// The planes (forward_planes) spent as long staging y as correlating it: the 3x3 bank of four, y = 4x7x96x96
+// float32, 4.3 us a plane on one core, about 1.6 of them staging the planes and 1.6 correlating them.
+template <typename T>
+void forward_pairs(const at::Tensor& y, const KernelBank<T>& kb, const BranchArgs& a, at::Tensor& out) {
+  using Vec = at::vec::Vectorized<T>;
+  using Window = LaneWindow<T>;
+  constexpr int64_t V = Vec::size();
+  constexpr int U = kPairVectors, kMost = kPairBranches;
+  const int64_t C = a.C, H = a.H, W = a.W, Ho = a.out_h, Wo = a.out_w, K = a.K, sh = a.stride_h;
+  const int64_t S1 = kb.S1, S2 = kb.S2, taps = S1 * S2, top = a.pad.top, left = a.pad.left;
+  TORCH_INTERNAL_ASSERT(top < S1 && left < S2);  // 'same' padding: the identity's pixel is a tap's
+  // The steps along an output row, the same for every row: the first output x0, the vectors n, and the windows of
+  // the loads of tap column b, vector u, half h at loads[(b * U + u) * 2 + h].
+  struct Step {
+    int64_t x0;
+    int n;
+    std::vector<Window> loads;
+  };
+  std::vector<Step> steps;
+  for (int64_t x0 = 0; x0 < Wo; x0 += U * V) {
+    Step& step = steps.emplace_back();
+    step.x0 = x0;
+    step.n = static_cast<int>(std::min<int64_t>(U, (Wo - x0 + V - 1) / V));
+    for (int64_t b = 0; b < S2; ++b)
+      for (int u = 0; u < U; ++u)
+        for (int h = 0; h < 2; ++h) step.loads.emplace_back(2 * (x0 + u * V) + b - left + h * V, W);
+  }
+  const T* y_ptr = y.const_data_ptr<T>();
+  T* out_ptr = out.mutable_data_ptr<T>();
+  const T* w = kb.direct_weights.data();
+  const int64_t ysH = y.stride(2), osH = out.stride(2), osC = out.stride(1);
+  const bool stream = streaming_pays(static_cast<int64_t>(out.nbytes()));
+
+  // Tasks of up to kRows output rows of one map. The rows whose taps all lie in y (all but a few at the top and
+  // bottom) run as one call a step, their taps listed once.
+  constexpr int64_t kRows = 32;
+  const int64_t row_blocks = (Ho + kRows - 1) / kRows;
+  const int64_t first_inside = (top + sh - 1) / sh;                                        // i*sh - top >= 0
+  const int64_t end_inside = H - S1 + top >= 0 ? (H - S1 + top) / sh + 1 : 0;            // i*sh - top + S1 <= H
+  at::parallel_for(0, a.N * C * row_blocks, tasks_per_grain(kRows * ((K + 1) * Wo + sh * W)), [&](int64_t begin,
+                                                                                                   int64_t end) {
+    std::vector<const T*> rows(S1);  // the input rows of tap row r, null outside y
+    std::vector<T*> maps(K);
+    std::vector<const T*> src(taps);
+    std::vector<const Window*> win(taps);
+    std::vector<int64_t> tap(taps);
+    for (int64_t id = begin; id < end; ++id) {
+      const int64_t rb = id % row_blocks, c = id / row_blocks % C, n = id / (row_blocks * C);
+      const int64_t i0 = rb * kRows, i1 = std::min(Ho, i0 + kRows);
+      const T* plane = y_ptr + n * y.stride(0) + c * y.stride(1);
+      T* out_plane = out_ptr + n * out.stride(0);
+      // Output rows i .. i + count - 1, whose tap rows are those of row i (null: outside y) moved sh rows a row.
+      auto run_rows = [&](int64_t i, int64_t count) {
+        for (int64_t r = 0; r < S1; ++r) {
+          const int64_t source = i * sh + r - top;
+          rows[r] = source >= 0 && source < H ? plane + source * ysH : nullptr;
+        }
+        T* out_row = out_plane + i * osH;
+        T* identity = a.identity ? out_row + a.channel(0, c) * osC : nullptr;
+        for (int64_t j = 0; j < K; ++j) maps[j] = out_row + a.channel(a.slot(kb.direct[j]), c) * osC;
+        for (const Step& step : steps) {
+          int64_t n_taps = 0;
+          for (int64_t r = 0; r < S1; ++r) {
+            if (!rows[r]) continue;
+            for (int64_t b = 0; b < S2; ++b, ++n_taps) {
+              src[n_taps] = rows[r] + 2 * step.x0 + b - left;
+              win[n_taps] = step.loads.data() + b * U * 2;
+              tap[n_taps] = r * S2 + b;
+            }
+          }
+          with_vectors<U>(step.n, [&](auto vectors) {
+            constexpr int N = decltype(vectors)::value;
+            if (identity)
+              pair_identity<N>(rows[top], step.loads.data() + left * U * 2, identity, step.x0, Wo, count, sh * ysH,
+                               osH, stream);
+            for_each_branch_block(K, [&](int64_t k0, int64_t kn) {
+              with_branches<kMost>(kn, [&](auto blocks) {
+                pair_step<decltype(blocks)::value, N>(src.data(), win.data(), tap.data(), n_taps, w + k0 * taps,
+                                                       taps, maps.data() + k0, step.x0, Wo, count, sh * ysH, osH,
+                                                       stream);
+              });
+            }, kMost);
+          });
+        }
+      };
+      const int64_t a0 = std::clamp(first_inside, i0, i1), a1 = std::clamp(end_inside, a0, i1);
+      for (int64_t i = i0; i < a0; ++i) run_rows(i, 1);
+      if (a1 > a0) run_rows(a0, a1 - a0);
+      for (int64_t i = a1; i < i1; ++i) run_rows(i, 1);
+    }
+    if (stream) stream_fence();
+  });
+}
+
 }  // namespace
 
 // The forward of every filter when all are direct, y in NCHW (any strides) and a stride > 1.
@@ -44,6 +238,17 @@ template <typename scalar_t>
 void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar_t>>& kb, const BranchArgs& a,
                     at::Tensor& out) {
   using opmath_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, opmath_t> && kMaskedLoads) {
+    // On AVX-512, banks of up to 16 taps whose filters make one block: a permute a tap costs less than staging the
+    // planes, but each block of filters permutes its taps' inputs again (float32, 2 threads, y = 4x16x96x96, against
+    // the planes: 3x3 banks of 1, 2 and 5 filters 0.72x, 0.80x and 0.87x the time, 4x4 of 3 0.95x at 56x56; 3x3 of
+    // 6 and 8 filters 1.04-1.13x, 5x5 of 2 and 4 1.07-1.16x, 7x7 of 4 1.08-1.27x). AVX2's permutes and masked loads
+    // cost more: its build on the same machine took 0.97-1.04x the planes' time for the 3x3 bank of four at 4x7x96x96
+    // and 1.13-1.2x at 4x51, 1.3-1.5x for the 3x3 banks of one and five filters.
+    if (kVectorRegisters >= 32 && a.stride_w == 2 && a.mode == PadMode::Zeros && a.K > 0 && a.K <= kPairBranches &&
+        kb.S1 * kb.S2 <= 16 && kb.direct_classes.empty() && y.stride(3) == 1 && out.stride(3) == 1)
+      return forward_pairs(y, kb, a, out);
+  }
   const int64_t C = a.C, H = a.H, W = a.W, Ho = a.out_h, Wo = a.out_w, K = a.K, sh = a.stride_h, sw = a.stride_w;
   const int64_t S1 = kb.S1, S2 = kb.S2, taps = S1 * S2;
   const SamePad& pad = a.pad;
@@ -128,27 +333,103 @@ void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar
   });
 }
 
+// The column geometry of backward_pairs for S x S filters in 'same' padding (left = (S - 1) / 2): dL/dy's column
+// 2x + h (parity h) is padded column phase kPhase[h] at gradient column x + kShift[h] - dc for tap column
+// kPhase[h] + 2*dc, so a step reads gradient columns x + o for o in kFirst .. kLast.
+template <int S>
+struct PairColumns {
+  static constexpr int N = (S + 1) / 2;  // gradient rows (and columns) a phase reads: taps 2*d + phase, d < N
+  static constexpr int kLeft = (S - 1) / 2;
+  static constexpr int kPhase[2] = {kLeft % 2, 1 - kLeft % 2}, kShift[2] = {kLeft / 2, (kLeft + 1) / 2};
+  static constexpr int kFirst = kShift[0] - (N - 1), kLast = kShift[1], kOffsets = kLast - kFirst + 1;
+};
+
+// One step of backward_pairs: dL/dy's column pairs x0 .. x0 + n*V - 1 of a pair of rows (out[pr], null: not this
+// task's) from the L live filters' gradient rows rows[l * N + dr] (weights S*S each), the loads' windows at
+// loads[(o - kFirst) * U + u] if kMasked, and the identity's gradient row (or null) for row phase identity_phase.
+// A function of its own, each shape compiled apart: inside backward_pairs' loop the accumulators were kept in memory.
+template <int S, int n, bool kMasked, int U, typename T>
+void pair_gather(const T* const* rows, int64_t L, const T* weights, int64_t x0, const LaneWindow<T>* loads,
+                 const T* identity, int64_t identity_phase, T* const* out, int64_t W) {
+  using Vec = at::vec::Vectorized<T>;
+  using G = PairColumns<S>;
+  constexpr int64_t V = Vec::size();
+  constexpr int N = G::N;
+  auto load = [&](const T* row, int o, int u) FIXEDBRANCH_INLINE {
+    const T* p = row + x0 + o + u * V;
+    if constexpr (kMasked) return loads[(o - G::kFirst) * U + u].load(p);
+    return Vec::loadu(p);
+  };
+  Vec acc[2][2][n];  // [row phase][column parity][vector]
+  static_for<n>([&](auto u) FIXEDBRANCH_INLINE {
+    static_for<4>([&](auto p) FIXEDBRANCH_INLINE { acc[p / 2][p % 2][u] = Vec(T(0)); });
+  });
+  for (int64_t l = 0; l < L; ++l) {
+    const T* ws = weights + l * S * S;
+    static_for<N>([&](auto dr) FIXEDBRANCH_INLINE {
+      const T* row = rows[l * N + dr];
+      static_for<G::kOffsets>([&](auto oi) FIXEDBRANCH_INLINE {
+        constexpr int o = G::kFirst + oi;
+        Vec in[n];
+        static_for<n>([&](auto u) FIXEDBRANCH_INLINE { in[u] = load(row, o, u); });
+        static_for<2>([&](auto h) FIXEDBRANCH_INLINE {
+          constexpr int dc = G::kShift[h] - o;
+          static_for<2>([&](auto pr) FIXEDBRANCH_INLINE {
+            constexpr int ta = pr + 2 * dr, tb = G::kPhase[h] + 2 * dc;
+            if constexpr (dc >= 0 && dc < N && ta < S && tb < S) {
+              const Vec wv(ws[ta * S + tb]);
+              static_for<n>([&](auto u) FIXEDBRANCH_INLINE {
+                acc[pr][h][u] = at::vec::fmadd(wv, in[u], acc[pr][h][u]);
+              });
+            }
+          });
+        });
+      });
+    });
+  }
+  // g_0[m][x] is dL/dy's pixel (2m, 2x): its row phase, the even column of pair x (offset 0).
+  if (identity) {
+    static_for<2>([&](auto pr) FIXEDBRANCH_INLINE {
+      if (pr != identity_phase) return;
+      static_for<n>([&](auto u) FIXEDBRANCH_INLINE { acc[pr][0][u] = acc[pr][0][u] + load(identity, 0, u); });
+    });
+  }
+  static_for<2>([&](auto pr) FIXEDBRANCH_INLINE {
+    if (!out[pr]) return;
+    static_for<n>([&](auto u) FIXEDBRANCH_INLINE {
+      const auto pair = at::vec::interleave2(acc[pr][0][u], acc[pr][1][u]);
+      const int64_t j = 2 * (x0 + u * V);  // dL/dy's column of the pair's first value, < W
+      pair.first.store(out[pr] + j, std::min(V, W - j));
+      if (W - j > V) pair.second.store(out[pr] + j + V, std::min(V, W - j - V));
+    });
+  });
+}
+
 // The strided backward of square S x S direct filters at stride 2, for float or double g and dL/dy whose rows are
 // contiguous: pair by pair of dL/dy's rows, with nothing staged and no phase planes. Padded pixel (pr + 2*mr, pc +
-// 2*mc) gathers the taps (pr + 2*dr, pc + 2*dc) from gradient pixel (mr - dr, mc - dc), so one step over the phase
-// columns mc0 .. mc0 + U*V - 1 of pair mr sums all four phases in registers (each shifted gradient vector loaded
-// once for the phases that have a tap there, as in correlate_phases), read where g lies (LaneWindow supplying the
-// zeros past its edges), adds the identity's gradient to its phase, interleaves the column phases and stores both
-// rows into dL/dy. The passes it replaces staged g, wrote and read the phase planes and interleaved them: 3x3 K=4,
-// float32, 2 threads, against a pass per phase: 0.83x the time at a 1.3 MB gradient, 0.62x at 9.4 MB, 0.44x at 37 MB
-// (correlate_phases over staged planes, which runs the other dtypes and layouts: 0.85-0.89x).
+// 2*mc) gathers the taps (pr + 2*dr, pc + 2*dc) from gradient pixel (mr - dr, mc - dc). A step runs over dL/dy's
+// column pairs (2x, 2x + 1) from x0 on (PairColumns: the two columns are the two phases at their own gradient
+// columns), so the sums of all four phases stay in registers and interleave into whole vectors of dL/dy's rows. Each
+// gradient vector at a column offset is loaded once for every phase and tap it feeds (as in correlate_phases), read
+// where g lies (LaneWindow supplying the zeros past its edges), and the identity's gradient is added to its phase.
+// The passes it replaces staged g, wrote and read the phase planes and interleaved them: 3x3 K=4, float32, 2 threads,
+// against a pass per phase: 0.83x the time at a 1.3 MB gradient, 0.62x at 9.4 MB, 0.44x at 37 MB (correlate_phases
+// over staged planes, which runs the other dtypes and layouts: 0.85-0.89x). Steps over the phase columns instead of
+// the column pairs took a vector more wherever left is odd and W/2 a multiple of the vector (W = 96: 4 vectors for
+// 48 pairs); building a step's windows row by row cost about a third of its instructions.
 template <int S, typename opmath_t>
 void backward_pairs(const at::Tensor& g, const std::vector<int64_t>& live, const std::vector<opmath_t>& weights,
                     const BranchArgs& a, const Tiling& tl, at::Tensor& grad_y) {
   using Vec = at::vec::Vectorized<opmath_t>;
   using Window = LaneWindow<opmath_t>;
+  using G = PairColumns<S>;
   constexpr int64_t V = Vec::size();
-  constexpr int U = kVectorRegisters >= 32 ? 4 : 2;
-  constexpr int N = (S + 1) / 2;  // gradient rows (and columns) a phase reads: taps 2*d + phase, d < N
+  constexpr int U = kVectorRegisters >= 32 ? 4 : 2, N = G::N;
   const int64_t C = a.C, H = a.H, W = a.W, Ho = a.out_h, Wo = a.out_w, L = static_cast<int64_t>(live.size());
-  const int64_t top = a.pad.top, left = a.pad.left;
+  const int64_t top = a.pad.top;
+  TORCH_INTERNAL_ASSERT(top == G::kLeft && a.pad.left == G::kLeft);
   const bool identity_live = a.identity && !a.stopped[0];
-  const int64_t mc_lo = left / 2, mc_hi = (left + W - 1) / 2 + 1;  // the phase columns dL/dy's columns lie in
+  const int64_t pairs = (W + 1) / 2;  // column pairs of dL/dy, the last one even alone where W is odd
   const opmath_t* g_ptr = g.const_data_ptr<opmath_t>();
   opmath_t* gy_ptr = grad_y.mutable_data_ptr<opmath_t>();
   const std::vector<opmath_t> zeros(Wo + V, opmath_t(0));  // stands for gradient rows outside g
@@ -156,26 +437,21 @@ void backward_pairs(const at::Tensor& g, const std::vector<int64_t>& live, const
   // there (the rows start a pixel off the vectors' alignment in 'same' padding, where no streaming store reaches).
   const bool stream_out =
       streaming_grad_pays(static_cast<int64_t>(g.nbytes()), static_cast<int64_t>(grad_y.nbytes()));
-  // The steps along a pair of rows, the same for every pair: where each starts and, for a step that reaches past
-  // g's or dL/dy's edges, the windows of its loads (at column shift dc; the identity's is left / 2 < N) and stores.
-  // Set up once here: rows of 96 pixels are a single masked step, and building its 16 windows row by row took
-  // about a third of the step's instructions.
+  // The steps along a pair of rows, the same for every pair: the first column pair x0, the vectors n and, for a step
+  // that reads past g's edges, its loads' windows (pair_gather).
   struct PairStep {
-    int64_t mc0;
-    bool masked;
-    std::optional<Window> loads[N][U], stores[U][2];
+    int64_t x0;
+    int n;
+    std::vector<Window> loads;  // none: no load of the step reaches past g's edges
   };
   std::vector<PairStep> steps;
-  for (int64_t mc0 = mc_lo; mc0 < mc_hi; mc0 += U * V) {
+  for (int64_t x0 = 0; x0 < pairs; x0 += U * V) {
     PairStep& ps = steps.emplace_back();
-    ps.mc0 = mc0;
-    ps.masked = !(mc0 - (N - 1) >= 0 && mc0 - left / 2 >= 0 && mc0 + U * V <= Wo && 2 * mc0 - left >= 0 &&
-                  2 * (mc0 + U * V) - left <= W);
-    if (!ps.masked) continue;
-    for (int u = 0; u < U; ++u) {
-      for (int dc = 0; dc < N; ++dc) ps.loads[dc][u].emplace(mc0 - dc + u * V, Wo);
-      for (int h = 0; h < 2; ++h) ps.stores[u][h].emplace(2 * (mc0 + u * V) - left + h * V, W);
-    }
+    ps.x0 = x0;
+    ps.n = static_cast<int>(std::min<int64_t>(U, (pairs - x0 + V - 1) / V));
+    if (x0 + G::kFirst >= 0 && x0 + G::kLast + ps.n * V <= Wo) continue;
+    for (int o = G::kFirst; o <= G::kLast; ++o)
+      for (int u = 0; u < U; ++u) ps.loads.emplace_back(x0 + o + u * V, Wo);
   }
 
   at::parallel_for(0, tl.tasks(a.N), tl.grain(W, a.K + 1), [&](int64_t begin, int64_t end) {
@@ -200,69 +476,14 @@ void backward_pairs(const at::Tensor& g, const std::vector<int64_t>& live, const
           dest[pr] = i >= t.i0 && i < t.i1 ? gy_plane + i * grad_y.stride(2) : nullptr;
           out[pr] = dest[pr] && stream_out ? row_buffer.data() + pr * W : dest[pr];
         }
-        auto step = [&](const PairStep& ps, auto masked) FIXEDBRANCH_INLINE {
-          constexpr bool kMasked = decltype(masked)::value;
-          const int64_t mc0 = ps.mc0;
-          const auto& loads = ps.loads;
-          const auto& stores = ps.stores;
-          auto load = [&](const opmath_t* row, int dc, int u) FIXEDBRANCH_INLINE {
-            const int64_t x = mc0 - dc + u * V;
-            if constexpr (kMasked) return loads[dc][u]->load(row + x);
-            return Vec::loadu(row + x);
-          };
-          Vec acc[2][2][U];
-          for (int p = 0; p < 4; ++p)
-            for (int u = 0; u < U; ++u) acc[p / 2][p % 2][u] = Vec(opmath_t(0));
-          for (int64_t l = 0; l < L; ++l) {
-            const opmath_t* ws = weights.data() + l * S * S;
-            static_for<N>([&](auto dr) FIXEDBRANCH_INLINE {
-              const opmath_t* row = rows[l * N + dr];
-              static_for<N>([&](auto dc) FIXEDBRANCH_INLINE {
-                Vec in[U];
-                for (int u = 0; u < U; ++u) in[u] = load(row, dc, u);
-                static_for<2>([&](auto pr) FIXEDBRANCH_INLINE {
-                  static_for<2>([&](auto pc) FIXEDBRANCH_INLINE {
-                    constexpr int ta = pr + 2 * dr, tb = pc + 2 * dc;
-                    if constexpr (ta < S && tb < S) {
-                      const Vec wv(ws[ta * S + tb]);
-                      for (int u = 0; u < U; ++u) acc[pr][pc][u] = at::vec::fmadd(wv, in[u], acc[pr][pc][u]);
-                    }
-                  });
-                });
-              });
-            });
-          }
-          // g_0[m][x] is dL/dy's pixel (2m, 2x): padded (2m + top, 2x + left), phase (top % 2, left % 2).
-          // (Selected by constant indices: a run-time index would keep acc in memory.)
-          if (identity) {
-            static_for<2>([&](auto pr) FIXEDBRANCH_INLINE {
-              static_for<2>([&](auto pc) FIXEDBRANCH_INLINE {
-                if (pr != top % 2 || pc != left % 2) return;
-                for (int u = 0; u < U; ++u) acc[pr][pc][u] = acc[pr][pc][u] + load(identity, left / 2, u);
-              });
-            });
-          }
-          static_for<2>([&](auto pr) FIXEDBRANCH_INLINE {
-            if (!out[pr]) return;
-            for (int u = 0; u < U; ++u) {
-              const auto pair = at::vec::interleave2(acc[pr][0][u], acc[pr][1][u]);
-              const int64_t j = 2 * (mc0 + u * V) - left;  // dL/dy's column of the pair's first value
-              if constexpr (kMasked) {
-                stores[u][0]->store(pair.first, out[pr] + j);
-                stores[u][1]->store(pair.second, out[pr] + j + V);
-              } else {
-                pair.first.store(out[pr] + j);
-                pair.second.store(out[pr] + j + V);
-              }
-            }
-          });
-        };
         for (const PairStep& ps : steps) {
-          if (ps.masked) {
-            step(ps, std::true_type{});
-          } else {
-            step(ps, std::false_type{});
-          }
+          with_vectors<U>(ps.n, [&](auto vectors) {
+            constexpr int n = decltype(vectors)::value;
+            with_bool(!ps.loads.empty(), [&](auto masked) {
+              pair_gather<S, n, decltype(masked)::value, U>(rows.data(), L, weights.data(), ps.x0, ps.loads.data(),
+                                                            identity, top % 2, out, W);
+            });
+          });
         }
         for (int pr = 0; pr < 2 && stream_out; ++pr)
           if (dest[pr]) store_run(out[pr], W, dest[pr], 1, true);

@@ -1,6 +1,7 @@
-// The strided NCHW kernels that run a task plane by plane (planes.cpp), called by the row kernels' entry points
-// (fixed_branch_cpu.cpp) where they apply: y or g in NCHW, a stride > 1, every filter (every live filter, in the
-// backward) direct, and in the backward zero padding.
+// The strided NCHW kernels (planes.cpp), called by the row kernels' entry points (fixed_branch_cpu.cpp) where they
+// apply: y or g in NCHW, a stride > 1, every filter (every live filter, in the backward) direct, and in the backward
+// zero padding. A task runs plane by plane, or at column stride 2 (small banks forward, 3x3 to 7x7 filters backward)
+// with y or g read where it lies, column pairs split or interleaved in registers.
 #pragma once
 
 #include <ATen/ATen.h>
