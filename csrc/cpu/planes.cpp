@@ -50,23 +50,12 @@ FIXEDBRANCH_INLINE inline void store_value(at::vec::Vectorized<T> v, T* p, int64
 // kPairVectors inputs in the registers).
 constexpr int kPairVectors = kVectorRegisters >= 32 ? 4 : 2, kPairBranches = kVectorRegisters >= 32 ? 5 : 4;
 
-// f(integral_constant<int, N>) for a run-time n in 1..U (U <= 4).
-template <int U, typename F>
-void with_vectors(int n, F&& f) {
+// f(integral_constant<int, N>) for a run-time count n in 1..kMost (kMost <= 5): the vectors of a step, the filters
+// of a block.
+template <int kMost, typename F>
+void with_count(int64_t n, F&& f) {
   using std::integral_constant;
   switch (n) {
-    case 1: f(integral_constant<int, 1>{}); break;
-    case 2: if constexpr (U >= 2) f(integral_constant<int, 2>{}); break;
-    case 3: if constexpr (U >= 3) f(integral_constant<int, 3>{}); break;
-    default: if constexpr (U >= 4) f(integral_constant<int, 4>{}); break;
-  }
-}
-
-// f(integral_constant<int, KB>) for a run-time kb in 1..kMost (kMost <= 5).
-template <int kMost, typename F>
-void with_branches(int64_t kb, F&& f) {
-  using std::integral_constant;
-  switch (kb) {
     case 1: f(integral_constant<int, 1>{}); break;
     case 2: if constexpr (kMost >= 2) f(integral_constant<int, 2>{}); break;
     case 3: if constexpr (kMost >= 3) f(integral_constant<int, 3>{}); break;
@@ -207,13 +196,13 @@ void forward_pairs(const at::Tensor& y, const KernelBank<T>& kb, const BranchArg
               tap[n_taps] = r * S2 + b;
             }
           }
-          with_vectors<U>(step.n, [&](auto vectors) {
+          with_count<U>(step.n, [&](auto vectors) {
             constexpr int N = decltype(vectors)::value;
             if (identity)
               pair_identity<N>(rows[top], step.loads.data() + left * U * 2, identity, step.x0, Wo, count, sh * ysH,
                                osH, stream);
             for_each_branch_block(K, [&](int64_t k0, int64_t kn) {
-              with_branches<kMost>(kn, [&](auto blocks) {
+              with_count<kMost>(kn, [&](auto blocks) {
                 pair_step<decltype(blocks)::value, N>(src.data(), win.data(), tap.data(), n_taps, w + k0 * taps,
                                                        taps, maps.data() + k0, step.x0, Wo, count, sh * ysH, osH,
                                                        stream);
@@ -477,7 +466,7 @@ void backward_pairs(const at::Tensor& g, const std::vector<int64_t>& live, const
           out[pr] = dest[pr] && stream_out ? row_buffer.data() + pr * W : dest[pr];
         }
         for (const PairStep& ps : steps) {
-          with_vectors<U>(ps.n, [&](auto vectors) {
+          with_count<U>(ps.n, [&](auto vectors) {
             constexpr int n = decltype(vectors)::value;
             with_bool(!ps.loads.empty(), [&](auto masked) {
               pair_gather<S, n, decltype(masked)::value, U>(rows.data(), L, weights.data(), ps.x0, ps.loads.data(),
