@@ -67,9 +67,8 @@ void with_count(int64_t n, F&& f) {
 // One step of forward_pairs: KB filters (weights w, `taps` apart) over the N vectors of outputs from x0 on, summing
 // the n taps j whose inputs start at src[j] (y's row + 2*x0 + b - left), their loads' windows at win[j] (the tap
 // column's, forward_pairs' Step) and their weights at w + tap[j]; for `rows` rows, src_pitch and dst_pitch apart.
-// One flat loop over the taps, as in correlate, and a
-// function of its own, each shape compiled apart: loops over tap rows and columns inside forward_pairs' own loop kept
-// the accumulators in memory.
+// One flat loop over the taps, as in correlate, and a function of its own, each shape compiled apart: loops over tap
+// rows and columns inside forward_pairs' own loop kept the accumulators in memory.
 template <int KB, int N, typename T>
 void pair_step(const T* const* src, const LaneWindow<T>* const* win, const int64_t* tap, int64_t n, const T* w,
                int64_t taps, T* const* maps, int64_t x0, int64_t Wo, int64_t rows, int64_t src_pitch,
@@ -125,7 +124,8 @@ void pair_identity(const T* first, const LaneWindow<T>* lanes, T* identity, int6
 // and output whose rows are contiguous: y read where it lies, nothing staged. Output pixel (i, x) of a filter sums
 // its taps (r, b) over y's pixel (i*sh + r - top, 2x + b - left): for a tap, the even lanes of the two vectors from
 // y's column 2*x0 + b - left on are the tap's inputs for outputs x0 .. x0 + V - 1, one permute per vector, the lanes
-// outside y's row masked to zero (LaneWindow). The tap (top, left) is y's own pixel (2x, i*sh): the identity's row.
+// outside y's row masked to zero (LaneWindow). The identity, y's pixel (i*sh, 2x), is the even lanes from column
+// 2*x0 of row i*sh.
 // The planes (forward_planes) spent as long staging y as correlating it: the 3x3 bank of four, y = 4x7x96x96
 // float32, 4.3 us a plane on one core, about 1.6 of them staging the planes and 1.6 correlating them.
 template <typename T>
@@ -163,8 +163,8 @@ void forward_pairs(const at::Tensor& y, const KernelBank<T>& kb, const BranchArg
   // bottom) run as one call a step, their taps listed once.
   constexpr int64_t kRows = 32;
   const int64_t row_blocks = (Ho + kRows - 1) / kRows;
-  const int64_t first_inside = (top + sh - 1) / sh;                                        // i*sh - top >= 0
-  const int64_t end_inside = H - S1 + top >= 0 ? (H - S1 + top) / sh + 1 : 0;            // i*sh - top + S1 <= H
+  const int64_t first_inside = (top + sh - 1) / sh;                              // i*sh - top >= 0
+  const int64_t end_inside = H - S1 + top >= 0 ? (H - S1 + top) / sh + 1 : 0;  // i*sh - top + S1 <= H
   at::parallel_for(0, a.N * C * row_blocks, tasks_per_grain(kRows * ((K + 1) * Wo + sh * W)), [&](int64_t begin,
                                                                                                    int64_t end) {
     std::vector<const T*> rows(S1);  // the input rows of tap row r, null outside y
