@@ -233,7 +233,7 @@ void forward_planes(const at::Tensor& y, const KernelBank<at::opmath_type<scalar
     // the planes: 3x3 banks of 1, 2 and 5 filters 0.72x, 0.80x and 0.87x the time, 4x4 of 3 0.95x at 56x56; 3x3 of
     // 6 and 8 filters 1.04-1.13x, 5x5 of 2 and 4 1.07-1.16x, 7x7 of 4 1.08-1.27x). AVX2's permutes and masked loads
     // cost more: its build on the same machine took 0.97-1.04x the planes' time for the 3x3 bank of four at 4x7x96x96
-    // and 1.13-1.2x at 4x51, 1.3-1.5x for the 3x3 banks of one and five filters.
+    // and 1.13-1.2x at 4x51, 1.05-1.5x for the 3x3 banks of one and five filters.
     if (kVectorRegisters >= 32 && a.stride_w == 2 && a.mode == PadMode::Zeros && a.K > 0 && a.K <= kPairBranches &&
         kb.S1 * kb.S2 <= 16 && kb.direct_classes.empty() && y.stride(3) == 1 && out.stride(3) == 1)
       return forward_pairs(y, kb, a, out);
