@@ -4,7 +4,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <optional>
 #include <vector>
 
 #include "cpu/cache.h"
