@@ -47,7 +47,7 @@ template <typename scalar_t>
 void forward_kernel(const at::Tensor& y, const at::Tensor& bank, const BranchArgs& a, at::Tensor& out) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t C = a.C, H = a.H, W = a.W, Ho = a.out_h, Wo = a.out_w, K = a.K, sh = a.stride_h;
-  const int64_t S1 = bank.size(1), S2 = bank.size(2), taps = S1 * S2;
+  const int64_t S1 = bank.size(1), S2 = bank.size(2);
   const SamePad& pad = a.pad;
   const RowLayout layout = row_layout(W + S2 - 1, a.stride_w);
   if constexpr (std::is_same_v<scalar_t, opmath_t>) {
