@@ -59,6 +59,20 @@ FIXEDBRANCH_INLINE inline void static_for(F&& f) {
   static_for_each(f, std::make_integer_sequence<int, N>{});
 }
 
+// f(integral_constant<int, N>) for a run-time count n in 1..kMost (kMost <= 5): the vectors of a step, the filters
+// of a block.
+template <int kMost, typename F>
+FIXEDBRANCH_INLINE inline void with_count(int64_t n, F&& f) {
+  using std::integral_constant;
+  switch (n) {
+    case 1: f(integral_constant<int, 1>{}); break;
+    case 2: if constexpr (kMost >= 2) f(integral_constant<int, 2>{}); break;
+    case 3: if constexpr (kMost >= 3) f(integral_constant<int, 3>{}); break;
+    case 4: if constexpr (kMost >= 4) f(integral_constant<int, 4>{}); break;
+    default: if constexpr (kMost >= 5) f(integral_constant<int, 5>{}); break;
+  }
+}
+
 // step(s, d, x, integral_constant<int, N>{}, last) over `rows` rows of `len` outputs (row r reads src + r *
 // src_pitch, writes dst[k] + r * dst_pitch): steps of U vectors, then the rest, fewer than U vectors, as one step of
 // as many vectors as it needs, whose last vector keeps `last` values: single vectors would load and broadcast as much
@@ -77,12 +91,7 @@ FIXEDBRANCH_INLINE inline void for_each_step(const opmath_t* src, int64_t src_pi
     const int64_t rest = len - x;
     if (rest == 0) continue;
     const int64_t last = rest - (rest - 1) / V * V;  // values in the step's last vector
-    switch ((rest + V - 1) / V) {
-      case 1: step(s, d, x, integral_constant<int, 1>{}, last); break;
-      case 2: if constexpr (U >= 2) step(s, d, x, integral_constant<int, 2>{}, last); break;
-      case 3: if constexpr (U >= 3) step(s, d, x, integral_constant<int, 3>{}, last); break;
-      default: if constexpr (U >= 4) step(s, d, x, integral_constant<int, 4>{}, last); break;
-    }
+    with_count<U>((rest + V - 1) / V, [&](auto vectors) FIXEDBRANCH_INLINE { step(s, d, x, vectors, last); });
   }
 }
 

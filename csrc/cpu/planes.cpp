@@ -36,32 +36,9 @@ struct Planes {
   int64_t at(int64_t r, int64_t q) const { return ((r % sh) * sw + q % sw) * size() + (r / sh) * pitch + q / sw; }
 };
 
-// v's first `count` values at p, whole vectors streamed if `stream`. By value, unlike store_vector: a reference to an
-// accumulator, passed to a call that was not inlined, kept all of them in memory.
-template <typename T>
-FIXEDBRANCH_INLINE inline void store_value(at::vec::Vectorized<T> v, T* p, int64_t count, bool stream) {
-  if (count < at::vec::Vectorized<T>::size()) return v.store(p, count);
-  if (stream) return stream_store(v, p);
-  v.store(p);
-}
-
-// forward_pairs' steps: vectors a step and filters a block (kPairBranches * kPairVectors accumulators and
-// kPairVectors inputs in the registers).
+// The stride-2 pair kernels' steps: vectors a step (forward_pairs and backward_pairs) and filters a block
+// (forward_pairs: kPairBranches * kPairVectors accumulators and kPairVectors inputs in the registers).
 constexpr int kPairVectors = kVectorRegisters >= 32 ? 4 : 2, kPairBranches = kVectorRegisters >= 32 ? 5 : 4;
-
-// f(integral_constant<int, N>) for a run-time count n in 1..kMost (kMost <= 5): the vectors of a step, the filters
-// of a block.
-template <int kMost, typename F>
-void with_count(int64_t n, F&& f) {
-  using std::integral_constant;
-  switch (n) {
-    case 1: f(integral_constant<int, 1>{}); break;
-    case 2: if constexpr (kMost >= 2) f(integral_constant<int, 2>{}); break;
-    case 3: if constexpr (kMost >= 3) f(integral_constant<int, 3>{}); break;
-    case 4: if constexpr (kMost >= 4) f(integral_constant<int, 4>{}); break;
-    default: if constexpr (kMost >= 5) f(integral_constant<int, 5>{}); break;
-  }
-}
 
 // One step of forward_pairs: KB filters (weights w, `taps` apart) over the N vectors of outputs from x0 on, summing
 // the n taps j whose inputs start at src[j] (y's row + 2*x0 + b - left), their loads' windows at win[j] (the tap
@@ -96,7 +73,7 @@ void pair_step(const T* const* src, const LaneWindow<T>* const* win, const int64
     static_for<N>([&](auto u) FIXEDBRANCH_INLINE {
       const int64_t x = x0 + u * V, count = std::min(V, Wo - x);
       static_for<KB>([&](auto k) FIXEDBRANCH_INLINE {
-        store_value(acc[k][u], maps[k] + row * dst_pitch + x, count, stream);
+        store_vector(acc[k][u], maps[k] + row * dst_pitch + x, count, stream);
       });
     });
   }
@@ -114,7 +91,7 @@ void pair_identity(const T* first, const LaneWindow<T>* lanes, T* identity, int6
       const T* from = first + row * src_pitch + 2 * (x0 + u * V);
       const Vec v = at::vec::deinterleave2(lanes[2 * u].load(from), lanes[2 * u + 1].load(from + V)).first;
       const int64_t x = x0 + u * V;
-      store_value(v, identity + row * dst_pitch + x, std::min(V, Wo - x), stream);
+      store_vector(v, identity + row * dst_pitch + x, std::min(V, Wo - x), stream);
     });
   }
 }
@@ -412,7 +389,7 @@ void backward_pairs(const at::Tensor& g, const std::vector<int64_t>& live, const
   using Window = LaneWindow<opmath_t>;
   using G = PairColumns<S>;
   constexpr int64_t V = Vec::size();
-  constexpr int U = kVectorRegisters >= 32 ? 4 : 2, N = G::N;
+  constexpr int U = kPairVectors, N = G::N;
   const int64_t C = a.C, H = a.H, W = a.W, Ho = a.out_h, Wo = a.out_w, L = static_cast<int64_t>(live.size());
   const int64_t top = a.pad.top;
   TORCH_INTERNAL_ASSERT(top == G::kLeft && a.pad.left == G::kLeft);

@@ -389,9 +389,11 @@ inline void stream_fence() {
 #endif
 }
 
-// The first `count` values of v at p: a whole vector streamed if `stream` (stream_store), else stored.
+// The first `count` values of v at p: a whole vector streamed if `stream` (stream_store), else stored. v by value: a
+// reference to an accumulator, passed to a call the compiler did not inline, kept every accumulator of the stride-2
+// pair forward's step in memory.
 template <typename T>
-inline void store_vector(const at::vec::Vectorized<T>& v, T* p, int64_t count, bool stream) {
+inline void store_vector(at::vec::Vectorized<T> v, T* p, int64_t count, bool stream) {
   if (stream && count == at::vec::Vectorized<T>::size()) return stream_store(v, p);
   v.store(p, count);
 }
