@@ -1,5 +1,6 @@
 """The CPU kernels' choices that depend on the last-level cache: outputs that outgrow it are stored past it (streaming
-stores), as is a direct bank's dL/dy when it and the gradient together do; gradients that outgrow it are prefetched.
+stores), as is a direct bank's dL/dy when it and the gradient together do; inputs and gradients that come from memory
+are prefetched (at stride 2 past their planes' and their tensors' last rows).
 On small tensors those paths run only when the kernels believe the cache small, so a subprocess sets
 FIXEDBRANCH_CPU_CACHE_BYTES (read once per process) to 4 KiB and checks, against the reference, outputs and
 gradients whose rows start on and off the vector alignment that streaming needs, direct and factored banks, strided

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "cpu/cache.h"
@@ -40,18 +41,41 @@ struct Planes {
 // (forward_pairs: kPairBranches * kPairVectors accumulators and kPairVectors inputs in the registers).
 constexpr int kPairVectors = kVectorRegisters >= 32 ? 4 : 2, kPairBranches = kVectorRegisters >= 32 ? 5 : 4;
 
+// Asks for `values` values from `offset` values past base on: an address that may lie past base's tensor, where a
+// prefetch does not fault, so computed as an integer.
+template <typename T>
+void prefetch_at(const T* base, int64_t offset, int64_t values) {
+  const intptr_t address = reinterpret_cast<intptr_t>(base) + offset * static_cast<intptr_t>(sizeof(T));
+  prefetch_values(reinterpret_cast<const T*>(address), values);
+}
+
+// The rows of y that forward_pairs' output row r reads first, asked for `ahead` output rows before it (from main
+// memory, rows_ahead): `count` rows of `values` values, `pitch` apart, from base + first + r * step on (base null:
+// none). Past the plane's last row lie the next plane's first rows, which the thread's next task reads where y is
+// contiguous.
+template <typename T>
+struct RowsAhead {
+  const T* base = nullptr;
+  int64_t first = 0, step = 0, count = 0, pitch = 0, values = 0;
+  void at(int64_t r) const {
+    if (base)
+      for (int64_t q = 0; q < count; ++q) prefetch_at(base, first + r * step + q * pitch, values);
+  }
+};
+
 // One step of forward_pairs: KB filters (weights w, `taps` apart) over the N vectors of outputs from x0 on, summing
 // the n taps j whose inputs start at src[j] (y's row + 2*x0 + b - left), their loads' windows at win[j] (the tap
 // column's, forward_pairs' Step) and their weights at w + tap[j]; for `rows` rows, src_pitch and dst_pitch apart.
 // One flat loop over the taps, as in correlate, and a function of its own, each shape compiled apart: loops over tap
-// rows and columns inside forward_pairs' own loop kept the accumulators in memory.
+// rows and columns inside forward_pairs' own loop kept the accumulators in memory. `ahead`: the rows to ask for.
 template <int KB, int N, typename T>
 void pair_step(const T* const* src, const LaneWindow<T>* const* win, const int64_t* tap, int64_t n, const T* w,
                int64_t taps, T* const* maps, int64_t x0, int64_t Wo, int64_t rows, int64_t src_pitch,
-               int64_t dst_pitch, bool stream) {
+               int64_t dst_pitch, bool stream, const RowsAhead<T>& ahead) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
   for (int64_t row = 0; row < rows; ++row) {
+    ahead.at(row);
     Vec acc[KB][N];
     static_for<KB>([&](auto k) FIXEDBRANCH_INLINE {
       static_for<N>([&](auto u) FIXEDBRANCH_INLINE { acc[k][u] = Vec(T(0)); });
@@ -134,6 +158,10 @@ void forward_pairs(const at::Tensor& y, const KernelBank<T>& kb, const BranchArg
   const T* w = kb.direct_weights.data();
   const int64_t ysH = y.stride(2), osH = out.stride(2), osC = out.stride(1);
   const bool stream = streaming_pays(static_cast<int64_t>(out.nbytes()));
+  // y comes from main memory when it and the maps outgrow the cache: the maps' lines evict y's from call to call,
+  // streamed or not. Its rows are then asked for `ahead` output rows before their use (rows_ahead).
+  const bool prefetch_y = prefetch_pays(static_cast<int64_t>(y.nbytes() + out.nbytes()));
+  const int64_t ahead = rows_ahead(sh * W * static_cast<int64_t>(sizeof(T)));
 
   // Tasks of up to kRows output rows of one map. The rows whose taps all lie in y (all but a few at the top and
   // bottom) run as one call a step, their taps listed once.
@@ -148,6 +176,7 @@ void forward_pairs(const at::Tensor& y, const KernelBank<T>& kb, const BranchArg
     std::vector<const T*> src(taps);
     std::vector<const Window*> win(taps);
     std::vector<int64_t> tap(taps);
+    const RowsAhead<T> no_rows;
     for (int64_t id = begin; id < end; ++id) {
       const int64_t rb = id % row_blocks, c = id / row_blocks % C, n = id / (row_blocks * C);
       const int64_t i0 = rb * kRows, i1 = std::min(Ho, i0 + kRows);
@@ -162,6 +191,9 @@ void forward_pairs(const at::Tensor& y, const KernelBank<T>& kb, const BranchArg
         T* out_row = out_plane + i * osH;
         T* identity = a.identity ? out_row + a.channel(0, c) * osC : nullptr;
         for (int64_t j = 0; j < K; ++j) maps[j] = out_row + a.channel(a.slot(kb.direct[j]), c) * osC;
+        // The sh rows output row i + ahead reads past those of the row before it, asked for once, by the first step.
+        RowsAhead<T> next_rows;
+        if (prefetch_y) next_rows = {plane, ((i + ahead) * sh + S1 - sh - top) * ysH, sh * ysH, sh, ysH, W};
         for (const Step& step : steps) {
           int64_t n_taps = 0;
           for (int64_t r = 0; r < S1; ++r) {
@@ -181,7 +213,7 @@ void forward_pairs(const at::Tensor& y, const KernelBank<T>& kb, const BranchArg
               with_count<kMost>(kn, [&](auto blocks) {
                 pair_step<decltype(blocks)::value, N>(src.data(), win.data(), tap.data(), n_taps, w + k0 * taps,
                                                        taps, maps.data() + k0, step.x0, Wo, count, sh * ysH, osH,
-                                                       stream);
+                                                       stream, k0 == 0 && step.x0 == 0 ? next_rows : no_rows);
               });
             }, kMost);
           });
@@ -402,6 +434,9 @@ void backward_pairs(const at::Tensor& g, const std::vector<int64_t>& live, const
   // there (the rows start a pixel off the vectors' alignment in 'same' padding, where no streaming store reaches).
   const bool stream_out =
       streaming_grad_pays(static_cast<int64_t>(g.nbytes()), static_cast<int64_t>(grad_y.nbytes()));
+  // From main memory, the gradient rows a pair of rows reads first are asked for `ahead` pairs before it (rows_ahead).
+  const bool prefetch_g = prefetch_pays(static_cast<int64_t>(g.nbytes() + grad_y.nbytes()));
+  const int64_t ahead = rows_ahead((L + (identity_live ? 1 : 0)) * Wo * static_cast<int64_t>(sizeof(opmath_t)));
   // The steps along a pair of rows, the same for every pair: the first column pair x0, the vectors n and, for a step
   // that reads past g's edges, its loads' windows (pair_gather).
   struct PairStep {
@@ -433,6 +468,10 @@ void backward_pairs(const at::Tensor& g, const std::vector<int64_t>& live, const
             const int64_t o = mr - dr;
             rows[l * N + dr] = o >= 0 && o < Ho ? planes[l] + o * g.stride(2) : zeros.data();
           }
+        if (prefetch_g) {
+          for (int64_t l = 0; l < L; ++l) prefetch_at(planes[l], (mr + ahead) * g.stride(2), Wo);
+          if (identity_live) prefetch_at(g_plane(0), (mr + ahead - top / 2) * g.stride(2), Wo);
+        }
         const int64_t io = mr - top / 2;  // the identity's gradient row
         const opmath_t* identity = identity_live && io >= 0 && io < Ho ? g_plane(0) + io * g.stride(2) : nullptr;
         opmath_t *out[2], *dest[2];  // where a step stores dL/dy's rows, and where they belong
