@@ -158,9 +158,9 @@ void forward_pairs(const at::Tensor& y, const KernelBank<T>& kb, const BranchArg
   const T* w = kb.direct_weights.data();
   const int64_t ysH = y.stride(2), osH = out.stride(2), osC = out.stride(1);
   const bool stream = streaming_pays(static_cast<int64_t>(out.nbytes()));
-  // y comes from main memory when it and the maps outgrow the cache: the maps' lines evict y's from call to call,
-  // streamed or not. Its rows are then asked for `ahead` output rows before their use (rows_ahead).
-  const bool prefetch_y = prefetch_pays(static_cast<int64_t>(y.nbytes() + out.nbytes()));
+  // From main memory, y's rows are asked for `ahead` output rows before their use (rows_ahead).
+  const bool prefetch_y =
+      prefetch_beside_pays(static_cast<int64_t>(y.nbytes()), static_cast<int64_t>(out.nbytes()));
   const int64_t ahead = rows_ahead(sh * W * static_cast<int64_t>(sizeof(T)));
 
   // Tasks of up to kRows output rows of one map. The rows whose taps all lie in y (all but a few at the top and
@@ -435,7 +435,8 @@ void backward_pairs(const at::Tensor& g, const std::vector<int64_t>& live, const
   const bool stream_out =
       streaming_grad_pays(static_cast<int64_t>(g.nbytes()), static_cast<int64_t>(grad_y.nbytes()));
   // From main memory, the gradient rows a pair of rows reads first are asked for `ahead` pairs before it (rows_ahead).
-  const bool prefetch_g = prefetch_pays(static_cast<int64_t>(g.nbytes() + grad_y.nbytes()));
+  const bool prefetch_g =
+      prefetch_beside_pays(static_cast<int64_t>(g.nbytes()), static_cast<int64_t>(grad_y.nbytes()));
   const int64_t ahead = rows_ahead((L + (identity_live ? 1 : 0)) * Wo * static_cast<int64_t>(sizeof(opmath_t)));
   // The steps along a pair of rows, the same for every pair: the first column pair x0, the vectors n and, for a step
   // that reads past g's edges, its loads' windows (pair_gather).
