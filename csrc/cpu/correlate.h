@@ -471,7 +471,10 @@ void sum_columns_of(int64_t S2, bool mirror, const opmath_t* src, const int64_t*
 // vector and broadcast S2 weights for S2 multiply-adds, close to a load each, and was bound by its loads. Two vectors
 // (AVX-512), float32, 2 threads, old build against new: the DCT 5x5 backward 0.84x the time at 3.8 and 38 MB of
 // gradient, 0.95x at stride 2 (9.6 MB); DCT 7x7 0.94x. ahead > 0: the sources' rows `ahead` rows further on are
-// asked for as each row starts (sources read where they lie, from main memory: rows_ahead).
+// asked for as each row starts (sources read where they lie, from main memory: rows_ahead), past the last of the
+// `rows` too: there lie the rows of the caller's next task where the sources are planes of a contiguous tensor (the
+// next row block, or the next channel's plane). A task of fewer rows than `ahead` (the DCT 5x5 backward at stride 2
+// stages 15 gradient rows a task, 17 ahead) otherwise asked for none.
 template <int S2, int SW, typename opmath_t>
 void transposed_row_sums(const opmath_t* first, int64_t src_pitch, const int64_t* src_off, int64_t ns,
                          const opmath_t* w, int64_t len, int64_t out_len, opmath_t* dst, int64_t dst_pitch,
@@ -482,8 +485,8 @@ void transposed_row_sums(const opmath_t* first, int64_t src_pitch, const int64_t
   static_assert(S2 <= V && (SW == 1 || SW == 2), "a mix shifts by fewer lanes than a vector holds");
   for (int64_t r = 0; r < rows; ++r) {
     const opmath_t* src = first + r * src_pitch;
-    if (ahead > 0 && r + ahead < rows)
-      for (int64_t e = 0; e < ns; ++e) prefetch_values(src + ahead * src_pitch + src_off[e], len);
+    if (ahead > 0)
+      for (int64_t e = 0; e < ns; ++e) prefetch_at(src, ahead * src_pitch + src_off[e], len);
     opmath_t* d = dst + r * dst_pitch;
     Vec prev[S2];
     for (int b = 0; b < S2; ++b) prev[b] = Vec(opmath_t(0));

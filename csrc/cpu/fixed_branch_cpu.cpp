@@ -1070,6 +1070,14 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
       if (identity_in_gather || identity_staged) {
         // The gathers below write every row, or the staging copies the identity's gradient into each.
       } else if (identity_live) {
+        // The next task's identity rows, which it reads first and nothing else asks for, are asked for now (from
+        // main memory): DCT 5x5 at stride 2 spent a tenth of its backward here at 37 MB.
+        if (prefetch_g && id + 1 < end) {
+          const Task next = locate(tl, id + 1, C, H);
+          const scalar_t* plane = g_ptr + next.n * g.stride(0) + a.channel(0, next.c0) * g.stride(1);
+          for (int64_t r = ceil_div(next.i0, sh); r * sh < next.i1; ++r)
+            prefetch_pixels(plane + r * g.stride(2), v, Wo);
+        }
         identity_adjoint_rows(g_slot(0), v, sh, sw, t.i0, t.i1 - t.i0, W, rows);
       } else {
         std::fill(rows, rows + (t.i1 - t.i0) * W * cv, opmath_t(0));

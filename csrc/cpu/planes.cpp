@@ -41,14 +41,6 @@ struct Planes {
 // (forward_pairs: kPairBranches * kPairVectors accumulators and kPairVectors inputs in the registers).
 constexpr int kPairVectors = kVectorRegisters >= 32 ? 4 : 2, kPairBranches = kVectorRegisters >= 32 ? 5 : 4;
 
-// Asks for `values` values from `offset` values past base on: an address that may lie past base's tensor, where a
-// prefetch does not fault, so computed as an integer.
-template <typename T>
-void prefetch_at(const T* base, int64_t offset, int64_t values) {
-  const intptr_t address = reinterpret_cast<intptr_t>(base) + offset * static_cast<intptr_t>(sizeof(T));
-  prefetch_values(reinterpret_cast<const T*>(address), values);
-}
-
 // The rows of y that forward_pairs' output row r reads first, asked for `ahead` output rows before it (from main
 // memory, rows_ahead): `count` rows of `values` values, `pitch` apart, from base + first + r * step on (base null:
 // none). Past the plane's last row lie the next plane's first rows, which the thread's next task reads where y is
