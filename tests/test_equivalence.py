@@ -480,6 +480,29 @@ def test_square_backward_in_row_blocks_matches_reference(size, layout, dtype):
             assert_close(grad, expected_grad, dtype, f"gradient, K={k}, {mode}")
 
 
+# 3x3 filters with zeros where the edge and Laplacian filters have them: the backward's gathers multiply only the taps
+# of each filter's pattern (a zero middle column or row, zero corners; taps inside the smallest pattern that holds
+# them, e.g. corners only; any other zeros: every tap), filters of each kind side by side, stopped ones among them.
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_sparse_3x3_backward_matches_reference(layout, dtype):
+    gen = torch.Generator().manual_seed(29)
+    patterns = ("010111010", "101101101", "111000111", "101000101", "000010000", "100000000", "011110110", "111111111")
+    masks = torch.tensor([[float(c) for c in p] for p in patterns], dtype=torch.float64).view(-1, 3, 3)
+    bank = torch.randn(len(patterns), 3, 3, generator=gen, dtype=torch.float64) * masks
+    for stop, identity, (h, w) in (([], True, (13, 37)), ([1, 4], False, (22, 70)), ([0], True, (6, 33))):
+        for mode in PADDING_MODES:
+            y64 = torch.randn(2, 3, h, w, generator=gen, dtype=torch.float64).requires_grad_(True)
+            expected = reference.fixed_branch(y64, bank, mode, stop, identity)
+            g = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+            (expected_grad,) = torch.autograd.grad(expected, y64, g)
+            y = to_layout(y64.detach().to(dtype), layout).requires_grad_(True)
+            with factoring("never"):
+                out = fb.fixed_branch(y, bank.to(dtype), mode, stop, identity)
+                (grad,) = torch.autograd.grad(out, y, to_layout(g.to(dtype), layout))
+            assert_close(grad, expected_grad, dtype, f"gradient, stop {stop}, {mode}")
+
+
 # Factored banks' backward in NCHW at column stride 1 or 2 sums each column's transposed row passes in registers (at
 # stride 2 both phases, interleaved), for the odd row widths 3 to 11 (up to 7 in float64): rows shorter than a
 # vector, rows of several vectors and a partial one, gradients read in place (contiguous) or staged (sliced,

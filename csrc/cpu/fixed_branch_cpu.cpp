@@ -252,7 +252,39 @@ struct Gather {
   // them read as a zero (LaneWindow).
   int64_t width = 0;
   bool stream = false;  // the sums are final: whole vectors streamed past the caches (stream_store)
+  const uint32_t* patterns = nullptr;  // 3x3 sources: the taps each multiplies (tap_pattern); null: every tap
 };
+
+// The taps of a 3x3 filter that a gather multiplies, tap (a, t) at bit 3a + t: every tap, or the nonzero taps of the
+// common edge and Laplacian filters (Sobel, Prewitt and Scharr: a zero middle column or row; the four-neighbour
+// Laplacian: zero corners). Zeros multiplied cost as much as any tap: the 3x3 bank of four (Sobel x and y, Laplacian,
+// Gaussian) has 26 nonzero taps of 36: its backward took 0.87-0.91x the time so (float32, one process alternating
+// both ways, 1 and 2 threads, y = 4xCx96x96 for C = 7, 51, 204), not 0.72x: the gather issues as many loads as
+// multiply-adds allow, and a zero tap skips a load only where its whole column is zero. A NaN or infinite gradient
+// value so reaches dL/dy through the nonzero taps only, where a zero tap would multiply it into a NaN.
+constexpr uint32_t kEveryTap = ~0u, kMiddleColumnZero = 0x16D, kMiddleRowZero = 0x1C7, kCornersZero = 0x0BA;
+
+constexpr bool pattern_has(uint32_t pattern, int bit) { return pattern == kEveryTap || ((pattern >> bit) & 1u); }
+
+// Whether source row i of a block of R output rows (S1 x S2 taps, stride 1) meets a tap of the pattern at column t.
+constexpr bool pattern_reaches(uint32_t pattern, int R, int S1, int S2, int i, int t) {
+  for (int r = 0; r < R; ++r) {
+    const int a = S1 - 1 + r - i;
+    if (a >= 0 && a < S1 && pattern_has(pattern, a * S2 + t)) return true;
+  }
+  return false;
+}
+
+// The pattern with the fewest taps that holds every nonzero tap of the 3x3 filter w (row-major), else kEveryTap.
+template <typename T>
+uint32_t tap_pattern(const T* w) {
+  uint32_t nonzero = 0;
+  for (int j = 0; j < 9; ++j)
+    if (!(w[j] == T(0))) nonzero |= 1u << j;
+  for (const uint32_t pattern : {kCornersZero, kMiddleColumnZero, kMiddleRowZero})
+    if ((nonzero & ~pattern) == 0) return pattern;
+  return kEveryTap;
+}
 
 // dst[r][e] (+)= sum_l sum_o sum_t w[l][a][b[t]] * rows(l, o)[shift + e - dcv[t]] for e in [0, len), where
 // a = p0 + r - o*sh must lie in [0, S1), for the nr <= R padded rows p0 .. p0+nr-1 at once.
@@ -319,7 +351,9 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
         for (int u = 0; u < U; ++u)
           if (masks(u)) window[t][u].emplace(shift + e - fixed_dcv[t] + u * V, g.width);
     }
-    for (int64_t l = 0; l < g.L; ++l) {
+    // Source l, multiplying the taps of `pattern` (every tap, or a 3x3 zero pattern: tap (a, t) at bit a * kS2 + t).
+    auto source = [&](int64_t l, auto pattern) FIXEDBRANCH_INLINE {
+      constexpr uint32_t kPattern = decltype(pattern)::value;
       const opmath_t* wl = g.w + l * kS1 * kS2;
       // Held taps pass source row by source row. Larger filters run column tap by column tap, the column's kS1
       // weights broadcast once for all kRowsRead source rows instead of once per row and tap (R of them per row): a
@@ -333,8 +367,11 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
         });
       }
       Vec column[kS1];  // taps not held: the current column's
-      // Source row i at column tap t into every output row it reaches.
+      // Source row i at column tap t into every output row it reaches through a tap of the pattern (none: no load).
       auto row_tap = [&](auto i, auto t) FIXEDBRANCH_INLINE {
+        if constexpr (kPattern != kEveryTap) {
+          if constexpr (!pattern_reaches(kPattern, R, kS1, kS2, i, t)) return;
+        }
         const opmath_t* row = fixed_rows[l * kRowsRead + i];
         Vec in[U];
         for (int u = 0; u < U; ++u) {
@@ -349,13 +386,20 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
         static_for<R>([&](auto r) FIXEDBRANCH_INLINE {
           constexpr int a = kS1 - 1 + r - i;  // row tap of output row r
           if constexpr (a >= 0 && a < kS1) {
-            Vec wv;
-            if constexpr (kHoldTaps) {
-              wv = held[t][a];
-            } else {
-              wv = column[a];
+            auto fma = [&] FIXEDBRANCH_INLINE {
+              Vec wv;
+              if constexpr (kHoldTaps) {
+                wv = held[t][a];
+              } else {
+                wv = column[a];
+              }
+              for (int u = 0; u < U; ++u) acc[r][u] = at::vec::fmadd(wv, in[u], acc[r][u]);
+            };
+            if constexpr (kPattern == kEveryTap) {
+              fma();
+            } else if constexpr (pattern_has(kPattern, a * kS2 + std::decay_t<decltype(t)>::value)) {
+              fma();
             }
-            for (int u = 0; u < U; ++u) acc[r][u] = at::vec::fmadd(wv, in[u], acc[r][u]);
           }
         });
       };
@@ -369,6 +413,18 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
           static_for<kRowsRead>([&](auto i) FIXEDBRANCH_INLINE { row_tap(i, t); });
         }
       }
+    };
+    using std::integral_constant;
+    for (int64_t l = 0; l < g.L; ++l) {
+      if constexpr (kS1 == 3 && kS2 == 3) {
+        switch (g.patterns ? g.patterns[l] : kEveryTap) {
+          case kMiddleColumnZero: source(l, integral_constant<uint32_t, kMiddleColumnZero>{}); continue;
+          case kMiddleRowZero: source(l, integral_constant<uint32_t, kMiddleRowZero>{}); continue;
+          case kCornersZero: source(l, integral_constant<uint32_t, kCornersZero>{}); continue;
+          default: break;
+        }
+      }
+      source(l, integral_constant<uint32_t, kEveryTap>{});
     }
   };
   auto any_step = [&](int64_t e, Vec (&acc)[R][U]) {
@@ -652,6 +708,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
     group_columns.insert(group_columns.end(), kb.columns.begin() + grp.column * S1,
                          kb.columns.begin() + (grp.column + 1) * S1);
   const int64_t L = static_cast<int64_t>(live.size()), G = static_cast<int64_t>(groups.size());
+  std::vector<uint32_t> direct_patterns;  // the live direct 3x3 filters' taps that the gathers multiply
+  for (int64_t l = 0; l < Ld && S1 == 3 && S2 == 3; ++l) direct_patterns.push_back(tap_pattern(wl.data() + l * 9));
   if (!is_channels_last(grad_y) && a.strided() && G == 0 && mode == PadMode::Zeros)
     return backward_planes<scalar_t>(g, live, wl, S1, S2, a, grad_y);
   if constexpr (std::is_same_v<scalar_t, opmath_t>) {
@@ -736,7 +794,11 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
 
   const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
   scalar_t* gy_ptr = grad_y.mutable_data_ptr<scalar_t>();
-  const int64_t slot_gsC = a.channel_step() * g.stride(1);
+  // g's strides, read once: through the tensor, each was a chain of dependent loads and tests, and the rows'
+  // pointers (a few a row) took a tenth of the 3x3 K=4 backward's samples in cache (y = 4x7x96x96 float32, 2
+  // threads: 0.87x the time without).
+  const int64_t gsN = g.stride(0), gsC = g.stride(1), gsH = g.stride(2), gsW = g.stride(3);
+  const int64_t slot_gsC = a.channel_step() * gsC;
   constexpr int64_t kRows = 4;       // the gather's row block
   constexpr int64_t kAheadRows = 8;  // gradient rows prefetched ahead of the staging
   constexpr int64_t bytes_per_value = sizeof(opmath_t);
@@ -757,7 +819,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
   // 37 MB); a bank with factored filters only reads the rows in place in its transposed row passes anyway, and has no
   // gather to start from the identity's gradient.
   const bool rows_in_place = std::is_same_v<scalar_t, opmath_t> && (G == 0 || Ld > 0) && sh == 1 && sw == 1 &&
-                             tl.cv == 1 && g.stride(3) == 1;
+                             tl.cv == 1 && gsW == 1;
   const bool g_in_place = kMaskedLoads && rows_in_place;
   const bool identity_in_gather = rows_in_place && mode == PadMode::Zeros && L > 0;  // no pass before the gathers
   const bool identity_starts_sums = identity_in_gather && identity_live;
@@ -820,9 +882,11 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
       const int64_t cv = t.cv;
       const Phases& g_phases = cv == tl.cv ? g_phases_full : g_phases_tail;
       const Phases& h_phases = cv == tl.cv ? h_phases_full : h_phases_tail;
-      const View v{Ho, Wo, g.stride(2), g.stride(3), slot_gsC, cv};
-      auto g_slot = [&](int64_t b) { return g_ptr + t.n * g.stride(0) + a.channel(b, t.c0) * g.stride(1); };
+      const View v{Ho, Wo, gsH, gsW, slot_gsC, cv};
+      auto g_slot = [&](int64_t b) { return g_ptr + t.n * gsN + a.channel(b, t.c0) * gsC; };
       for (int64_t l = 0; l < L; ++l) g_base[l] = g_slot(a.slot(live[l]));
+      // Slot 0's plane: the identity's gradient (in channel order, where each pixel's run of slots starts).
+      const scalar_t* const identity_plane = g_slot(0);
       // This task's rows of dL/dy: in place where grad_y holds them as acc would (float or double, the task's rows
       // of W pixels of cv channels one contiguous run), which saves storing them afterwards.
       scalar_t* gy_base = gy_ptr + t.n * grad_y.stride(0) + t.c0 * grad_y.stride(1);
@@ -846,15 +910,15 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
         };
         // Slot l's gradient row o read where it lies (g_in_place): the gathers read it through lane windows.
         auto point_at_row = [&](int64_t l, int64_t o) {
-          g_rows[l * nO + (o - o0)] = reinterpret_cast<const opmath_t*>(g_base[l] + o * g.stride(2));
+          g_rows[l * nO + (o - o0)] = reinterpret_cast<const opmath_t*>(g_base[l] + o * gsH);
         };
         // One channel a pixel (NCHW): every staged row has the same zero border, which the buffer's initialisation
         // wrote and no staging overwrites; only the row's pixels are copied.
         auto stage_row = [&](int64_t l, int64_t o) {
           if (tl.cv == 1) {
-            copy_pixels(g_base[l] + o * g.stride(2), v, Wo, 1, place_row(l, o) + E);
+            copy_pixels(g_base[l] + o * gsH, v, Wo, 1, place_row(l, o) + E);
           } else {
-            stage_zero_padded(g_base[l] + o * g.stride(2), v, Wo, E, Wg, place_row(l, o));
+            stage_zero_padded(g_base[l] + o * gsH, v, Wo, E, Wg, place_row(l, o));
           }
         };
         // Direct banks stage gradient rows as the row blocks reach them, with the rows kAheadRows further on
@@ -891,15 +955,15 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
             if (cv > 1) {
               // channels_last: every live slot's row at once, pixel by pixel (stage_zero_padded_pixels).
               for (int64_t l = 0; l < L; ++l) {
-                slot_rows[l] = g_base[l] + staged * g.stride(2);
+                slot_rows[l] = g_base[l] + staged * gsH;
                 staged_rows[l] = place_row(l, staged);
               }
               if (by_channel) {
-                stage_pixels_by_channel(g_slot(0) + staged * g.stride(2), live_slots.data(), L, a.B, v, Wo, E, Wg,
+                stage_pixels_by_channel(identity_plane + staged * gsH, live_slots.data(), L, a.B, v, Wo, E, Wg,
                                         pixel_block.data(), staged_rows.data());
               } else if (identity_staged && staged >= t.i0 && staged < t.i1) {
                 stage_zero_padded_pixels(slot_rows.data(), L, v, Wo, E, Wg, staged_rows.data(),
-                                         g_slot(0) + staged * g.stride(2), rows + (staged - t.i0) * W * cv);
+                                         identity_plane + staged * gsH, rows + (staged - t.i0) * W * cv);
               } else {
                 stage_zero_padded_pixels(slot_rows.data(), L, v, Wo, E, Wg, staged_rows.data());
               }
@@ -912,10 +976,10 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
                 stage_row(l, staged);
               }
               if (prefetch_g && staged + kAheadRows < Ho)
-                prefetch_pixels(g_base[l] + (staged + kAheadRows) * g.stride(2), v, Wo);
+                prefetch_pixels(g_base[l] + (staged + kAheadRows) * gsH, v, Wo);
             }
             if (prefetch_g && identity_starts_sums && staged + kAheadRows < Ho)
-              prefetch_pixels(g_slot(0) + (staged + kAheadRows) * g.stride(2), v, Wo);
+              prefetch_pixels(identity_plane + (staged + kAheadRows) * gsH, v, Wo);
           }
           if (by_classes && staged > unmixed) mix_classes(unmixed, staged - unmixed);
         };
@@ -924,7 +988,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
           // staged: row o + ahead_o of slot l + ahead_l. Where the factored filters' rows are contiguous opmath_t
           // values, their mixes (below) read them where they lie, and only the direct filters' rows are staged.
           const bool read_in_place =
-              (sw == 1 || phase_planes) && cv == 1 && g.stride(3) == 1 && std::is_same_v<scalar_t, opmath_t>;
+              (sw == 1 || phase_planes) && cv == 1 && gsW == 1 && std::is_same_v<scalar_t, opmath_t>;
           const int64_t L_staged = read_in_place ? Ld : L;
           const int64_t ahead_l = nO > 0 ? kAheadRows / nO : 0, ahead_o = nO > 0 ? kAheadRows % nO : 0;
           for (int64_t l = 0; l < L_staged; ++l)
@@ -936,7 +1000,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
               stage_row(l, o);
               const bool wraps = o + ahead_o >= o1;
               const int64_t pl = l + ahead_l + (wraps ? 1 : 0), po = wraps ? o + ahead_o - nO : o + ahead_o;
-              if (prefetch_g && pl < L_staged) prefetch_pixels(g_base[pl] + po * g.stride(2), v, Wo);
+              if (prefetch_g && pl < L_staged) prefetch_pixels(g_base[pl] + po * gsH, v, Wo);
             }
           // h_u[o][q] for every padded column q, one row at a time.
           for (int64_t u = 0; u < G; ++u) {
@@ -955,8 +1019,8 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
               const opmath_t* first;
               int64_t pitch;
               if (read_in_place) {
-                first = reinterpret_cast<const opmath_t*>(g_base[grp.sources[0]]) + o0 * g.stride(2);
-                pitch = g.stride(2);
+                first = reinterpret_cast<const opmath_t*>(g_base[grp.sources[0]]) + o0 * gsH;
+                pitch = gsH;
                 for (int64_t e = 0; e < ns; ++e) source_off[e] = g_base[grp.sources[e]] - g_base[grp.sources[0]];
               } else {
                 first = g_rows[grp.sources[0] * nO];
@@ -1014,6 +1078,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
         }
         Gather<opmath_t> direct{g_rows.data(), Ld, o0, nO, wl.data(), S1, S2, sh, zeros.data() + E * cv,
                                 g_in_place ? Wo : 0};
+        direct.patterns = direct_patterns.empty() ? nullptr : direct_patterns.data();
         // Streamed only as dL/dy's first touch: lines a pass before had just written sat in the cache when streamed
         // (the column passes of the DCT 5x5 bank's backward, after the identity's, 1.08-1.13x the time so).
         direct.stream = stream_grad && in_place && G == 0 && identity_in_gather && rows != acc.data();
@@ -1029,7 +1094,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
           const opmath_t* identity_rows[kRows];
           if (identity_in_gather) accumulate = identity_starts_sums;
           for (int64_t r = 0; r < nr && identity_starts_sums; ++r)
-            identity_rows[r] = reinterpret_cast<const opmath_t*>(g_slot(0) + (p + r - pad.top) * g.stride(2));
+            identity_rows[r] = reinterpret_cast<const opmath_t*>(identity_plane + (p + r - pad.top) * gsH);
           if (Ld > 0 && by_classes) {
             for (int64_t r = 0; r < nr; ++r) {
               const opmath_t* start = identity_starts_sums ? identity_rows[r] : accumulate ? dst[r] : nullptr;
@@ -1074,11 +1139,11 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& bank, const BranchAr
         // main memory): DCT 5x5 at stride 2 spent a tenth of its backward here at 37 MB.
         if (prefetch_g && id + 1 < end) {
           const Task next = locate(tl, id + 1, C, H);
-          const scalar_t* plane = g_ptr + next.n * g.stride(0) + a.channel(0, next.c0) * g.stride(1);
+          const scalar_t* plane = g_ptr + next.n * gsN + a.channel(0, next.c0) * gsC;
           for (int64_t r = ceil_div(next.i0, sh); r * sh < next.i1; ++r)
-            prefetch_pixels(plane + r * g.stride(2), v, Wo);
+            prefetch_pixels(plane + r * gsH, v, Wo);
         }
-        identity_adjoint_rows(g_slot(0), v, sh, sw, t.i0, t.i1 - t.i0, W, rows);
+        identity_adjoint_rows(identity_plane, v, sh, sw, t.i0, t.i1 - t.i0, W, rows);
       } else {
         std::fill(rows, rows + (t.i1 - t.i0) * W * cv, opmath_t(0));
       }
