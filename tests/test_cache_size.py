@@ -1,6 +1,7 @@
 """The CPU kernels' choices that depend on the last-level cache: outputs that outgrow it are stored past it (streaming
 stores), as is a direct bank's dL/dy when it and the gradient together do; inputs and gradients that come from memory
-are prefetched (at stride 2 past their planes' and their tensors' last rows).
+are prefetched (past their tasks', planes' and tensors' last rows: the stride-2 pair kernels and the factored
+backward's transposed row sums; and the next task's identity rows).
 On small tensors those paths run only when the kernels believe the cache small, so a subprocess sets
 FIXEDBRANCH_CPU_CACHE_BYTES (read once per process) to 4 KiB and checks, against the reference, outputs and
 gradients whose rows start on and off the vector alignment that streaming needs, direct and factored banks, strided

@@ -258,7 +258,7 @@ struct Gather {
 // The taps of a 3x3 filter that a gather multiplies, tap (a, t) at bit 3a + t: every tap, or the nonzero taps of the
 // common edge and Laplacian filters (Sobel, Prewitt and Scharr: a zero middle column or row; the four-neighbour
 // Laplacian: zero corners). Zeros multiplied cost as much as any tap: the 3x3 bank of four (Sobel x and y, Laplacian,
-// Gaussian) has 26 nonzero taps of 36: its backward took 0.87-0.91x the time so (float32, one process alternating
+// Gaussian) has 26 nonzero taps of 36: its backward took 0.83-0.91x the time so (float32, one process alternating
 // both ways, 1 and 2 threads, y = 4xCx96x96 for C = 7, 51, 204), not 0.72x: the gather issues as many loads as
 // multiply-adds allow, and a zero tap skips a load only where its whole column is zero. A NaN or infinite gradient
 // value so reaches dL/dy through the nonzero taps only, where a zero tap would multiply it into a NaN.
