@@ -455,6 +455,19 @@ def test_tall_images_in_row_blocks_match_reference(policy, dtype):
         assert_close(grad, expected_grad, dtype, f"gradient {mode}")
 
 
+def assert_direct_gradient_matches(bank, y64, mode, stop, identity, layout, dtype, gen, what):
+    """dL/dy of the bank's direct filters (factoring never), y and a random g in `layout` and `dtype`, against the
+    reference's in float64."""
+    expected = reference.fixed_branch(y64, bank, mode, stop, identity)
+    g = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+    (expected_grad,) = torch.autograd.grad(expected, y64, g)
+    y = to_layout(y64.detach().to(dtype), layout).requires_grad_(True)
+    with factoring("never"):
+        out = fb.fixed_branch(y, bank.to(dtype), mode, stop, identity)
+        (grad,) = torch.autograd.grad(out, y, to_layout(g.to(dtype), layout))
+    assert_close(grad, expected_grad, dtype, f"gradient, {what}")
+
+
 # Square banks' backward (3x3 to 11x11) at stride 1 gathers blocks of four rows with the taps known at compile time
 # (a 3x3 filter's held in registers), rows outside the gradient read as zeros; shorter blocks, rows of fewer than two
 # vectors and banks of more than 32 live filters take the general gather. Heights leave a partial block, widths a
@@ -470,14 +483,7 @@ def test_square_backward_in_row_blocks_matches_reference(size, layout, dtype):
         for mode in PADDING_MODES:
             lo = size // 2 + 1  # reflect needs the image larger than the padding
             y64 = torch.randn(2, 3, max(h, lo), max(w, lo), generator=gen, dtype=torch.float64).requires_grad_(True)
-            expected = reference.fixed_branch(y64, bank, mode, stop, identity)
-            g = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
-            (expected_grad,) = torch.autograd.grad(expected, y64, g)
-            y = to_layout(y64.detach().to(dtype), layout).requires_grad_(True)
-            with factoring("never"):
-                out = fb.fixed_branch(y, bank.to(dtype), mode, stop, identity)
-                (grad,) = torch.autograd.grad(out, y, to_layout(g.to(dtype), layout))
-            assert_close(grad, expected_grad, dtype, f"gradient, K={k}, {mode}")
+            assert_direct_gradient_matches(bank, y64, mode, stop, identity, layout, dtype, gen, f"K={k}, {mode}")
 
 
 # 3x3 filters with zeros where the edge and Laplacian filters have them: the backward's gathers multiply only the taps
@@ -493,14 +499,7 @@ def test_sparse_3x3_backward_matches_reference(layout, dtype):
     for stop, identity, (h, w) in (([], True, (13, 37)), ([1, 4], False, (22, 70)), ([0], True, (6, 33))):
         for mode in PADDING_MODES:
             y64 = torch.randn(2, 3, h, w, generator=gen, dtype=torch.float64).requires_grad_(True)
-            expected = reference.fixed_branch(y64, bank, mode, stop, identity)
-            g = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
-            (expected_grad,) = torch.autograd.grad(expected, y64, g)
-            y = to_layout(y64.detach().to(dtype), layout).requires_grad_(True)
-            with factoring("never"):
-                out = fb.fixed_branch(y, bank.to(dtype), mode, stop, identity)
-                (grad,) = torch.autograd.grad(out, y, to_layout(g.to(dtype), layout))
-            assert_close(grad, expected_grad, dtype, f"gradient, stop {stop}, {mode}")
+            assert_direct_gradient_matches(bank, y64, mode, stop, identity, layout, dtype, gen, f"stop {stop}, {mode}")
 
 
 # Factored banks' backward in NCHW at column stride 1 or 2 sums each column's transposed row passes in registers (at
