@@ -502,6 +502,25 @@ def test_sparse_3x3_backward_matches_reference(layout, dtype):
             assert_direct_gradient_matches(bank, y64, mode, stop, identity, layout, dtype, gen, f"stop {stop}, {mode}")
 
 
+# The forward's 3x3 direct filters multiply only the taps of their zero pattern (as the backward's gathers): blocks
+# of one to six filters mixing the patterns, a subset of one, a single tap, a filter of zeros and dense filters,
+# at strides 1 and 2, in every padding mode, layout and order.
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("k", [1, 3, 4, 6, 9])
+def test_sparse_3x3_forward_matches_reference(k, layout, dtype):
+    gen = torch.Generator().manual_seed(31 + k)
+    patterns = ("101101101", "111000111", "010111010", "111111111", "101000101", "000010000", "011110110",
+                "000000000", "010000010")
+    masks = torch.tensor([[float(c) for c in p] for p in patterns[:k]], dtype=torch.float64).view(-1, 3, 3)
+    bank = (torch.randn(k, 3, 3, generator=gen, dtype=torch.float64) * masks).to(dtype)
+    for mode, stride, order, (h, w) in itertools.product(PADDING_MODES, (1, 2, (1, 2)), ORDERS, ((13, 37), (6, 70))):
+        y = torch.randn(2, 3, h, w, generator=gen, dtype=torch.float64)
+        expected = reference.fixed_branch(y, bank.double(), mode, order=order, stride=stride)
+        out = fb.fixed_branch(to_layout(y.to(dtype), layout), bank, mode, order=order, stride=stride)
+        assert_close(out, expected, dtype, f"{mode}, stride {stride}, {order}, {h}x{w}")
+
+
 # Factored banks' backward in NCHW at column stride 1 or 2 sums each column's transposed row passes in registers (at
 # stride 2 both phases, interleaved), for the odd row widths 3 to 11 (up to 7 in float64): rows shorter than a
 # vector, rows of several vectors and a partial one, gradients read in place (contiguous) or staged (sliced,

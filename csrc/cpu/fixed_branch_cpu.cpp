@@ -255,17 +255,6 @@ struct Gather {
   const uint32_t* patterns = nullptr;  // 3x3 sources: the taps each multiplies (tap_pattern); null: every tap
 };
 
-// The taps of a 3x3 filter that a gather multiplies, tap (a, t) at bit 3a + t: every tap, or the nonzero taps of the
-// common edge and Laplacian filters (Sobel, Prewitt and Scharr: a zero middle column or row; the four-neighbour
-// Laplacian: zero corners). Zeros multiplied cost as much as any tap: the 3x3 bank of four (Sobel x and y, Laplacian,
-// Gaussian) has 26 nonzero taps of 36: its backward took 0.83-0.91x the time so (float32, one process alternating
-// both ways, 1 and 2 threads, y = 4xCx96x96 for C = 7, 51, 204), not 0.72x: the gather issues as many loads as
-// multiply-adds allow, and a zero tap skips a load only where its whole column is zero. A NaN or infinite gradient
-// value so reaches dL/dy through the nonzero taps only, where a zero tap would multiply it into a NaN.
-constexpr uint32_t kEveryTap = ~0u, kMiddleColumnZero = 0x16D, kMiddleRowZero = 0x1C7, kCornersZero = 0x0BA;
-
-constexpr bool pattern_has(uint32_t pattern, int bit) { return pattern == kEveryTap || ((pattern >> bit) & 1u); }
-
 // Whether source row i of a block of R output rows (S1 x S2 taps, stride 1) meets a tap of the pattern at column t.
 constexpr bool pattern_reaches(uint32_t pattern, int R, int S1, int S2, int i, int t) {
   for (int r = 0; r < R; ++r) {
@@ -273,17 +262,6 @@ constexpr bool pattern_reaches(uint32_t pattern, int R, int S1, int S2, int i, i
     if (a >= 0 && a < S1 && pattern_has(pattern, a * S2 + t)) return true;
   }
   return false;
-}
-
-// The pattern with the fewest taps that holds every nonzero tap of the 3x3 filter w (row-major), else kEveryTap.
-template <typename T>
-uint32_t tap_pattern(const T* w) {
-  uint32_t nonzero = 0;
-  for (int j = 0; j < 9; ++j)
-    if (!(w[j] == T(0))) nonzero |= 1u << j;
-  for (const uint32_t pattern : {kCornersZero, kMiddleColumnZero, kMiddleRowZero})
-    if ((nonzero & ~pattern) == 0) return pattern;
-  return kEveryTap;
 }
 
 // dst[r][e] (+)= sum_l sum_o sum_t w[l][a][b[t]] * rows(l, o)[shift + e - dcv[t]] for e in [0, len), where
@@ -414,17 +392,18 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
         }
       }
     };
-    using std::integral_constant;
+    // 3x3 sources multiply the taps of their pattern (tap_pattern). The 3x3 bank of four (26 nonzero taps of 36)
+    // took 0.83-0.91x the time so (float32, one process alternating both ways, 1 and 2 threads, y = 4xCx96x96 for
+    // C = 7, 51, 204), not 0.72x: the gather issues as many loads as multiply-adds allow, and a zero tap skips a
+    // load only where its whole column is zero.
     for (int64_t l = 0; l < g.L; ++l) {
       if constexpr (kS1 == 3 && kS2 == 3) {
-        switch (g.patterns ? g.patterns[l] : kEveryTap) {
-          case kMiddleColumnZero: source(l, integral_constant<uint32_t, kMiddleColumnZero>{}); continue;
-          case kMiddleRowZero: source(l, integral_constant<uint32_t, kMiddleRowZero>{}); continue;
-          case kCornersZero: source(l, integral_constant<uint32_t, kCornersZero>{}); continue;
-          default: break;
+        if (g.patterns) {
+          with_tap_pattern(g.patterns[l], [&](auto pattern) FIXEDBRANCH_INLINE { source(l, pattern); });
+          continue;
         }
       }
-      source(l, integral_constant<uint32_t, kEveryTap>{});
+      source(l, std::integral_constant<uint32_t, kEveryTap>{});
     }
   };
   auto any_step = [&](int64_t e, Vec (&acc)[R][U]) {
