@@ -363,14 +363,15 @@ def test_strided_plane_kernels_match_reference(s, stride, hw, stop, identity, dt
 
 
 # The forward at column stride 2 that reads y where it lies (forward_pairs, csrc/cpu/planes.cpp), case by case: banks
-# of up to 16 taps and one to five filters (one block of them), rows of one output, shorter than a vector, one step
-# of float32 (64 outputs) and past it, several steps and a partial last vector; maps of one row and of rows whose taps
-# all lie in y between rows that reach past its top or bottom edge; row strides 1 to 3; the identity live or absent,
-# both orders, float32 and float64, y contiguous and rows of a wider tensor.
+# of up to 16 taps, odd and even widths (tap columns that share their loads in pairs, and one left alone), one to five
+# filters (one block of them), rows of one output, shorter than a vector, one step of float32 (64 outputs) and past
+# it, several steps and a partial last vector; maps of one row and of rows whose taps all lie in y between rows that
+# reach past its top or bottom edge; row strides 1 to 3; the identity live or absent, both orders, float32 and
+# float64, y contiguous and rows of a wider tensor.
 PAIR_CASES = [
     ((3, 3), 4, 2, (5, 7)), ((3, 3), 5, (1, 2), (9, 33)), ((2, 3), 1, (3, 2), (13, 130)), ((4, 4), 3, 2, (40, 161)),
     ((1, 3), 2, 2, (3, 2)), ((3, 1), 1, 2, (1, 1)), ((3, 3), 2, 2, (2, 257)), ((2, 2), 4, 2, (7, 129)),
-    ((4, 3), 5, 3, (17, 96)),
+    ((4, 3), 5, 3, (17, 96)), ((3, 5), 3, 2, (11, 70)), ((2, 6), 2, (1, 2), (6, 50)),
 ]
 
 

@@ -58,12 +58,16 @@ struct RowsAhead {
 // One step of forward_pairs: KB filters (weights w, `taps` apart) over the N vectors of outputs from x0 on, summing
 // the n taps j whose inputs start at src[j] (y's row + 2*x0 + b - left), their loads' windows at win[j] (the tap
 // column's, forward_pairs' Step) and their weights at w + tap[j]; for `rows` rows, src_pitch and dst_pitch apart.
+// Where shares[j], tap j + 1 (column b + 1 of the same row) takes the odd lanes of tap j's loads: its windows mask
+// the same columns of y. So a 3x3 row of taps loads two pairs of vectors, not three: the 3x3 bank of four at stride
+// 2 (float32, one process alternating both ways) took 0.83x the time at y = 4x7x96x96 on 1 and 2 threads, 0.81x at
+// 4x51x96x96, as predicted from the loads and permutes that bound it (a third fewer loads, as many permutes).
 // One flat loop over the taps, as in correlate, and a function of its own, each shape compiled apart: loops over tap
 // rows and columns inside forward_pairs' own loop kept the accumulators in memory. `ahead`: the rows to ask for.
 template <int KB, int N, typename T>
-void pair_step(const T* const* src, const LaneWindow<T>* const* win, const int64_t* tap, int64_t n, const T* w,
-               int64_t taps, T* const* maps, int64_t x0, int64_t Wo, int64_t rows, int64_t src_pitch,
-               int64_t dst_pitch, bool stream, const RowsAhead<T>& ahead) {
+void pair_step(const T* const* src, const LaneWindow<T>* const* win, const int64_t* tap, const char* shares,
+               int64_t n, const T* w, int64_t taps, T* const* maps, int64_t x0, int64_t Wo, int64_t rows,
+               int64_t src_pitch, int64_t dst_pitch, bool stream, const RowsAhead<T>& ahead) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
   for (int64_t row = 0; row < rows; ++row) {
@@ -72,19 +76,24 @@ void pair_step(const T* const* src, const LaneWindow<T>* const* win, const int64
     static_for<KB>([&](auto k) FIXEDBRANCH_INLINE {
       static_for<N>([&](auto u) FIXEDBRANCH_INLINE { acc[k][u] = Vec(T(0)); });
     });
-    for (int64_t j = 0; j < n; ++j) {
-      const T* from = src[j] + row * src_pitch;
-      const LaneWindow<T>* lanes = win[j];
-      Vec in[N];
-      static_for<N>([&](auto u) FIXEDBRANCH_INLINE {
-        const T* pair = from + 2 * u * V;
-        in[u] = at::vec::deinterleave2(lanes[2 * u].load(pair), lanes[2 * u + 1].load(pair + V)).first;
-      });
+    auto multiply = [&](const Vec (&in)[N], int64_t j) FIXEDBRANCH_INLINE {
       const T* wt = w + tap[j];
       static_for<KB>([&](auto k) FIXEDBRANCH_INLINE {
         const Vec wk(wt[k * taps]);
         static_for<N>([&](auto u) FIXEDBRANCH_INLINE { acc[k][u] = at::vec::fmadd(wk, in[u], acc[k][u]); });
       });
+    };
+    for (int64_t j = 0; j < n;) {
+      const T* from = src[j] + row * src_pitch;
+      const LaneWindow<T>* lanes = win[j];
+      Vec even[N], odd[N];
+      static_for<N>([&](auto u) FIXEDBRANCH_INLINE {
+        const T* pair = from + 2 * u * V;
+        std::tie(even[u], odd[u]) = at::vec::deinterleave2(lanes[2 * u].load(pair), lanes[2 * u + 1].load(pair + V));
+      });
+      multiply(even, j);
+      if (shares[j]) multiply(odd, j + 1);
+      j += shares[j] ? 2 : 1;
     }
     static_for<N>([&](auto u) FIXEDBRANCH_INLINE {
       const int64_t x = x0 + u * V, count = std::min(V, Wo - x);
@@ -168,6 +177,7 @@ void forward_pairs(const at::Tensor& y, const KernelBank<T>& kb, const BranchArg
     std::vector<const T*> src(taps);
     std::vector<const Window*> win(taps);
     std::vector<int64_t> tap(taps);
+    std::vector<char> shares(taps);  // tap j + 1's inputs are the odd lanes of tap j's loads
     const RowsAhead<T> no_rows;
     for (int64_t id = begin; id < end; ++id) {
       const int64_t rb = id % row_blocks, c = id / row_blocks % C, n = id / (row_blocks * C);
@@ -194,6 +204,7 @@ void forward_pairs(const at::Tensor& y, const KernelBank<T>& kb, const BranchArg
               src[n_taps] = rows[r] + 2 * step.x0 + b - left;
               win[n_taps] = step.loads.data() + b * U * 2;
               tap[n_taps] = r * S2 + b;
+              shares[n_taps] = b + 1 < S2 && ((b - left) & 1) == 0;
             }
           }
           with_count<U>(step.n, [&](auto vectors) {
@@ -203,7 +214,8 @@ void forward_pairs(const at::Tensor& y, const KernelBank<T>& kb, const BranchArg
                                osH, stream);
             for_each_branch_block(K, [&](int64_t k0, int64_t kn) {
               with_count<kMost>(kn, [&](auto blocks) {
-                pair_step<decltype(blocks)::value, N>(src.data(), win.data(), tap.data(), n_taps, w + k0 * taps,
+                pair_step<decltype(blocks)::value, N>(src.data(), win.data(), tap.data(), shares.data(), n_taps,
+                                                       w + k0 * taps,
                                                        taps, maps.data() + k0, step.x0, Wo, count, sh * ysH, osH,
                                                        stream, k0 == 0 && step.x0 == 0 ? next_rows : no_rows);
               });
