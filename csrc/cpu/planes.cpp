@@ -61,13 +61,17 @@ struct RowsAhead {
 // Where shares[j], tap j + 1 (column b + 1 of the same row) takes the odd lanes of tap j's loads: its windows mask
 // the same columns of y. So a 3x3 row of taps loads two pairs of vectors, not three: the 3x3 bank of four at stride
 // 2 (float32, one process alternating both ways) took 0.83x the time at y = 4x7x96x96 on 1 and 2 threads, 0.81x at
-// 4x51x96x96, as predicted from the loads and permutes that bound it (a third fewer loads, as many permutes).
+// 4x51x96x96, as predicted from the loads and permutes that bound it (a third fewer loads, as many permutes). The
+// identity, y's pixel (i*sh, 2x), is the even lanes of tap (top, left)'s loads: the first block of filters stores
+// them into `identity` (null: none), not a pass of its own that loaded and permuted them again (one thread, y =
+// 4x7x96x96: 0.91x the time).
 // One flat loop over the taps, as in correlate, and a function of its own, each shape compiled apart: loops over tap
 // rows and columns inside forward_pairs' own loop kept the accumulators in memory. `ahead`: the rows to ask for.
 template <int KB, int N, typename T>
 void pair_step(const T* const* src, const LaneWindow<T>* const* win, const int64_t* tap, const char* shares,
                int64_t n, const T* w, int64_t taps, T* const* maps, int64_t x0, int64_t Wo, int64_t rows,
-               int64_t src_pitch, int64_t dst_pitch, bool stream, const RowsAhead<T>& ahead) {
+               int64_t src_pitch, int64_t dst_pitch, bool stream, const RowsAhead<T>& ahead, T* identity,
+               int64_t identity_tap) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
   for (int64_t row = 0; row < rows; ++row) {
@@ -92,6 +96,12 @@ void pair_step(const T* const* src, const LaneWindow<T>* const* win, const int64
         std::tie(even[u], odd[u]) = at::vec::deinterleave2(lanes[2 * u].load(pair), lanes[2 * u + 1].load(pair + V));
       });
       multiply(even, j);
+      if (identity && tap[j] == identity_tap) {
+        static_for<N>([&](auto u) FIXEDBRANCH_INLINE {
+          const int64_t x = x0 + u * V;
+          store_vector(even[u], identity + row * dst_pitch + x, std::min(V, Wo - x), stream);
+        });
+      }
       if (shares[j]) multiply(odd, j + 1);
       j += shares[j] ? 2 : 1;
     }
@@ -105,7 +115,7 @@ void pair_step(const T* const* src, const LaneWindow<T>* const* win, const int64
 }
 
 // The identity's N vectors from x0 on in `rows` rows: the even lanes of y's rows from column 2*x0 on (windows
-// `lanes`), the first at `first`.
+// `lanes`), the first at `first`. For a bank of no filters; the others' first block stores it (pair_step).
 template <int N, typename T>
 void pair_identity(const T* first, const LaneWindow<T>* lanes, T* identity, int64_t x0, int64_t Wo, int64_t rows,
                    int64_t src_pitch, int64_t dst_pitch, bool stream) {
@@ -209,7 +219,7 @@ void forward_pairs(const at::Tensor& y, const KernelBank<T>& kb, const BranchArg
           }
           with_count<U>(step.n, [&](auto vectors) {
             constexpr int N = decltype(vectors)::value;
-            if (identity)
+            if (identity && K == 0)
               pair_identity<N>(rows[top], step.loads.data() + left * U * 2, identity, step.x0, Wo, count, sh * ysH,
                                osH, stream);
             for_each_branch_block(K, [&](int64_t k0, int64_t kn) {
@@ -217,7 +227,8 @@ void forward_pairs(const at::Tensor& y, const KernelBank<T>& kb, const BranchArg
                 pair_step<decltype(blocks)::value, N>(src.data(), win.data(), tap.data(), shares.data(), n_taps,
                                                        w + k0 * taps,
                                                        taps, maps.data() + k0, step.x0, Wo, count, sh * ysH, osH,
-                                                       stream, k0 == 0 && step.x0 == 0 ? next_rows : no_rows);
+                                                       stream, k0 == 0 && step.x0 == 0 ? next_rows : no_rows,
+                                                       k0 == 0 ? identity : nullptr, top * S2 + left);
               });
             }, kMost);
           });
