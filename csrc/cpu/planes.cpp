@@ -114,23 +114,6 @@ void pair_step(const T* const* src, const LaneWindow<T>* const* win, const int64
   }
 }
 
-// The identity's N vectors from x0 on in `rows` rows: the even lanes of y's rows from column 2*x0 on (windows
-// `lanes`), the first at `first`. For a bank of no filters; the others' first block stores it (pair_step).
-template <int N, typename T>
-void pair_identity(const T* first, const LaneWindow<T>* lanes, T* identity, int64_t x0, int64_t Wo, int64_t rows,
-                   int64_t src_pitch, int64_t dst_pitch, bool stream) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int64_t V = Vec::size();
-  for (int64_t row = 0; row < rows; ++row) {
-    static_for<N>([&](auto u) FIXEDBRANCH_INLINE {
-      const T* from = first + row * src_pitch + 2 * (x0 + u * V);
-      const Vec v = at::vec::deinterleave2(lanes[2 * u].load(from), lanes[2 * u + 1].load(from + V)).first;
-      const int64_t x = x0 + u * V;
-      store_vector(v, identity + row * dst_pitch + x, std::min(V, Wo - x), stream);
-    });
-  }
-}
-
 // The forward at column stride 2 in zero padding, every filter direct and in no tap classes, for float or double y
 // and output whose rows are contiguous: y read where it lies, nothing staged. Output pixel (i, x) of a filter sums
 // its taps (r, b) over y's pixel (i*sh + r - top, 2x + b - left): for a tap, the even lanes of the two vectors from
@@ -219,15 +202,12 @@ void forward_pairs(const at::Tensor& y, const KernelBank<T>& kb, const BranchArg
           }
           with_count<U>(step.n, [&](auto vectors) {
             constexpr int N = decltype(vectors)::value;
-            if (identity && K == 0)
-              pair_identity<N>(rows[top], step.loads.data() + left * U * 2, identity, step.x0, Wo, count, sh * ysH,
-                               osH, stream);
             for_each_branch_block(K, [&](int64_t k0, int64_t kn) {
               with_count<kMost>(kn, [&](auto blocks) {
                 pair_step<decltype(blocks)::value, N>(src.data(), win.data(), tap.data(), shares.data(), n_taps,
-                                                       w + k0 * taps,
-                                                       taps, maps.data() + k0, step.x0, Wo, count, sh * ysH, osH,
-                                                       stream, k0 == 0 && step.x0 == 0 ? next_rows : no_rows,
+                                                       w + k0 * taps, taps, maps.data() + k0, step.x0, Wo, count,
+                                                       sh * ysH, osH, stream,
+                                                       k0 == 0 && step.x0 == 0 ? next_rows : no_rows,
                                                        k0 == 0 ? identity : nullptr, top * S2 + left);
               });
             }, kMost);
