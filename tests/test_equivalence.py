@@ -487,6 +487,12 @@ def test_square_backward_in_row_blocks_matches_reference(size, layout, dtype):
             assert_direct_gradient_matches(bank, y64, mode, stop, identity, layout, dtype, gen, f"K={k}, {mode}")
 
 
+def masked_3x3_bank(patterns: tuple[str, ...], gen: torch.Generator) -> torch.Tensor:
+    """A float64 bank of random 3x3 filters, filter i zero where patterns[i] (nine '0'/'1' taps, row-major) has '0'."""
+    masks = torch.tensor([[float(c) for c in p] for p in patterns], dtype=torch.float64).view(-1, 3, 3)
+    return torch.randn(len(patterns), 3, 3, generator=gen, dtype=torch.float64) * masks
+
+
 # 3x3 filters with zeros where the edge and Laplacian filters have them: the backward's gathers multiply only the taps
 # of each filter's pattern (a zero middle column or row, zero corners; taps inside the smallest pattern that holds
 # them, e.g. corners only; any other zeros: every tap), filters of each kind side by side, stopped ones among them.
@@ -494,9 +500,8 @@ def test_square_backward_in_row_blocks_matches_reference(size, layout, dtype):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_sparse_3x3_backward_matches_reference(layout, dtype):
     gen = torch.Generator().manual_seed(29)
-    patterns = ("010111010", "101101101", "111000111", "101000101", "000010000", "100000000", "011110110", "111111111")
-    masks = torch.tensor([[float(c) for c in p] for p in patterns], dtype=torch.float64).view(-1, 3, 3)
-    bank = torch.randn(len(patterns), 3, 3, generator=gen, dtype=torch.float64) * masks
+    bank = masked_3x3_bank(("010111010", "101101101", "111000111", "101000101", "000010000", "100000000", "011110110",
+                            "111111111"), gen)
     for stop, identity, (h, w) in (([], True, (13, 37)), ([1, 4], False, (22, 70)), ([0], True, (6, 33))):
         for mode in PADDING_MODES:
             y64 = torch.randn(2, 3, h, w, generator=gen, dtype=torch.float64).requires_grad_(True)
@@ -513,8 +518,7 @@ def test_sparse_3x3_forward_matches_reference(k, layout, dtype):
     gen = torch.Generator().manual_seed(31 + k)
     patterns = ("101101101", "111000111", "010111010", "111111111", "101000101", "000010000", "011110110",
                 "000000000", "010000010")
-    masks = torch.tensor([[float(c) for c in p] for p in patterns[:k]], dtype=torch.float64).view(-1, 3, 3)
-    bank = (torch.randn(k, 3, 3, generator=gen, dtype=torch.float64) * masks).to(dtype)
+    bank = masked_3x3_bank(patterns[:k], gen).to(dtype)
     for mode, stride, order, (h, w) in itertools.product(PADDING_MODES, (1, 2, (1, 2)), ORDERS, ((13, 37), (6, 70))):
         y = torch.randn(2, 3, h, w, generator=gen, dtype=torch.float64)
         expected = reference.fixed_branch(y, bank.double(), mode, order=order, stride=stride)
