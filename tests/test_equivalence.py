@@ -508,6 +508,26 @@ def test_sparse_3x3_backward_matches_reference(layout, dtype):
             assert_direct_gradient_matches(bank, y64, mode, stop, identity, layout, dtype, gen, f"stop {stop}, {mode}")
 
 
+# The 3x3 backward's gathers read NCHW gradient rows whose pixels lie on the vectors' alignment (rows of a multiple of
+# 64 bytes) with aligned loads and lane shifts: rows of one to seven vectors (a step past both ends, a first step
+# before the row, a last one after it, steps inside, a partial last step), every pattern, a stopped filter, the
+# identity live or not; the same gradient one value off the alignment takes the unaligned gather.
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_aligned_3x3_backward_matches_reference(dtype):
+    gen = torch.Generator().manual_seed(37)
+    bank = masked_3x3_bank(("010111010", "101101101", "111000111", "111111111", "101000101"), gen)
+    widths = (8, 16, 24, 32, 48, 64, 80, 96, 112)
+    for w, stop, identity, offset in itertools.product(widths, ([], [2]), (True, False), (0, 1)):
+        y64 = torch.randn(2, 3, 9, w, generator=gen, dtype=torch.float64).requires_grad_(True)
+        expected = reference.fixed_branch(y64, bank, "zeros", stop, identity)
+        g64 = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+        (expected_grad,) = torch.autograd.grad(expected, y64, g64)
+        g = torch.zeros(g64.numel() + offset, dtype=dtype)[offset:].view(g64.shape).copy_(g64)
+        with factoring("never"):
+            grad = backward_op(g, bank.to(dtype), "zeros", stop, identity)
+        assert_close(grad, expected_grad, dtype, f"width {w}, stop {stop}, identity {identity}, offset {offset}")
+
+
 # The forward's 3x3 direct filters multiply only the taps of their zero pattern (as the backward's gathers): blocks
 # of one to six filters mixing the patterns, a subset of one, a single tap, a filter of zeros and dense filters,
 # at strides 1 and 2, in every padding mode, layout and order.

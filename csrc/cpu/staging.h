@@ -470,7 +470,7 @@ void store_run(const opmath_t* src, int64_t n, scalar_t* dst, int64_t dst_stride
 // loads on the vectors' alignment.
 template <typename T>
 inline T* aligned_within(T* p) {
-  constexpr uintptr_t kBytes = sizeof(at::vec::Vectorized<T>);
+  constexpr uintptr_t kBytes = sizeof(at::vec::Vectorized<std::remove_const_t<T>>);
   return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + kBytes - 1) / kBytes * kBytes);
 }
 
