@@ -530,7 +530,8 @@ def test_aligned_3x3_backward_matches_reference(dtype):
 
 # The forward's 3x3 direct filters multiply only the taps of their zero pattern (as the backward's gathers): blocks
 # of one to six filters mixing the patterns, a subset of one, a single tap, a filter of zeros and dense filters,
-# at strides 1 and 2, in every padding mode, layout and order.
+# at strides 1 and 2, in every padding mode, layout and order. In NCHW at column stride 1 their rows are staged
+# whole vectors long, aligned (correlate_3x3's aligned rows): widths of part of a vector to several.
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("k", [1, 3, 4, 6, 9])
@@ -539,7 +540,8 @@ def test_sparse_3x3_forward_matches_reference(k, layout, dtype):
     patterns = ("101101101", "111000111", "010111010", "111111111", "101000101", "000010000", "011110110",
                 "000000000", "010000010")
     bank = masked_3x3_bank(patterns[:k], gen).to(dtype)
-    for mode, stride, order, (h, w) in itertools.product(PADDING_MODES, (1, 2, (1, 2)), ORDERS, ((13, 37), (6, 70))):
+    sizes = ((13, 37), (6, 70), (5, 16), (4, 2))
+    for mode, stride, order, (h, w) in itertools.product(PADDING_MODES, (1, 2, (1, 2)), ORDERS, sizes):
         y = torch.randn(2, 3, h, w, generator=gen, dtype=torch.float64)
         expected = reference.fixed_branch(y, bank.double(), mode, order=order, stride=stride)
         out = fb.fixed_branch(to_layout(y.to(dtype), layout), bank, mode, order=order, stride=stride)

@@ -163,6 +163,30 @@ FIXEDBRANCH_INLINE inline void with_tap_pattern(uint32_t pattern, F&& f) {
   }
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kLaneShifts = true;
+#else
+constexpr bool kLaneShifts = false;
+#endif
+
+// The vector of lanes x - B .. x - B + V - 1 from two consecutive vectors (prev at x - V, cur at x): AVX-512's
+// valignd/valignq, for float and double; elsewhere unused (kLaneShifts).
+template <int B, typename opmath_t>
+FIXEDBRANCH_INLINE inline at::vec::Vectorized<opmath_t> lanes_before(const at::vec::Vectorized<opmath_t>& prev,
+                                                                     const at::vec::Vectorized<opmath_t>& cur) {
+#if defined(CPU_CAPABILITY_AVX512)
+  constexpr int V = at::vec::Vectorized<opmath_t>::size();
+  if constexpr (std::is_same_v<opmath_t, float>) {
+    return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(cur), _mm512_castps_si512(prev), V - B));
+  } else {
+    return _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(cur), _mm512_castpd_si512(prev), V - B));
+  }
+#else
+  static_assert(B < 0, "lanes_before needs AVX-512 (kLaneShifts)");
+  return cur;
+#endif
+}
+
 // correlate<KB, U> (kExactTail false) for 3x3 filters, filter k multiplying the taps of patterns[k] only: a step
 // loads the nine taps' input vectors once, for every filter, then runs each filter's pattern (dispatched once a
 // filter and a step) in two partial sums. Nine taps of U = 2 vectors, two sums a filter: AVX-512's registers only.
@@ -171,19 +195,47 @@ FIXEDBRANCH_INLINE inline void with_tap_pattern(uint32_t pattern, F&& f) {
 // bound by its streamed writes, its time did not change.
 template <int KB, bool kStream = false, typename opmath_t>
 void correlate_3x3(const opmath_t* src, const int64_t* off, const opmath_t* w, const uint32_t* patterns,
-                   opmath_t* const* dst, int64_t len, int64_t rows, int64_t src_pitch, int64_t dst_pitch) {
+                   opmath_t* const* dst, int64_t len, int64_t rows, int64_t src_pitch, int64_t dst_pitch,
+                   bool aligned_rows = false) {
   using Vec = at::vec::Vectorized<opmath_t>;
   constexpr int64_t V = Vec::size();
   constexpr int U = 2;
   static_assert(U * V <= kSlack<opmath_t>, "slack too small for one step");
   int64_t o[9];
   for (int t = 0; t < 9; ++t) o[t] = off[t];
+  // aligned_rows: rows staged with their centre column on the vectors' alignment (every row's tap (a, 1) a whole
+  // number of vectors from the first's, which is on a boundary), readable a vector before each row's first centre
+  // vector. Each row then loads the aligned vectors around a step once and lane shifts make its left and right taps'
+  // inputs, where loads one pixel off the alignment split cache lines. (The offsets are checked here too.)
+  bool aligned = false;
+  if constexpr (kLaneShifts) {
+    aligned = aligned_rows && reinterpret_cast<uintptr_t>(src + o[1]) % sizeof(Vec) == 0 && src_pitch % V == 0;
+    for (int a = 0; a < 3; ++a)
+      aligned = aligned && o[3 * a] + 1 == o[3 * a + 1] && o[3 * a + 2] == o[3 * a + 1] + 1 &&
+                (o[3 * a + 1] - o[1]) % V == 0;
+  }
   auto step = [&](const opmath_t* s, opmath_t* const* d, int64_t x, auto vectors, int64_t last) FIXEDBRANCH_INLINE {
     constexpr int N = decltype(vectors)::value;
     Vec in[9][N];
-    static_for<9>([&](auto t) FIXEDBRANCH_INLINE {
-      for (int u = 0; u < N; ++u) in[t][u] = in_register(Vec::loadu(s + x + o[t] + u * V));
-    });
+    if constexpr (kLaneShifts) {
+      if (aligned) {
+        static_for<3>([&](auto a) FIXEDBRANCH_INLINE {
+          const opmath_t* centre = s + x + o[3 * a + 1];
+          Vec v[N + 2];
+          for (int j = 0; j < N + 2; ++j) v[j] = in_register(Vec::loadu(centre + (j - 1) * V));
+          static_for<N>([&](auto u) FIXEDBRANCH_INLINE {
+            in[3 * a][u] = lanes_before<1>(v[u], v[u + 1]);
+            in[3 * a + 1][u] = v[u + 1];
+            in[3 * a + 2][u] = lanes_before<V - 1>(v[u + 1], v[u + 2]);
+          });
+        });
+      }
+    }
+    if (!kLaneShifts || !aligned) {
+      static_for<9>([&](auto t) FIXEDBRANCH_INLINE {
+        for (int u = 0; u < N; ++u) in[t][u] = in_register(Vec::loadu(s + x + o[t] + u * V));
+      });
+    }
     static_for<KB>([&](auto k) FIXEDBRANCH_INLINE {
       constexpr int kFilter = decltype(k)::value;
       with_tap_pattern(patterns[kFilter], [&](auto pattern) FIXEDBRANCH_INLINE {
@@ -435,30 +487,6 @@ void sum_rows(const opmath_t* src, const int64_t* off, int64_t n, const opmath_t
     for (int u = 0; u < N; ++u) acc[u].store(d[0] + x + u * V, u + 1 < N ? V : last);
   };
   for_each_step<1, 4>(src, 0, &dst, 0, 1, len, step);
-}
-
-#if defined(CPU_CAPABILITY_AVX512)
-constexpr bool kLaneShifts = true;
-#else
-constexpr bool kLaneShifts = false;
-#endif
-
-// The vector of lanes x - B .. x - B + V - 1 from two consecutive vectors (prev at x - V, cur at x): AVX-512's
-// valignd/valignq, for float and double; elsewhere unused (kLaneShifts).
-template <int B, typename opmath_t>
-FIXEDBRANCH_INLINE inline at::vec::Vectorized<opmath_t> lanes_before(const at::vec::Vectorized<opmath_t>& prev,
-                                                                     const at::vec::Vectorized<opmath_t>& cur) {
-#if defined(CPU_CAPABILITY_AVX512)
-  constexpr int V = at::vec::Vectorized<opmath_t>::size();
-  if constexpr (std::is_same_v<opmath_t, float>) {
-    return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(cur), _mm512_castps_si512(prev), V - B));
-  } else {
-    return _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(cur), _mm512_castpd_si512(prev), V - B));
-  }
-#else
-  static_assert(B < 0, "lanes_before needs AVX-512 (kLaneShifts)");
-  return cur;
-#endif
 }
 
 // sum_rows over the taps of an S1 x S2 filter, column by column: dst[x] = start[x] + sum_j T_j[x - j], T_j[x] =
@@ -778,10 +806,10 @@ std::shared_ptr<const KernelBank<opmath_t>> shared_kernel_bank(const at::Tensor&
 // their tap classes where kb has them (correlate_classes), else correlate_blocks. Float32, 2 threads, on the Intel
 // Xeon guest, both ways alternating in one process: the Gaussian/LoG 7x7 bank (one block of eight, 10 classes of
 // its 49 taps) 0.48-0.54x the forward's time from 1 to 150 MB of output; the Gabor 11x11 bank (its six direct
-// filters one block, 61 classes of 121: point symmetry) 0.83-0.86x.
+// filters one block, 61 classes of 121: point symmetry) 0.83-0.86x. aligned_rows: see correlate_3x3.
 template <bool kStream = false, typename opmath_t>
 void correlate_direct(const KernelBank<opmath_t>& kb, const opmath_t* src, int64_t src_pitch, const int64_t* off,
-                      opmath_t* const* dst, int64_t dst_pitch, int64_t rows, int64_t len) {
+                      opmath_t* const* dst, int64_t dst_pitch, int64_t rows, int64_t len, bool aligned_rows = false) {
   const int64_t taps = kb.S1 * kb.S2, Kd = static_cast<int64_t>(kb.direct.size());
   if (!kb.direct_patterns.empty()) {
     for_each_branch_block(Kd, [&](int64_t k, int64_t n) {
@@ -789,7 +817,7 @@ void correlate_direct(const KernelBank<opmath_t>& kb, const opmath_t* src, int64
         constexpr int KB = decltype(blocks)::value;
         if constexpr (KB <= kMaxBranches)
           correlate_3x3<KB, kStream>(src, off, kb.direct_weights.data() + k * taps, kb.direct_patterns.data() + k,
-                                     dst + k, len, rows, src_pitch, dst_pitch);
+                                     dst + k, len, rows, src_pitch, dst_pitch, aligned_rows);
       });
     });
     return;

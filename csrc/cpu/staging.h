@@ -179,13 +179,13 @@ inline void for_each_border(int64_t lead, int64_t n, int64_t padded, PadMode mod
 }
 
 // Stages rows row0 .. row0+nrows-1 (padded coordinates, mapped through `mode`) with `lpad` and `rpad` border
-// columns into dst, row-major, Cv values per pixel.
+// columns into dst, row-major, Cv values per pixel, the rows `pitch` values apart (0: as long as they are).
 template <typename scalar_t, typename opmath_t>
 void stage_rows(const scalar_t* base, const View& v, int64_t row0, int64_t nrows, int64_t lpad, int64_t rpad,
-                PadMode mode, opmath_t* dst) {
+                PadMode mode, opmath_t* dst, int64_t pitch = 0) {
   const int64_t pw = lpad + v.W + rpad;
   const int64_t row_len = pw * v.Cv;
-  for (int64_t t = 0; t < nrows; ++t, dst += row_len) {
+  for (int64_t t = 0; t < nrows; ++t, dst += pitch > 0 ? pitch : row_len) {
     const int64_t r = pad_source_index(row0 + t, v.H, mode);
     if (r < 0) {
       std::fill(dst, dst + row_len, opmath_t(0));
@@ -208,7 +208,7 @@ void stage_rows(const scalar_t* base, const View& v, int64_t row0, int64_t nrows
 // q at (q % sw) * phase_len + q / sw, so that the columns one tap reads for consecutive outputs are contiguous and
 // the correlation vectorises as at stride 1 (tap b of output x reads phase b % sw at x + b / sw).
 struct RowLayout {
-  int64_t pw, sw, phase_len;
+  int64_t pw, sw, phase_len;  // phase_len may exceed the phase's ceil(pw / sw) pixels: a longer pitch
   int64_t values() const { return sw * phase_len; }  // pixels per staged row
   int64_t at(int64_t q) const { return (q % sw) * phase_len + q / sw; }
 };
@@ -304,7 +304,7 @@ template <typename scalar_t, typename opmath_t>
 void stage_rows_strided(const scalar_t* base, const View& v, int64_t row0, int64_t nrows, const SamePad& pad,
                         PadMode mode, const RowLayout& layout, opmath_t* scratch, opmath_t* dst) {
   if (layout.sw == 1) {
-    stage_rows(base, v, row0, nrows, pad.left, pad.right, mode, dst);
+    stage_rows(base, v, row0, nrows, pad.left, pad.right, mode, dst, layout.values() * v.Cv);
     return;
   }
   const int64_t row_len = layout.values() * v.Cv;
