@@ -456,12 +456,18 @@ def test_tall_images_in_row_blocks_match_reference(policy, dtype):
         assert_close(grad, expected_grad, dtype, f"gradient {mode}")
 
 
-def assert_direct_gradient_matches(bank, y64, mode, stop, identity, layout, dtype, gen, what):
-    """dL/dy of the bank's direct filters (factoring never), y and a random g in `layout` and `dtype`, against the
-    reference's in float64."""
+def reference_gradient(bank, y64, mode, stop, identity, gen):
+    """A random float64 dL/dout for the reference's output, and the reference's dL/dy from it."""
     expected = reference.fixed_branch(y64, bank, mode, stop, identity)
     g = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
     (expected_grad,) = torch.autograd.grad(expected, y64, g)
+    return g, expected_grad
+
+
+def assert_direct_gradient_matches(bank, y64, mode, stop, identity, layout, dtype, gen, what):
+    """dL/dy of the bank's direct filters (factoring never), y and a random g in `layout` and `dtype`, against the
+    reference's in float64."""
+    g, expected_grad = reference_gradient(bank, y64, mode, stop, identity, gen)
     y = to_layout(y64.detach().to(dtype), layout).requires_grad_(True)
     with factoring("never"):
         out = fb.fixed_branch(y, bank.to(dtype), mode, stop, identity)
@@ -519,9 +525,7 @@ def test_aligned_3x3_backward_matches_reference(dtype):
     widths = (8, 16, 24, 32, 48, 64, 80, 96, 112)
     for w, stop, identity, offset in itertools.product(widths, ([], [2]), (True, False), (0, 1)):
         y64 = torch.randn(2, 3, 9, w, generator=gen, dtype=torch.float64).requires_grad_(True)
-        expected = reference.fixed_branch(y64, bank, "zeros", stop, identity)
-        g64 = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
-        (expected_grad,) = torch.autograd.grad(expected, y64, g64)
+        g64, expected_grad = reference_gradient(bank, y64, "zeros", stop, identity, gen)
         g = torch.zeros(g64.numel() + offset, dtype=dtype)[offset:].view(g64.shape).copy_(g64)
         with factoring("never"):
             grad = backward_op(g, bank.to(dtype), "zeros", stop, identity)

@@ -323,6 +323,21 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
   constexpr int kNoVector = 0, kFirstVector = 1, kLastVector = 2, kEveryVector = 3;
   int64_t dcv_min = 0, dcv_max = 0;
   for (int t = 0; t < kS2; ++t) dcv_min = std::min(dcv_min, fixed_dcv[t]), dcv_max = std::max(dcv_max, fixed_dcv[t]);
+  // source(l, pattern) for every source l, pattern an integral_constant: 3x3 sources multiply the taps of their
+  // pattern (tap_pattern). The 3x3 bank of four (26 nonzero taps of 36) took 0.83-0.91x the time so (float32, one
+  // process alternating both ways, 1 and 2 threads, y = 4xCx96x96 for C = 7, 51, 204), not 0.72x: the gather issues
+  // as many loads as multiply-adds allow, and a zero tap skips a load only where its whole column is zero.
+  auto each_source = [&](auto&& source) FIXEDBRANCH_INLINE {
+    for (int64_t l = 0; l < g.L; ++l) {
+      if constexpr (kS1 == 3 && kS2 == 3) {
+        if (g.patterns) {
+          with_tap_pattern(g.patterns[l], [&](auto pattern) FIXEDBRANCH_INLINE { source(l, pattern); });
+          continue;
+        }
+      }
+      source(l, std::integral_constant<uint32_t, kEveryTap>{});
+    }
+  };
   // masked: which vectors of a step load through windows, the others loading whole vectors: kNoVector, kFirstVector
   // (a row's first step), kLastVector (its last) or kEveryVector (a step that reaches past both ends).
   auto fixed_step = [&](int64_t e, Vec (&acc)[R][U], auto masked) FIXEDBRANCH_INLINE {
@@ -401,19 +416,7 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
         }
       }
     };
-    // 3x3 sources multiply the taps of their pattern (tap_pattern). The 3x3 bank of four (26 nonzero taps of 36)
-    // took 0.83-0.91x the time so (float32, one process alternating both ways, 1 and 2 threads, y = 4xCx96x96 for
-    // C = 7, 51, 204), not 0.72x: the gather issues as many loads as multiply-adds allow, and a zero tap skips a
-    // load only where its whole column is zero.
-    for (int64_t l = 0; l < g.L; ++l) {
-      if constexpr (kS1 == 3 && kS2 == 3) {
-        if (g.patterns) {
-          with_tap_pattern(g.patterns[l], [&](auto pattern) FIXEDBRANCH_INLINE { source(l, pattern); });
-          continue;
-        }
-      }
-      source(l, std::integral_constant<uint32_t, kEveryTap>{});
-    }
+    each_source(source);
   };
   // 3x3 taps over rows read in place whose tap-1 vectors lie on the vectors' alignment (every row's pixel
   // shift - 1 on a vector boundary: NCHW float rows of a multiple of 16 pixels): each source row loads the U + 2
@@ -432,10 +435,10 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
   // load), kLastOutside (vector U + 1 wholly after them) or kWindowed (every vector loads through its window). A
   // row of 96 pixels runs one step of each of the first three: windows in two steps of three took 1.15x the time.
   constexpr int kInside = 0, kFirstOutside = 1, kLastOutside = 2, kWindowed = 3;
-  auto aligned_step = [&](int64_t e, Vec (&acc)[R][U], auto edge) FIXEDBRANCH_INLINE {
+  // x0: the step's tap-1 pixel (shift - 1 + e); vector j of a row lies at x0 + (j - 1) * V.
+  auto aligned_step = [&](int64_t x0, Vec (&acc)[R][U], auto edge) FIXEDBRANCH_INLINE {
     if constexpr (kLaneShifts && kS1 == 3 && kS2 == 3) {
       constexpr int kEdge = decltype(edge)::value;
-      const int64_t x0 = shift - 1 + e;  // tap 1's first vector; vector j of a row lies at x0 + (j - 1) * V
       std::optional<LaneWindow<opmath_t>> window[kEdge == kWindowed ? U + 2 : 1];
       if constexpr (kEdge == kWindowed) {
         for (int j = 0; j < U + 2; ++j) window[j].emplace(x0 + (j - 1) * V, g.width);
@@ -492,13 +495,7 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
           }
         });
       };
-      for (int64_t l = 0; l < g.L; ++l) {
-        if (g.patterns) {
-          with_tap_pattern(g.patterns[l], [&](auto pattern) FIXEDBRANCH_INLINE { source(l, pattern); });
-        } else {
-          source(l, std::integral_constant<uint32_t, kEveryTap>{});
-        }
-      }
+      each_source(source);
     }
   };
   auto any_step = [&](int64_t e, Vec (&acc)[R][U]) {
@@ -529,13 +526,13 @@ void gather_rows(const Gather<opmath_t>& g, int64_t p0, int64_t nr, const int64_
       if (aligned_rows) {
         const int64_t x0 = shift - 1 + e;
         if (x0 >= V && x0 + (U + 1) * V <= g.width) {
-          aligned_step(e, acc, integral_constant<int, kInside>{});
+          aligned_step(x0, acc, integral_constant<int, kInside>{});
         } else if (x0 == 0 && x0 + (U + 1) * V <= g.width) {
-          aligned_step(e, acc, integral_constant<int, kFirstOutside>{});
+          aligned_step(x0, acc, integral_constant<int, kFirstOutside>{});
         } else if (x0 >= V && x0 + U * V == g.width) {
-          aligned_step(e, acc, integral_constant<int, kLastOutside>{});
+          aligned_step(x0, acc, integral_constant<int, kLastOutside>{});
         } else {
-          aligned_step(e, acc, integral_constant<int, kWindowed>{});
+          aligned_step(x0, acc, integral_constant<int, kWindowed>{});
         }
         return;
       }
